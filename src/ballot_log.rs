@@ -1,0 +1,97 @@
+//! The client log file format, `<seq> <yes> <no>\n`, in one place: the client writes it,
+//! reads it back at start, and the checker judges it.
+
+use crate::proto::{Seq, Tally};
+use std::fmt;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LogLine {
+    pub seq: Seq,
+    pub tally: Tally,
+}
+
+impl LogLine {
+    /// Appends the line, newline included, to `out`.
+    pub fn write_to(&self, out: &mut Vec<u8>) {
+        use std::io::Write;
+        // Writing to a Vec cannot fail.
+        let _ = writeln!(out, "{} {} {}", self.seq, self.tally.yes, self.tally.no);
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ParseError {
+    /// 1-based line number.
+    pub line: usize,
+    pub what: String,
+}
+
+impl fmt::Display for ParseError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "line {}: {}", self.line, self.what)
+    }
+}
+
+/// The parsed lines, and whether the text ended in an unterminated line (a write cut short
+/// by a crash), which is not included. Order and continuity are the checker's business.
+pub fn parse(text: &str) -> Result<(Vec<LogLine>, bool), ParseError> {
+    let mut lines = Vec::new();
+    let mut rest = text;
+    let mut n = 0;
+    while !rest.is_empty() {
+        n += 1;
+        let Some(end) = rest.find('\n') else {
+            return Ok((lines, true));
+        };
+        let line = &rest[..end];
+        rest = &rest[end + 1..];
+        lines.push(parse_line(line).map_err(|what| ParseError { line: n, what })?);
+    }
+    Ok((lines, false))
+}
+
+fn parse_line(line: &str) -> Result<LogLine, String> {
+    let fields: Vec<&str> = line.split(' ').collect();
+    let [seq, yes, no] = fields[..] else {
+        return Err(format!("expected `<seq> <yes> <no>`, got {line:?}"));
+    };
+    let num = |s: &str, what: &str| -> Result<u64, String> {
+        s.parse::<u64>()
+            .map_err(|_| format!("{what} is not a number in {line:?}"))
+    };
+    let small = |v: u64, what: &str| -> Result<u32, String> {
+        u32::try_from(v).map_err(|_| format!("{what} out of range in {line:?}"))
+    };
+    Ok(LogLine {
+        seq: Seq(num(seq, "seq")?),
+        tally: Tally {
+            yes: small(num(yes, "yes count")?, "yes count")?,
+            no: small(num(no, "no count")?, "no count")?,
+        },
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trips_and_flags_a_torn_tail() {
+        let mut out = Vec::new();
+        for s in 1..=3 {
+            LogLine {
+                seq: Seq(s),
+                tally: Tally { yes: 3, no: 2 },
+            }
+            .write_to(&mut out);
+        }
+        let text = String::from_utf8(out).unwrap();
+        assert_eq!(text, "1 3 2\n2 3 2\n3 3 2\n");
+        let (lines, torn) = parse(&text).unwrap();
+        assert_eq!((lines.len(), torn), (3, false));
+        let (lines, torn) = parse("1 3 2\n2 3").unwrap();
+        assert_eq!((lines.len(), torn), (1, true));
+        assert_eq!(parse("1 3 2\nx 1 1\n").unwrap_err().line, 2);
+        assert!(parse("1 3 2 \n").is_err());
+    }
+}

@@ -1,0 +1,287 @@
+//! The one log checker, used by the simulator, the tests, the bench and `pbvote check-logs`.
+//! Given every client's log (and, where known, how it votes) it reports each violation of
+//! G1 (exactly once, in order), G2 (all logs agree) and G3 (every vote counted).
+
+use crate::ballot_log::{self, LogLine};
+use crate::client::policy::Policy;
+use crate::proto::{Seq, Tally};
+use std::collections::BTreeMap;
+use std::fmt;
+
+/// One client's log as found.
+#[derive(Clone, Debug)]
+pub struct ClientLog {
+    pub name: String,
+    pub lines: Vec<LogLine>,
+    /// The file ended in an unterminated line.
+    pub torn: bool,
+    /// How the client votes; `None` checks totals only.
+    pub policy: Option<Policy>,
+}
+
+impl ClientLog {
+    pub fn parse(name: &str, text: &str, policy: Option<Policy>) -> Result<ClientLog, String> {
+        let (lines, torn) = ballot_log::parse(text).map_err(|e| format!("{name}: {e}"))?;
+        Ok(ClientLog {
+            name: name.to_string(),
+            lines,
+            torn,
+            policy,
+        })
+    }
+}
+
+/// What the logs must show beyond G1-G3 themselves.
+#[derive(Clone, Debug, Default)]
+pub struct Expect {
+    /// Every log holds exactly 1..=N.
+    pub ballots: Option<u64>,
+    /// The electorate of every ballot, when it is not exactly the clients whose logs are
+    /// given.
+    pub voters: Option<u32>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Violation {
+    pub guarantee: &'static str,
+    pub log: String,
+    pub seq: Option<Seq>,
+    pub what: String,
+}
+
+impl fmt::Display for Violation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.seq {
+            Some(seq) => write!(
+                f,
+                "{} {} seq={}: {}",
+                self.guarantee, self.log, seq, self.what
+            ),
+            None => write!(f, "{} {}: {}", self.guarantee, self.log, self.what),
+        }
+    }
+}
+
+pub fn check(logs: &[ClientLog], expect: &Expect) -> Vec<Violation> {
+    let mut found = Vec::new();
+    let mut v = |guarantee, log: &str, seq, what: String| {
+        found.push(Violation {
+            guarantee,
+            log: log.to_string(),
+            seq,
+            what,
+        })
+    };
+    // G1: each log is 1, 2, 3, ... with nothing torn, and as long as asked.
+    for log in logs {
+        for (i, line) in log.lines.iter().enumerate() {
+            let want = Seq(i as u64 + 1);
+            if line.seq != want {
+                let what = if line.seq < want {
+                    "repeated or out of order".to_string()
+                } else {
+                    format!("gap: expected {want}")
+                };
+                v("G1", &log.name, Some(line.seq), what);
+                break;
+            }
+        }
+        if log.torn {
+            v("G1", &log.name, None, "ends in a torn line".to_string());
+        }
+        if let Some(n) = expect.ballots {
+            if log.lines.len() as u64 != n {
+                v(
+                    "G1",
+                    &log.name,
+                    None,
+                    format!("holds {} lines, expected {n}", log.lines.len()),
+                );
+            }
+        }
+    }
+    // G2: every log that has a seq has the same tally for it.
+    let mut agreed: BTreeMap<Seq, (Tally, &str)> = BTreeMap::new();
+    for log in logs {
+        for line in &log.lines {
+            match agreed.get(&line.seq) {
+                None => {
+                    agreed.insert(line.seq, (line.tally, &log.name));
+                }
+                Some((tally, first)) if *tally != line.tally => v(
+                    "G2",
+                    &log.name,
+                    Some(line.seq),
+                    format!(
+                        "{} {} here but {} {} in {first}",
+                        line.tally.yes, line.tally.no, tally.yes, tally.no
+                    ),
+                ),
+                Some(_) => {}
+            }
+        }
+    }
+    // G3: every voter's vote counted exactly once.
+    let voters = expect.voters.unwrap_or(logs.len() as u32);
+    let policies: Option<Vec<Policy>> = logs.iter().map(|l| l.policy).collect();
+    let policies = policies.filter(|p| p.len() as u32 == voters);
+    for (seq, (tally, log)) in &agreed {
+        if tally.yes + tally.no != voters {
+            v(
+                "G3",
+                log,
+                Some(*seq),
+                format!("{} votes counted, expected {voters}", tally.yes + tally.no),
+            );
+        } else if let Some(policies) = &policies {
+            let yes = policies.iter().filter(|p| p.vote(seq.0)).count() as u32;
+            if tally.yes != yes {
+                v(
+                    "G3",
+                    log,
+                    Some(*seq),
+                    format!("{} yes counted, the voters cast {yes}", tally.yes),
+                );
+            }
+        }
+    }
+    found
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn log(name: &str, text: &str, policy: Policy) -> ClientLog {
+        ClientLog::parse(name, text, Some(policy)).unwrap()
+    }
+
+    #[test]
+    fn exact_logs_pass() {
+        let logs = [
+            log("a", "1 1 1\n2 1 1\n", Policy::Yes),
+            log("b", "1 1 1\n2 1 1\n", Policy::No),
+        ];
+        assert_eq!(
+            check(
+                &logs,
+                &Expect {
+                    ballots: Some(2),
+                    voters: None
+                }
+            ),
+            vec![]
+        );
+    }
+
+    #[test]
+    fn each_guarantee_can_fail() {
+        let dup = [
+            log("a", "1 1 1\n1 1 1\n", Policy::Yes),
+            log("b", "1 1 1\n", Policy::No),
+        ];
+        let v = check(&dup, &Expect::default());
+        assert!(v.iter().any(|v| v.guarantee == "G1"), "{v:?}");
+
+        let disagree = [
+            log("a", "1 1 1\n", Policy::Yes),
+            log("b", "1 2 0\n", Policy::No),
+        ];
+        let v = check(&disagree, &Expect::default());
+        assert!(v.iter().any(|v| v.guarantee == "G2"), "{v:?}");
+
+        let short = [
+            log("a", "1 1 0\n", Policy::Yes),
+            log("b", "1 1 0\n", Policy::No),
+        ];
+        let v = check(&short, &Expect::default());
+        assert!(v.iter().any(|v| v.guarantee == "G3"), "{v:?}");
+
+        let miscounted = [
+            log("a", "1 0 2\n", Policy::Yes),
+            log("b", "1 0 2\n", Policy::No),
+        ];
+        let v = check(&miscounted, &Expect::default());
+        assert!(v.iter().any(|v| v.guarantee == "G3"), "{v:?}");
+
+        let missing = [
+            log("a", "1 1 1\n", Policy::Yes),
+            log("b", "1 1 1\n", Policy::No),
+        ];
+        let v = check(
+            &missing,
+            &Expect {
+                ballots: Some(2),
+                voters: None,
+            },
+        );
+        assert_eq!(v.len(), 2, "{v:?}");
+    }
+}
+
+/// The same guarantees checked line by line as they are appended (the simulator calls it
+/// after every step), so a violation is caught at the step that made it.
+pub struct LiveCheck {
+    voters: u32,
+    policies: Vec<Policy>,
+    /// The first tally any log recorded for each seq: `agreed[i]` is seq i + 1.
+    agreed: Vec<Tally>,
+    /// Per log, the last seq appended.
+    last: Vec<Seq>,
+}
+
+impl LiveCheck {
+    pub fn new(voters: u32, policies: Vec<Policy>) -> LiveCheck {
+        LiveCheck {
+            voters,
+            last: vec![Seq(0); policies.len()],
+            policies,
+            agreed: Vec::new(),
+        }
+    }
+
+    pub fn observe(&mut self, log: usize, name: &str, line: LogLine) -> Result<(), Violation> {
+        let violation = |guarantee, what: String| Violation {
+            guarantee,
+            log: name.to_string(),
+            seq: Some(line.seq),
+            what,
+        };
+        let want = self.last[log].next();
+        if line.seq != want {
+            return Err(violation(
+                "G1",
+                format!("appended out of order: expected {want}"),
+            ));
+        }
+        self.last[log] = line.seq;
+        let idx = (line.seq.0 - 1) as usize;
+        match self.agreed.get(idx) {
+            Some(tally) if *tally != line.tally => {
+                return Err(violation(
+                    "G2",
+                    format!(
+                        "{} {} here but {} {} in another log",
+                        line.tally.yes, line.tally.no, tally.yes, tally.no
+                    ),
+                ));
+            }
+            Some(_) => return Ok(()),
+            None => {
+                debug_assert_eq!(idx, self.agreed.len());
+                self.agreed.push(line.tally);
+            }
+        }
+        let yes = self.policies.iter().filter(|p| p.vote(line.seq.0)).count() as u32;
+        if line.tally.yes + line.tally.no != self.voters || line.tally.yes != yes {
+            return Err(violation(
+                "G3",
+                format!(
+                    "tally {} {} but the {} voters cast {} yes",
+                    line.tally.yes, line.tally.no, self.voters, yes
+                ),
+            ));
+        }
+        Ok(())
+    }
+}

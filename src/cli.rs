@@ -1,0 +1,474 @@
+//! The command line (DESIGN.md section 6) and the wiring from flags to the reactor.
+//! Exit codes: 0 success, 2 bad usage, 1 anything else, with a one-line reason on stderr.
+
+use crate::check::{self, ClientLog, Expect};
+use crate::client::policy::{splitmix64, Policy};
+use crate::client::{Client, ClientConfig};
+use crate::node::{NodeConfig, StartRole};
+use crate::proto::limits::{MAX_CLIENT_ID_LEN, MAX_OPEN_BALLOTS};
+use crate::proto::{ClientId, NodeId, Seq};
+use crate::reactor::client::{open_log, ClientHost, Hosted, REDIAL};
+use crate::reactor::spawn::SpawnSpec;
+use crate::reactor::{server, status};
+use crate::sim;
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::{Duration, Instant};
+use structopt::StructOpt;
+
+#[derive(Debug, StructOpt)]
+#[structopt(name = "pbvote", about = "A primary-backup poll collection service")]
+pub enum Command {
+    /// Run a server replica (primary or backup: one binary, a role switch).
+    Server(ServerArgs),
+    /// Run a voting client that logs every result exactly once.
+    Client(ClientArgs),
+    /// Ask a server for its role, view, ballots, clients and peer health.
+    Status(StatusArgs),
+    /// Check client logs for G1 (exactly once), G2 (agreement) and G3 (every vote counted).
+    CheckLogs(CheckArgs),
+    /// Run the deterministic simulator over many seeds, or replay one.
+    Sim(SimArgs),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RoleArg {
+    Primary,
+    Backup,
+}
+
+impl FromStr for RoleArg {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "primary" => Ok(RoleArg::Primary),
+            "backup" => Ok(RoleArg::Backup),
+            _ => Err(format!("role must be primary or backup, not {s:?}")),
+        }
+    }
+}
+
+#[derive(Debug, StructOpt)]
+pub struct ServerArgs {
+    /// primary or backup.
+    #[structopt(long)]
+    pub role: RoleArg,
+    /// Address to serve clients and the peer on (port 0: any free port, logged at start).
+    #[structopt(long)]
+    pub listen: SocketAddr,
+    /// Where this server, once primary, fork/execs a backup (port 0 allowed). Default: our
+    /// own host, port 0.
+    #[structopt(long)]
+    pub backup_listen: Option<SocketAddr>,
+    /// The primary to join (required with --role backup).
+    #[structopt(long)]
+    pub join: Option<SocketAddr>,
+    #[structopt(long, default_value = "1000")]
+    pub heartbeat_ms: u64,
+    /// Missed heartbeats after which the peer counts as dead.
+    #[structopt(long, default_value = "5")]
+    pub miss_limit: u32,
+    /// How long a new backup takes to start before it joins.
+    #[structopt(long, default_value = "30000")]
+    pub backup_start_delay_ms: u64,
+    /// Least time between two ballot openings.
+    #[structopt(long, default_value = "1000")]
+    pub ballot_interval_ms: u64,
+    /// Open ballots 1..N, then stop opening new ones (keep serving).
+    #[structopt(long)]
+    pub ballots: Option<u64>,
+    /// Open ballot 1 only once this many clients registered.
+    #[structopt(long, default_value = "1")]
+    pub min_clients: usize,
+    /// Most ballots open at once.
+    #[structopt(long, default_value = "1")]
+    pub window: u64,
+    /// Do not spawn a backup at start (one started by hand with --join joins instead).
+    #[structopt(long)]
+    pub no_spawn: bool,
+    /// error, warn, info, debug or trace.
+    #[structopt(long, default_value = "info")]
+    pub log_level: String,
+}
+
+#[derive(Debug, StructOpt)]
+pub struct ClientArgs {
+    /// This client's name (1 to 64 bytes).
+    #[structopt(long)]
+    pub id: String,
+    /// Comma-separated server addresses to try first.
+    #[structopt(long, use_delimiter = true, required = true)]
+    pub servers: Vec<SocketAddr>,
+    /// The log file: one `<seq> <yes> <no>` line per ballot.
+    #[structopt(long)]
+    pub log: PathBuf,
+    /// yes, no or random.
+    #[structopt(long, default_value = "random")]
+    pub policy: String,
+    /// Seed for --policy random (default: derived from --id).
+    #[structopt(long)]
+    pub seed: Option<u64>,
+    /// Exit 0 once the log holds 1..N.
+    #[structopt(long)]
+    pub until: Option<u64>,
+    #[structopt(long, default_value = "info")]
+    pub log_level: String,
+}
+
+#[derive(Debug, StructOpt)]
+pub struct StatusArgs {
+    #[structopt(long)]
+    pub server: SocketAddr,
+    /// One JSON object instead of text.
+    #[structopt(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, StructOpt)]
+pub struct CheckArgs {
+    /// Every log must hold exactly 1..N.
+    #[structopt(long)]
+    pub ballots: Option<u64>,
+    /// Voters per ballot, when not every voter's log is given.
+    #[structopt(long)]
+    pub voters: Option<u32>,
+    /// FILE=POLICY for each client (POLICY: yes, no or random:SEED); a bare FILE checks
+    /// totals only.
+    #[structopt(required = true)]
+    pub logs: Vec<String>,
+}
+
+#[derive(Debug, StructOpt)]
+pub struct SimArgs {
+    /// How many seeds to run.
+    #[structopt(long, default_value = "1000")]
+    pub seeds: u64,
+    /// The first seed (seeds run first, first+1, ...).
+    #[structopt(long, default_value = "1")]
+    pub first_seed: u64,
+    /// Replay exactly this seed, with the protocol's log lines on stderr.
+    #[structopt(long)]
+    pub seed: Option<u64>,
+}
+
+/// Runs the command line; returns the process exit code.
+pub fn main() -> i32 {
+    let command = match Command::from_iter_safe(std::env::args_os()) {
+        Ok(c) => c,
+        Err(e) => match e.kind {
+            structopt::clap::ErrorKind::HelpDisplayed
+            | structopt::clap::ErrorKind::VersionDisplayed => {
+                println!("{}", e.message);
+                return 0;
+            }
+            _ => {
+                eprintln!("{}", e.message);
+                return 2;
+            }
+        },
+    };
+    let result = match command {
+        Command::Server(args) => run_server(args),
+        Command::Client(args) => run_client(args),
+        Command::Status(args) => run_status(args),
+        Command::CheckLogs(args) => run_check(args),
+        Command::Sim(args) => run_sim(args),
+    };
+    match result {
+        Ok(()) => 0,
+        Err(Failure::Usage(msg)) => {
+            eprintln!("pbvote: {msg}");
+            2
+        }
+        Err(Failure::Runtime(msg)) => {
+            eprintln!("pbvote: {msg}");
+            1
+        }
+    }
+}
+
+enum Failure {
+    Usage(String),
+    Runtime(String),
+}
+
+fn init_logging(level: &str, tag: String) -> Result<(), Failure> {
+    let filter = log::LevelFilter::from_str(level).map_err(|_| {
+        Failure::Usage(format!(
+            "--log-level must be error, warn, info, debug or trace, not {level:?}"
+        ))
+    })?;
+    let config = simplelog::ConfigBuilder::new()
+        .set_target_level(log::LevelFilter::Off)
+        .set_thread_level(log::LevelFilter::Off)
+        .set_location_level(log::LevelFilter::Off)
+        .set_time_format_rfc3339()
+        .build();
+    let _ = simplelog::WriteLogger::init(filter, config, Tagged::new(tag, std::io::stderr()));
+    Ok(())
+}
+
+/// Puts `tag` at the start of every line and hands each line to stderr in one `write`, so
+/// the logs of a primary, its spawned backup and clients sharing a terminal never
+/// interleave mid-line.
+struct Tagged<W: Write> {
+    line: Vec<u8>,
+    tag_len: usize,
+    inner: W,
+}
+
+impl<W: Write> Tagged<W> {
+    fn new(tag: String, inner: W) -> Self {
+        let mut line = tag.into_bytes();
+        line.push(b' ');
+        Tagged {
+            tag_len: line.len(),
+            line,
+            inner,
+        }
+    }
+}
+
+impl<W: Write> Write for Tagged<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        for &b in buf {
+            self.line.push(b);
+            if b == b'\n' {
+                self.inner.write_all(&self.line)?;
+                self.line.truncate(self.tag_len);
+            }
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+fn fresh_node_id() -> NodeId {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    NodeId(splitmix64(nanos ^ (u64::from(std::process::id()) << 32)))
+}
+
+fn run_server(args: ServerArgs) -> Result<(), Failure> {
+    let start = match (args.role, args.join) {
+        (RoleArg::Primary, None) => StartRole::Primary,
+        (RoleArg::Primary, Some(_)) => {
+            return Err(Failure::Usage("--join is for --role backup".into()));
+        }
+        (RoleArg::Backup, Some(join)) => StartRole::Backup { join },
+        (RoleArg::Backup, None) => {
+            return Err(Failure::Usage("--role backup needs --join ADDR".into()));
+        }
+    };
+    if args.heartbeat_ms == 0 || args.miss_limit == 0 {
+        return Err(Failure::Usage(
+            "--heartbeat-ms and --miss-limit must be positive".into(),
+        ));
+    }
+    if args.window == 0 || args.window > MAX_OPEN_BALLOTS {
+        return Err(Failure::Usage(format!(
+            "--window must be 1..={MAX_OPEN_BALLOTS}"
+        )));
+    }
+    let role_tag = match args.role {
+        RoleArg::Primary => "primary",
+        RoleArg::Backup => "backup",
+    };
+    init_logging(
+        &args.log_level,
+        format!("{role_tag}[{}]", std::process::id()),
+    )?;
+    let heartbeat = Duration::from_millis(args.heartbeat_ms);
+    let backup_start_delay = Duration::from_millis(args.backup_start_delay_ms);
+    let ballot_interval = Duration::from_millis(args.ballot_interval_ms);
+    let cfg = NodeConfig {
+        node: fresh_node_id(),
+        listen: args.listen,
+        start,
+        heartbeat,
+        miss_limit: args.miss_limit,
+        backup_start_delay,
+        ballot_interval,
+        ballots: args.ballots,
+        min_clients: args.min_clients,
+        window: args.window,
+        spawn_backup: args.role == RoleArg::Primary && !args.no_spawn,
+    };
+    let spawn = SpawnSpec {
+        listen: args
+            .backup_listen
+            .unwrap_or_else(|| SocketAddr::new(args.listen.ip(), 0)),
+        heartbeat,
+        miss_limit: args.miss_limit,
+        backup_start_delay,
+        ballot_interval,
+        ballots: args.ballots,
+        window: args.window,
+        log_level: args.log_level.clone(),
+    };
+    server::run(args.listen, cfg, spawn)
+        .map_err(|e| Failure::Runtime(format!("server on {}: {e}", args.listen)))
+}
+
+fn parse_policy(policy: &str, seed: Option<u64>, id: &str) -> Result<Policy, Failure> {
+    match (policy, seed) {
+        ("yes", None) => Ok(Policy::Yes),
+        ("no", None) => Ok(Policy::No),
+        ("random", seed) => Ok(Policy::Random {
+            seed: seed.unwrap_or_else(|| Policy::seed_from_id(id)),
+        }),
+        ("yes" | "no", Some(_)) => Err(Failure::Usage("--seed goes with --policy random".into())),
+        (other, _) => Err(Failure::Usage(format!(
+            "--policy must be yes, no or random, not {other:?}"
+        ))),
+    }
+}
+
+fn run_client(args: ClientArgs) -> Result<(), Failure> {
+    if args.id.is_empty()
+        || args.id.len() > MAX_CLIENT_ID_LEN
+        || args.id.contains(char::is_whitespace)
+    {
+        return Err(Failure::Usage(format!(
+            "--id must be 1..={MAX_CLIENT_ID_LEN} bytes without spaces"
+        )));
+    }
+    let policy = parse_policy(&args.policy, args.seed, &args.id)?;
+    init_logging(&args.log_level, format!("client-{}", args.id))?;
+    let (log, last) = open_log(&args.log).map_err(Failure::Runtime)?;
+    log::info!(
+        "client-start client={} policy={policy} last_seq={last} servers={:?}",
+        args.id,
+        args.servers
+    );
+    let cfg = ClientConfig {
+        id: ClientId(args.id.clone()),
+        servers: args.servers,
+        policy,
+        until: args.until.map(Seq),
+        redial: REDIAL,
+    };
+    let core = Client::new(cfg, last, Instant::now());
+    let mut host = ClientHost::new(vec![Hosted::new(core, log)])
+        .map_err(|e| Failure::Runtime(format!("client {}: {e}", args.id)))?;
+    host.run(None)
+        .map_err(|e| Failure::Runtime(format!("client {}: {e}", args.id)))?;
+    if host.all_done() {
+        log::info!(
+            "client-done client={} last_seq={}",
+            args.id,
+            host.clients[0].core.last_logged()
+        );
+    }
+    Ok(())
+}
+
+fn run_status(args: StatusArgs) -> Result<(), Failure> {
+    let reply = status::query(args.server, Duration::from_secs(5)).map_err(Failure::Runtime)?;
+    if args.json {
+        let json = serde_json::to_string(&reply).map_err(|e| Failure::Runtime(e.to_string()))?;
+        println!("{json}");
+        return Ok(());
+    }
+    println!("node        {}", reply.node);
+    println!("role        {}", reply.role);
+    println!("view        {}", reply.view);
+    println!("next_seq    {}", reply.next_seq);
+    println!("committed   {}", reply.committed);
+    println!("open        {}", reply.open_ballots);
+    println!(
+        "clients     {} registered, {} connected: {}",
+        reply.clients.len(),
+        reply.connected_clients,
+        reply
+            .clients
+            .iter()
+            .map(|c| c.0.as_str())
+            .collect::<Vec<_>>()
+            .join(",")
+    );
+    match (reply.view.backup, &reply.peer) {
+        (backup, Some(peer)) => println!(
+            "backup      {}\npeer        addr={} connected={} alive={} last_heard_ms={}",
+            backup.map_or("none".to_string(), |b| b.to_string()),
+            peer.addr.map_or("none".to_string(), |a| a.to_string()),
+            peer.connected,
+            peer.alive,
+            peer.last_heard_ms
+                .map_or("never".to_string(), |m| m.to_string())
+        ),
+        (backup, None) => println!(
+            "backup      {}\npeer        none",
+            backup.map_or("none".to_string(), |b| b.to_string())
+        ),
+    }
+    Ok(())
+}
+
+fn run_check(args: CheckArgs) -> Result<(), Failure> {
+    let mut logs = Vec::new();
+    for spec in &args.logs {
+        let (path, policy) = match spec.rsplit_once('=') {
+            Some((path, policy)) => (
+                path,
+                Some(policy.parse::<Policy>().map_err(Failure::Usage)?),
+            ),
+            None => (spec.as_str(), None),
+        };
+        let text =
+            std::fs::read_to_string(path).map_err(|e| Failure::Runtime(format!("{path}: {e}")))?;
+        logs.push(ClientLog::parse(path, &text, policy).map_err(Failure::Runtime)?);
+    }
+    let violations = check::check(
+        &logs,
+        &Expect {
+            ballots: args.ballots,
+            voters: args.voters,
+        },
+    );
+    for v in &violations {
+        println!("{v}");
+    }
+    if violations.is_empty() {
+        let lines = logs.iter().map(|l| l.lines.len()).max().unwrap_or(0);
+        println!("ok: {} logs, {lines} ballots, G1 G2 G3 hold", logs.len());
+        Ok(())
+    } else {
+        Err(Failure::Runtime(format!("{} violations", violations.len())))
+    }
+}
+
+fn run_sim(args: SimArgs) -> Result<(), Failure> {
+    if let Some(seed) = args.seed {
+        init_logging("debug", format!("sim-{seed}"))?;
+        return match sim::run_seed(seed) {
+            Ok(report) => {
+                println!("seed {seed}: ok ({report})");
+                Ok(())
+            }
+            Err(failure) => Err(Failure::Runtime(failure.to_string())),
+        };
+    }
+    let started = Instant::now();
+    let summary = sim::run_seeds(args.first_seed, args.seeds);
+    println!(
+        "{} seeds from {} in {:.2}s: {}",
+        args.seeds,
+        args.first_seed,
+        started.elapsed().as_secs_f64(),
+        summary
+    );
+    match summary.first_failure {
+        None => Ok(()),
+        Some(failure) => Err(Failure::Runtime(format!(
+            "{failure}; replay with: pbvote sim --seed {}",
+            failure.seed
+        ))),
+    }
+}

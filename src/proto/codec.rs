@@ -1,0 +1,162 @@
+//! Frames: a 4-byte big-endian body length, then the body in CBOR.
+//!
+//! This is the only module that knows the body encoding (serde_cbor is unmaintained
+//! upstream; swapping it touches only this file).
+
+use super::limits::MAX_FRAME_LEN;
+use super::messages::{ClientMsg, Hello, PeerMsg, ServerMsg, StatusReply};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use std::fmt;
+
+pub const LEN_PREFIX: usize = 4;
+
+/// A type that travels as a frame body, with the name decode errors use for it.
+pub trait Wire: Serialize + DeserializeOwned {
+    const NAME: &'static str;
+}
+
+impl Wire for Hello {
+    const NAME: &'static str = "Hello";
+}
+impl Wire for ClientMsg {
+    const NAME: &'static str = "ClientMsg";
+}
+impl Wire for ServerMsg {
+    const NAME: &'static str = "ServerMsg";
+}
+impl Wire for PeerMsg {
+    const NAME: &'static str = "PeerMsg";
+}
+impl Wire for StatusReply {
+    const NAME: &'static str = "StatusReply";
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DecodeError {
+    /// The length prefix announces more than [`MAX_FRAME_LEN`].
+    TooLarge { len: usize, max: usize },
+    /// The body is a valid message of another link kind.
+    WrongLink {
+        expected: &'static str,
+        found: &'static str,
+    },
+    /// The body is not a valid `expected` (bad CBOR, wrong shape, trailing bytes).
+    Malformed {
+        expected: &'static str,
+        detail: String,
+    },
+}
+
+impl fmt::Display for DecodeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DecodeError::TooLarge { len, max } => {
+                write!(f, "frame of {len} bytes exceeds the maximum of {max}")
+            }
+            DecodeError::WrongLink { expected, found } => {
+                write!(f, "expected {expected} but got a {found} (wrong link kind)")
+            }
+            DecodeError::Malformed { expected, detail } => {
+                write!(f, "malformed {expected}: {detail}")
+            }
+        }
+    }
+}
+
+impl std::error::Error for DecodeError {}
+
+#[derive(Debug)]
+pub enum EncodeError {
+    TooLarge { len: usize, max: usize },
+    Cbor(String),
+}
+
+impl fmt::Display for EncodeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            EncodeError::TooLarge { len, max } => {
+                write!(
+                    f,
+                    "encoded frame of {len} bytes exceeds the maximum of {max}"
+                )
+            }
+            EncodeError::Cbor(e) => write!(f, "cbor encoding failed: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for EncodeError {}
+
+/// Appends one frame holding `msg` to `out`. Encodes in place: no allocation beyond the
+/// growth of `out`. On error `out` is left as it was.
+pub fn encode_frame<T: Wire>(msg: &T, out: &mut Vec<u8>) -> Result<(), EncodeError> {
+    let start = out.len();
+    out.extend_from_slice(&[0; LEN_PREFIX]);
+    if let Err(e) = serde_cbor::to_writer(&mut *out, msg) {
+        out.truncate(start);
+        return Err(EncodeError::Cbor(e.to_string()));
+    }
+    let len = out.len() - start - LEN_PREFIX;
+    if len > MAX_FRAME_LEN {
+        out.truncate(start);
+        return Err(EncodeError::TooLarge {
+            len,
+            max: MAX_FRAME_LEN,
+        });
+    }
+    out[start..start + LEN_PREFIX].copy_from_slice(&(len as u32).to_be_bytes());
+    Ok(())
+}
+
+/// One frame as a fresh buffer (tests, the status tool).
+pub fn frame<T: Wire>(msg: &T) -> Result<Vec<u8>, EncodeError> {
+    let mut out = Vec::new();
+    encode_frame(msg, &mut out)?;
+    Ok(out)
+}
+
+/// Decodes the first frame in `buf`. `Ok(None)`: need more bytes. `Ok(Some((msg, used)))`:
+/// one message, `used` bytes consumed. An error means the stream is unusable: the caller
+/// closes the connection.
+pub fn decode_frame<T: Wire>(buf: &[u8]) -> Result<Option<(T, usize)>, DecodeError> {
+    let Some(prefix) = buf.get(..LEN_PREFIX) else {
+        return Ok(None);
+    };
+    let len = u32::from_be_bytes([prefix[0], prefix[1], prefix[2], prefix[3]]) as usize;
+    if len > MAX_FRAME_LEN {
+        return Err(DecodeError::TooLarge {
+            len,
+            max: MAX_FRAME_LEN,
+        });
+    }
+    let Some(body) = buf.get(LEN_PREFIX..LEN_PREFIX + len) else {
+        return Ok(None);
+    };
+    match serde_cbor::from_slice::<T>(body) {
+        Ok(msg) => Ok(Some((msg, LEN_PREFIX + len))),
+        Err(e) => Err(match foreign_kind(body, T::NAME) {
+            Some(found) => DecodeError::WrongLink {
+                expected: T::NAME,
+                found,
+            },
+            None => DecodeError::Malformed {
+                expected: T::NAME,
+                detail: e.to_string(),
+            },
+        }),
+    }
+}
+
+/// Which other message kind `body` is, for a decode error that says what really arrived.
+/// Only runs on the error path.
+fn foreign_kind(body: &[u8], expected: &'static str) -> Option<&'static str> {
+    fn is<T: Wire>(body: &[u8], expected: &str) -> Option<&'static str> {
+        (T::NAME != expected && serde_cbor::from_slice::<T>(body).is_ok()).then_some(T::NAME)
+    }
+    is::<Hello>(body, expected)
+        .or_else(|| is::<ClientMsg>(body, expected))
+        .or_else(|| is::<ServerMsg>(body, expected))
+        .or_else(|| is::<PeerMsg>(body, expected))
+        .or_else(|| is::<StatusReply>(body, expected))
+}

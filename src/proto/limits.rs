@@ -1,0 +1,27 @@
+//! Every bound on what a peer can make us hold, in one place (TigerBeetle's "put a limit on
+//! everything"). A peer that exceeds one is disconnected with a log line naming the limit.
+
+/// Largest frame body we accept or produce, in bytes. A snapshot is the biggest message: with
+/// 10,000 clients of 64-byte ids and the retained result history it stays well below this.
+/// A length prefix above it is refused before a single body byte is buffered.
+pub const MAX_FRAME_LEN: usize = 16 * 1024 * 1024;
+
+/// Longest client id, in bytes. Ids are names chosen by operators, not payloads.
+pub const MAX_CLIENT_ID_LEN: usize = 64;
+
+/// Bytes a client connection may have queued for writing before the server gives up on it
+/// (Redis' client-output-buffer-limit): a client that does not read is cut, not allowed to
+/// grow our memory. It reconnects and catches up from its log position.
+pub const MAX_CLIENT_OUTBUF: usize = 4 * 1024 * 1024;
+
+/// Same for the peer link, which carries snapshots and so needs more room.
+pub const MAX_PEER_OUTBUF: usize = 64 * 1024 * 1024;
+
+/// Most ballots open at once (the upper bound for `--window`).
+pub const MAX_OPEN_BALLOTS: u64 = 1024;
+
+/// Most results sent in one catch-up frame; a client further behind gets several.
+pub const MAX_RESULTS_PER_FRAME: usize = 4096;
+
+/// Most clients one primary registers. Beyond it, a new client is refused with a reason.
+pub const MAX_CLIENTS: usize = 100_000;

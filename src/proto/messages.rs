@@ -1,0 +1,156 @@
+//! Every message of the protocol. One enum per link kind and direction, matched
+//! exhaustively everywhere (no `_ =>` arm), so a new message shows every place that must
+//! handle it. Variant names are unique across all enums: a frame sent on the wrong kind of
+//! link can never decode as something else, and `tcpdump -X` shows the name in clear.
+//!
+//! Every connection to a server starts with one [`Hello`] frame that fixes its link kind:
+//! a client link carries [`ClientMsg`] up and [`ServerMsg`] down; a peer link carries
+//! [`PeerMsg`] both ways; a status link carries one [`StatusReply`] down and is closed.
+
+use super::types::{ClientId, NodeId, Role, Seq, Tally, View, ViewInfo};
+use serde::{Deserialize, Serialize};
+use std::net::SocketAddr;
+
+/// The first frame on every connection to a server.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Hello {
+    /// A voting client. `last_seq` is the last ballot in its log, so the server can send
+    /// every result it lacks; `view` is the newest view it has accepted (0: none yet).
+    Client {
+        id: ClientId,
+        last_seq: Seq,
+        view: View,
+    },
+    /// A server that wants to join as backup. `listen` is the address it serves clients on
+    /// (the real port when it was started with port 0).
+    Peer {
+        node: NodeId,
+        listen: SocketAddr,
+        view: View,
+    },
+    /// `pbvote status`: answered with one [`StatusReply`], then closed.
+    Status,
+}
+
+/// What a connection carries after its [`Hello`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LinkKind {
+    Client,
+    Peer,
+    Status,
+}
+
+impl Hello {
+    pub fn link_kind(&self) -> LinkKind {
+        match self {
+            Hello::Client { .. } => LinkKind::Client,
+            Hello::Peer { .. } => LinkKind::Peer,
+            Hello::Status => LinkKind::Status,
+        }
+    }
+}
+
+/// Client to server.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum ClientMsg {
+    /// The client's vote on ballot `seq`, sent to every server of the view it accepted.
+    Vote { view: View, seq: Seq, yes: bool },
+    /// "Send me every result from `from` on": the client saw a result past a gap.
+    Resend { view: View, from: Seq },
+}
+
+/// Server to client.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum ServerMsg {
+    /// Registration accepted; the server's current view.
+    Welcome { view: ViewInfo },
+    /// A new configuration: vote to these servers from now on.
+    NewView { view: ViewInfo },
+    /// Ballot `seq` is open: please vote.
+    VoteRequest { view: View, seq: Seq },
+    /// The final tally of ballot `seq`.
+    Result { view: View, seq: Seq, tally: Tally },
+    /// Catch-up: the tallies of `first`, `first + 1`, ... in order.
+    Results {
+        view: View,
+        first: Seq,
+        tallies: Vec<Tally>,
+    },
+    /// The server will not serve this client; the connection closes after this frame.
+    Refused { view: View, reason: String },
+}
+
+/// Server to server, both directions.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum PeerMsg {
+    /// Primary to joining backup: the whole replicated state, then the live stream follows
+    /// on the same connection.
+    Snapshot(Box<Snapshot>),
+    /// Primary to backup: the view that includes you is installed.
+    Install { view: ViewInfo },
+    /// Both ways, every heartbeat interval.
+    Heartbeat { view: View },
+    /// Primary to backup: a client registered and got the next client index.
+    Register { view: View, client: ClientId },
+    /// Primary to backup: ballot `seq` opened; its electorate is client indexes `0..voters`.
+    Open { view: View, seq: Seq, voters: u32 },
+    /// Primary to backup: a vote the primary received.
+    Forward {
+        view: View,
+        seq: Seq,
+        client: u32,
+        yes: bool,
+    },
+    /// Primary to backup: ballot `seq` is final with this tally; acknowledge before the
+    /// primary tells any client.
+    Commit { view: View, seq: Seq, tally: Tally },
+    /// Backup to primary: ballot `seq`'s final tally is recorded.
+    CommitAck { view: View, seq: Seq },
+    /// Primary to a server that asked to join: no. The connection closes after this frame.
+    JoinRefused { view: View, reason: String },
+}
+
+/// The replicated state a joining backup receives.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Snapshot {
+    pub view: ViewInfo,
+    /// Registered clients in index order.
+    pub clients: Vec<ClientId>,
+    /// Every committed result: `results[i]` is ballot `i + 1`.
+    pub results: Vec<Tally>,
+    /// Ballots opened and not yet committed, in seq order, starting at `results.len() + 1`.
+    pub open: Vec<OpenBallot>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct OpenBallot {
+    pub seq: Seq,
+    pub voters: u32,
+    /// `votes[i]`: client index i's vote, if counted yet.
+    pub votes: Vec<Option<bool>>,
+}
+
+/// Server to `pbvote status`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StatusReply {
+    pub node: NodeId,
+    pub role: Role,
+    pub view: ViewInfo,
+    /// The next ballot the primary will open.
+    pub next_seq: Seq,
+    /// Last ballot whose result is final.
+    pub committed: Seq,
+    pub open_ballots: u64,
+    pub clients: Vec<ClientId>,
+    pub connected_clients: u64,
+    pub peer: Option<PeerStatus>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PeerStatus {
+    pub addr: Option<SocketAddr>,
+    pub connected: bool,
+    /// Milliseconds since the last frame from the peer.
+    pub last_heard_ms: Option<u64>,
+    pub alive: bool,
+}

@@ -1,0 +1,15 @@
+//! The wire: every type that crosses a socket, the frame codec and its limits.
+//!
+//! Nothing here does I/O. The reactor reads bytes into a buffer and asks
+//! [`codec::decode_frame`] for messages; the cores produce message values that the
+//! reactor encodes with [`codec::encode_frame`].
+
+pub mod codec;
+pub mod limits;
+pub mod messages;
+pub mod types;
+
+pub use messages::{
+    ClientMsg, Hello, LinkKind, PeerMsg, PeerStatus, ServerMsg, Snapshot, StatusReply,
+};
+pub use types::{ClientId, NodeId, Role, Seq, Tally, View, ViewInfo};

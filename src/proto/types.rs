@@ -1,0 +1,107 @@
+//! Newtypes for the things that must never be confused with one another.
+
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use std::net::SocketAddr;
+
+/// A configuration number. Only grows; every server message carries one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct View(pub u64);
+
+/// A ballot's sequence number, 1, 2, 3, ... `Seq(0)` means "none yet".
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
+pub struct Seq(pub u64);
+
+impl Seq {
+    pub fn next(self) -> Seq {
+        Seq(self.0 + 1)
+    }
+}
+
+/// A client's operator-chosen name, at most [`crate::proto::limits::MAX_CLIENT_ID_LEN`] bytes.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct ClientId(pub String);
+
+/// A server process's identity, random per process start, so a restarted replica on the
+/// same address is recognisably a different process.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct NodeId(pub u64);
+
+/// The outcome of one ballot.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Tally {
+    pub yes: u32,
+    pub no: u32,
+}
+
+/// Who serves in a view. `backup: None` is a primary-only view: clients vote to the primary
+/// alone.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ViewInfo {
+    pub number: View,
+    pub primary: SocketAddr,
+    pub backup: Option<SocketAddr>,
+}
+
+impl ViewInfo {
+    /// The servers a client sends its votes to in this view.
+    pub fn servers(&self) -> impl Iterator<Item = SocketAddr> {
+        std::iter::once(self.primary).chain(self.backup)
+    }
+}
+
+/// What a server is doing right now.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Role {
+    /// Opens ballots, counts votes, tells results.
+    Primary,
+    /// Waiting out its start delay, then connecting to the primary for a snapshot.
+    Joining,
+    /// Holds a copy of the primary's state; tells no results.
+    Backup,
+}
+
+impl fmt::Display for View {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+impl fmt::Display for Seq {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+impl fmt::Display for ClientId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Display for NodeId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:016x}", self.0)
+    }
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Role::Primary => "primary",
+            Role::Joining => "joining",
+            Role::Backup => "backup",
+        })
+    }
+}
+
+impl fmt::Display for ViewInfo {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.backup {
+            Some(b) => write!(f, "{}(p={} b={})", self.number, self.primary, b),
+            None => write!(f, "{}(p={} b=none)", self.number, self.primary),
+        }
+    }
+}

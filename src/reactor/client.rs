@@ -1,0 +1,362 @@
+//! The client process: one or more client cores (the bench hosts thousands) on one loop,
+//! each with its own connections and its own log file.
+
+use super::conn::{Conn, Expect, Fill};
+use super::timeout_until;
+use super::timer::TimerWheel;
+use crate::ballot_log;
+use crate::client::{Client, ClientOutput};
+use crate::link::ConnId;
+use crate::proto::limits::MAX_CLIENT_OUTBUF;
+use crate::proto::{Seq, ServerMsg};
+use log::{debug, info, warn};
+use mio::net::TcpStream;
+use mio::{Events, Interest, Poll, Token};
+use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook_mio::v1_0::Signals;
+use slab::Slab;
+use std::fs::{File, OpenOptions};
+use std::io::{self, Write};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+const SIGNALS: Token = Token(usize::MAX - 2);
+
+/// Opens a client log for appending and returns the last seq it holds. A torn last line
+/// (a write cut short by a crash) is cut off; anything else that is not exactly 1..k is
+/// refused, because appending to it would hide the damage.
+pub fn open_log(path: &Path) -> Result<(File, Seq), String> {
+    let text = match std::fs::read(path) {
+        Ok(bytes) => {
+            String::from_utf8(bytes).map_err(|_| format!("{}: not UTF-8 text", path.display()))?
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => String::new(),
+        Err(e) => return Err(format!("{}: {e}", path.display())),
+    };
+    let (lines, torn) = ballot_log::parse(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+    for (i, line) in lines.iter().enumerate() {
+        if line.seq != Seq(i as u64 + 1) {
+            return Err(format!(
+                "{}: line {} holds seq {}, expected {}: refusing to append to a damaged log",
+                path.display(),
+                i + 1,
+                line.seq,
+                i + 1
+            ));
+        }
+    }
+    let file = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    if torn {
+        let keep = text.rfind('\n').map_or(0, |i| i + 1);
+        warn!("log-torn-tail path={} kept_bytes={keep}", path.display());
+        file.set_len(keep as u64)
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+    }
+    Ok((file, Seq(lines.len() as u64)))
+}
+
+pub struct Hosted {
+    pub core: Client,
+    pub log: File,
+    /// Lines appended by the core this turn, written before any socket is flushed.
+    pending: Vec<u8>,
+}
+
+impl Hosted {
+    pub fn new(core: Client, log: File) -> Hosted {
+        Hosted {
+            core,
+            log,
+            pending: Vec::new(),
+        }
+    }
+}
+
+pub struct ClientHost {
+    poll: Poll,
+    signals: Signals,
+    conns: Slab<Conn>,
+    next_gen: u32,
+    pub clients: Vec<Hosted>,
+    wheel: TimerWheel,
+    touched: Vec<usize>,
+    dirty: Vec<ConnId>,
+    logs_pending: Vec<usize>,
+    shutdown: bool,
+}
+
+impl ClientHost {
+    pub fn new(clients: Vec<Hosted>) -> io::Result<ClientHost> {
+        let poll = Poll::new()?;
+        let mut signals = Signals::new([SIGTERM, SIGINT])?;
+        poll.registry()
+            .register(&mut signals, SIGNALS, Interest::READABLE)?;
+        let now = Instant::now();
+        let mut host = ClientHost {
+            poll,
+            signals,
+            conns: Slab::new(),
+            next_gen: 0,
+            wheel: TimerWheel::new(now),
+            touched: (0..clients.len()).collect(),
+            clients,
+            dirty: Vec::new(),
+            logs_pending: Vec::new(),
+            shutdown: false,
+        };
+        for i in 0..host.clients.len() {
+            host.clients[i].core.handle_timeout(now);
+        }
+        Ok(host)
+    }
+
+    pub fn all_done(&self) -> bool {
+        self.clients.iter().all(|c| c.core.is_done())
+    }
+
+    /// Runs until every client is done (`--until`), a signal, or `deadline`.
+    pub fn run(&mut self, deadline: Option<Instant>) -> io::Result<()> {
+        let mut events = Events::with_capacity(1024);
+        let mut expired = Vec::new();
+        loop {
+            let now = Instant::now();
+            self.after_turn(now)?;
+            if self.shutdown || self.all_done() || deadline.is_some_and(|d| d <= now) {
+                return Ok(());
+            }
+            let wake = [self.wheel.next_deadline(), deadline]
+                .into_iter()
+                .flatten()
+                .min();
+            if let Err(e) = self.poll.poll(&mut events, timeout_until(wake, now)) {
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(e);
+            }
+            let now = Instant::now();
+            for event in events.iter() {
+                match event.token() {
+                    SIGNALS => {
+                        for signal in self.signals.pending() {
+                            info!("signal number={signal}");
+                            self.shutdown = true;
+                        }
+                    }
+                    Token(slot) => self.on_conn_event(slot, event, now),
+                }
+            }
+            expired.clear();
+            self.wheel.expire(now, &mut expired);
+            for &i in &expired {
+                self.clients[i].core.handle_timeout(now);
+                self.touched.push(i);
+            }
+        }
+    }
+
+    /// Performs what the touched cores asked for: log lines first, then sockets.
+    fn after_turn(&mut self, now: Instant) -> io::Result<()> {
+        while let Some(i) = self.touched.pop() {
+            self.drain_outputs(i, now);
+            let deadline = self.clients[i].core.poll_timeout();
+            self.wheel.set(i, deadline);
+        }
+        for i in self.logs_pending.drain(..) {
+            let hosted = &mut self.clients[i];
+            if hosted.pending.is_empty() {
+                continue;
+            }
+            // A log we cannot write is fatal: acknowledging past it would lose a line.
+            hosted.log.write_all(&hosted.pending).map_err(|e| {
+                io::Error::new(
+                    e.kind(),
+                    format!("writing the log of {}: {e}", hosted.core.id()),
+                )
+            })?;
+            hosted.pending.clear();
+        }
+        let mut dirty = std::mem::take(&mut self.dirty);
+        dirty.sort_unstable();
+        dirty.dedup();
+        for id in dirty.drain(..) {
+            let Some(conn) = self.conn_mut(id) else {
+                continue;
+            };
+            if conn.connecting {
+                continue;
+            }
+            if let Err(e) = conn.flush() {
+                debug!("write-failed peer={} conn={id} error={e}", conn.addr);
+                self.close_now(id, now);
+                continue;
+            }
+            if conn.closing && !conn.has_output() {
+                self.remove(id);
+            }
+        }
+        self.dirty = dirty;
+        if !self.touched.is_empty() {
+            // Closing a connection touched its core; let it act before we sleep.
+            return self.after_turn(now);
+        }
+        Ok(())
+    }
+
+    fn conn_mut(&mut self, id: ConnId) -> Option<&mut Conn> {
+        self.conns
+            .get_mut(id.slot as usize)
+            .filter(|c| c.gen == id.gen)
+    }
+
+    fn drain_outputs(&mut self, i: usize, now: Instant) {
+        while let Some(output) = self.clients[i].core.poll_output() {
+            match output {
+                ClientOutput::Dial(addr) => self.dial(i, addr, now),
+                ClientOutput::Hello(id, hello) => self.queue(id, &hello, now),
+                ClientOutput::Send(id, msg) => self.queue(id, &msg, now),
+                ClientOutput::Close(id) => {
+                    if let Some(conn) = self.conn_mut(id) {
+                        conn.closing = true;
+                        self.dirty.push(id);
+                    }
+                }
+                ClientOutput::Append(line) => {
+                    let hosted = &mut self.clients[i];
+                    if hosted.pending.is_empty() {
+                        self.logs_pending.push(i);
+                    }
+                    line.write_to(&mut hosted.pending);
+                }
+            }
+        }
+    }
+
+    fn queue<T: crate::proto::codec::Wire>(&mut self, id: ConnId, msg: &T, now: Instant) {
+        let Some(conn) = self.conn_mut(id) else {
+            return;
+        };
+        if let Err(e) = conn.queue(msg) {
+            warn!("send-failed peer={} conn={id} error={e}", conn.addr);
+            self.close_now(id, now);
+            return;
+        }
+        self.dirty.push(id);
+    }
+
+    fn dial(&mut self, owner: usize, addr: SocketAddr, now: Instant) {
+        let result = TcpStream::connect(addr).and_then(|mut stream| {
+            let _ = stream.set_nodelay(true);
+            let gen = self.next_gen;
+            self.next_gen = self.next_gen.wrapping_add(1);
+            let entry = self.conns.vacant_entry();
+            let slot = entry.key();
+            self.poll.registry().register(
+                &mut stream,
+                Token(slot),
+                Interest::READABLE | Interest::WRITABLE,
+            )?;
+            let mut conn = Conn::new(stream, addr, gen, Expect::ServerMsgs, MAX_CLIENT_OUTBUF);
+            conn.owner = owner;
+            conn.connecting = true;
+            entry.insert(conn);
+            Ok(())
+        });
+        if let Err(e) = result {
+            debug!("dial-failed peer={addr} error={e}");
+            self.clients[owner].core.handle_dial_failed(addr, now);
+            self.touched.push(owner);
+        }
+    }
+
+    fn on_conn_event(&mut self, slot: usize, event: &mio::event::Event, now: Instant) {
+        let Some(conn) = self.conns.get_mut(slot) else {
+            return;
+        };
+        let id = ConnId {
+            slot: slot as u32,
+            gen: conn.gen,
+        };
+        let owner = conn.owner;
+        if conn.connecting {
+            match conn.finish_connect() {
+                Ok(true) => {
+                    let addr = conn.addr;
+                    self.clients[owner].core.handle_connected(id, addr, now);
+                    self.touched.push(owner);
+                }
+                Ok(false) => return,
+                Err(e) => {
+                    let addr = conn.addr;
+                    debug!("dial-failed peer={addr} error={e}");
+                    self.remove(id);
+                    self.clients[owner].core.handle_dial_failed(addr, now);
+                    self.touched.push(owner);
+                    return;
+                }
+            }
+        }
+        if event.is_writable() {
+            self.dirty.push(id);
+        }
+        if event.is_readable() || event.is_read_closed() || event.is_error() {
+            self.read_conn(id, owner, now);
+        }
+    }
+
+    fn read_conn(&mut self, id: ConnId, owner: usize, now: Instant) {
+        loop {
+            let Some(conn) = self.conn_mut(id) else {
+                return;
+            };
+            let fill = conn.fill();
+            loop {
+                let Some(conn) = self.conn_mut(id) else {
+                    return;
+                };
+                match conn.next_frame::<ServerMsg>() {
+                    Ok(Some(msg)) => {
+                        self.clients[owner].core.handle_msg(id, msg, now);
+                        self.touched.push(owner);
+                    }
+                    Ok(None) => break,
+                    Err(e) => {
+                        warn!("bad-frame peer={} conn={id} error={e}", conn.addr);
+                        self.close_now(id, now);
+                        return;
+                    }
+                }
+            }
+            match fill {
+                Ok(Fill::More) => continue,
+                Ok(Fill::Drained) => return,
+                Ok(Fill::Eof) | Err(_) => {
+                    self.close_now(id, now);
+                    return;
+                }
+            }
+        }
+    }
+
+    fn remove(&mut self, id: ConnId) -> Option<Conn> {
+        self.conn_mut(id)?;
+        let mut conn = self.conns.remove(id.slot as usize);
+        let _ = self.poll.registry().deregister(&mut conn.stream);
+        Some(conn)
+    }
+
+    fn close_now(&mut self, id: ConnId, now: Instant) {
+        if let Some(conn) = self.remove(id) {
+            self.clients[conn.owner].core.handle_closed(id, now);
+            self.touched.push(conn.owner);
+        }
+    }
+}
+
+/// How long `pbvote client` waits between redials of a server that is down.
+pub const REDIAL: Duration = Duration::from_millis(200);

@@ -1,0 +1,206 @@
+//! One TCP connection: its socket, read and write buffers, and where it is in its life.
+//! Edge-triggered discipline (mio's tcp_server example): read until `WouldBlock`, write
+//! until the buffer drains or `WouldBlock`.
+
+use crate::proto::codec::{self, DecodeError, EncodeError, Wire};
+use crate::proto::limits::MAX_FRAME_LEN;
+use mio::net::TcpStream;
+use std::io::{self, Read, Write};
+use std::net::SocketAddr;
+
+/// Bytes asked of the kernel per `read`.
+const READ_CHUNK: usize = 16 * 1024;
+
+/// What the bytes read on a connection should decode as.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Expect {
+    /// A server's accepted connection before its first frame.
+    Hello,
+    /// A server's client link.
+    ClientMsgs,
+    /// Either end of a peer link.
+    PeerMsgs,
+    /// A client's link to a server.
+    ServerMsgs,
+    /// A status link: we only answer, any frame is an error.
+    Nothing,
+}
+
+pub struct Conn {
+    pub stream: TcpStream,
+    pub addr: SocketAddr,
+    pub gen: u32,
+    /// Which core the connection belongs to, where a loop hosts several (the bench).
+    pub owner: usize,
+    pub expect: Expect,
+    /// A dial still waiting for the handshake to finish.
+    pub connecting: bool,
+    /// Close as soon as the write buffer drains.
+    pub closing: bool,
+    rbuf: Vec<u8>,
+    rpos: usize,
+    wbuf: Vec<u8>,
+    wpos: usize,
+    outbuf_limit: usize,
+}
+
+#[derive(Debug)]
+pub enum Fill {
+    /// Read some bytes; call again.
+    More,
+    /// Nothing more to read now.
+    Drained,
+    /// The peer closed its side.
+    Eof,
+}
+
+#[derive(Debug)]
+pub enum QueueError {
+    /// The peer does not read fast enough (Redis' client-output-buffer-limit).
+    OutbufFull {
+        queued: usize,
+        limit: usize,
+    },
+    Encode(EncodeError),
+}
+
+impl std::fmt::Display for QueueError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            QueueError::OutbufFull { queued, limit } => {
+                write!(
+                    f,
+                    "output buffer of {queued} bytes over its limit of {limit}"
+                )
+            }
+            QueueError::Encode(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+impl Conn {
+    pub fn new(
+        stream: TcpStream,
+        addr: SocketAddr,
+        gen: u32,
+        expect: Expect,
+        outbuf_limit: usize,
+    ) -> Conn {
+        Conn {
+            stream,
+            addr,
+            gen,
+            owner: 0,
+            expect,
+            connecting: false,
+            closing: false,
+            rbuf: Vec::new(),
+            rpos: 0,
+            wbuf: Vec::new(),
+            wpos: 0,
+            outbuf_limit,
+        }
+    }
+
+    /// One `read` into the buffer. The caller decodes what arrived before reading again,
+    /// so a flood never buffers more than one maximal frame plus a chunk.
+    pub fn fill(&mut self) -> io::Result<Fill> {
+        if self.rpos > 0 && self.rpos == self.rbuf.len() {
+            self.rbuf.clear();
+            self.rpos = 0;
+        } else if self.rpos > MAX_FRAME_LEN / 4 {
+            self.rbuf.drain(..self.rpos);
+            self.rpos = 0;
+        }
+        let old = self.rbuf.len();
+        self.rbuf.resize(old + READ_CHUNK, 0);
+        loop {
+            match self.stream.read(&mut self.rbuf[old..]) {
+                Ok(0) => {
+                    self.rbuf.truncate(old);
+                    return Ok(Fill::Eof);
+                }
+                Ok(n) => {
+                    self.rbuf.truncate(old + n);
+                    return Ok(Fill::More);
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    self.rbuf.truncate(old);
+                    return Ok(Fill::Drained);
+                }
+                Err(e) => {
+                    self.rbuf.truncate(old);
+                    return Err(e);
+                }
+            }
+        }
+    }
+
+    /// The next complete frame in the read buffer, if any.
+    pub fn next_frame<T: Wire>(&mut self) -> Result<Option<T>, DecodeError> {
+        match codec::decode_frame::<T>(&self.rbuf[self.rpos..])? {
+            Some((msg, used)) => {
+                self.rpos += used;
+                Ok(Some(msg))
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// Bytes read and not yet decoded (a frame cut short by EOF shows here).
+    pub fn unread(&self) -> usize {
+        self.rbuf.len() - self.rpos
+    }
+
+    pub fn queue<T: Wire>(&mut self, msg: &T) -> Result<(), QueueError> {
+        let queued = self.wbuf.len() - self.wpos;
+        if queued > self.outbuf_limit {
+            return Err(QueueError::OutbufFull {
+                queued,
+                limit: self.outbuf_limit,
+            });
+        }
+        codec::encode_frame(msg, &mut self.wbuf).map_err(QueueError::Encode)
+    }
+
+    pub fn has_output(&self) -> bool {
+        self.wpos < self.wbuf.len()
+    }
+
+    /// Writes until the buffer drains or the socket would block.
+    pub fn flush(&mut self) -> io::Result<()> {
+        while self.wpos < self.wbuf.len() {
+            match self.stream.write(&self.wbuf[self.wpos..]) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => self.wpos += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) => return Err(e),
+            }
+        }
+        if self.wpos == self.wbuf.len() {
+            self.wbuf.clear();
+            self.wpos = 0;
+        } else if self.wpos > 64 * 1024 {
+            self.wbuf.drain(..self.wpos);
+            self.wpos = 0;
+        }
+        Ok(())
+    }
+
+    /// A dialed connection finished its handshake: `Ok(true)` up, `Ok(false)` not yet.
+    pub fn finish_connect(&mut self) -> io::Result<bool> {
+        if let Some(e) = self.stream.take_error()? {
+            return Err(e);
+        }
+        match self.stream.peer_addr() {
+            Ok(_) => {
+                self.connecting = false;
+                Ok(true)
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotConnected => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+}

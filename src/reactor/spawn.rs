@@ -1,0 +1,52 @@
+//! fork/exec of a backup: the same binary, `server --role backup`, joining us.
+
+use std::net::SocketAddr;
+use std::process::{Child, Command};
+use std::time::Duration;
+
+/// What a spawned backup inherits from the server that spawns it.
+#[derive(Clone, Debug)]
+pub struct SpawnSpec {
+    /// Where the backup listens (`--backup-listen`; port 0 lets it pick).
+    pub listen: SocketAddr,
+    pub heartbeat: Duration,
+    pub miss_limit: u32,
+    pub backup_start_delay: Duration,
+    pub ballot_interval: Duration,
+    pub ballots: Option<u64>,
+    pub window: u64,
+    pub log_level: String,
+}
+
+/// Starts `pbvote server --role backup --join primary` as our child. It inherits our
+/// process group, stdout and stderr, so it shows in the same terminal and dies with the
+/// group a test or a shell kills.
+pub fn spawn_backup(spec: &SpawnSpec, primary: SocketAddr) -> std::io::Result<Child> {
+    let exe = std::env::current_exe()?;
+    let mut cmd = Command::new(exe);
+    cmd.arg("server")
+        .args(["--role", "backup"])
+        .args(["--listen", &spec.listen.to_string()])
+        .args(["--join", &primary.to_string()])
+        // Once primary itself, it respawns on the same host, any port.
+        .args([
+            "--backup-listen",
+            &SocketAddr::new(spec.listen.ip(), 0).to_string(),
+        ])
+        .args(["--heartbeat-ms", &spec.heartbeat.as_millis().to_string()])
+        .args(["--miss-limit", &spec.miss_limit.to_string()])
+        .args([
+            "--backup-start-delay-ms",
+            &spec.backup_start_delay.as_millis().to_string(),
+        ])
+        .args([
+            "--ballot-interval-ms",
+            &spec.ballot_interval.as_millis().to_string(),
+        ])
+        .args(["--window", &spec.window.to_string()])
+        .args(["--log-level", &spec.log_level]);
+    if let Some(n) = spec.ballots {
+        cmd.args(["--ballots", &n.to_string()]);
+    }
+    cmd.spawn()
+}
