@@ -148,6 +148,73 @@ pub fn check(logs: &[ClientLog], expect: &Expect) -> Vec<Violation> {
     found
 }
 
+/// The same guarantees checked line by line as they are appended (the simulator calls it
+/// after every step), so a violation is caught at the step that made it.
+pub struct LiveCheck {
+    voters: u32,
+    policies: Vec<Policy>,
+    /// The first tally any log recorded for each seq: `agreed[i]` is seq i + 1.
+    agreed: Vec<Tally>,
+    /// Per log, the last seq appended.
+    last: Vec<Seq>,
+}
+
+impl LiveCheck {
+    pub fn new(voters: u32, policies: Vec<Policy>) -> LiveCheck {
+        LiveCheck {
+            voters,
+            last: vec![Seq(0); policies.len()],
+            policies,
+            agreed: Vec::new(),
+        }
+    }
+
+    pub fn observe(&mut self, log: usize, name: &str, line: LogLine) -> Result<(), Violation> {
+        let violation = |guarantee, what: String| Violation {
+            guarantee,
+            log: name.to_string(),
+            seq: Some(line.seq),
+            what,
+        };
+        let want = self.last[log].next();
+        if line.seq != want {
+            return Err(violation(
+                "G1",
+                format!("appended out of order: expected {want}"),
+            ));
+        }
+        self.last[log] = line.seq;
+        let idx = (line.seq.0 - 1) as usize;
+        match self.agreed.get(idx) {
+            Some(tally) if *tally != line.tally => {
+                return Err(violation(
+                    "G2",
+                    format!(
+                        "{} {} here but {} {} in another log",
+                        line.tally.yes, line.tally.no, tally.yes, tally.no
+                    ),
+                ));
+            }
+            Some(_) => return Ok(()),
+            None => {
+                debug_assert_eq!(idx, self.agreed.len());
+                self.agreed.push(line.tally);
+            }
+        }
+        let yes = self.policies.iter().filter(|p| p.vote(line.seq.0)).count() as u32;
+        if line.tally.yes + line.tally.no != self.voters || line.tally.yes != yes {
+            return Err(violation(
+                "G3",
+                format!(
+                    "tally {} {} but the {} voters cast {} yes",
+                    line.tally.yes, line.tally.no, self.voters, yes
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -216,72 +283,5 @@ mod tests {
             },
         );
         assert_eq!(v.len(), 2, "{v:?}");
-    }
-}
-
-/// The same guarantees checked line by line as they are appended (the simulator calls it
-/// after every step), so a violation is caught at the step that made it.
-pub struct LiveCheck {
-    voters: u32,
-    policies: Vec<Policy>,
-    /// The first tally any log recorded for each seq: `agreed[i]` is seq i + 1.
-    agreed: Vec<Tally>,
-    /// Per log, the last seq appended.
-    last: Vec<Seq>,
-}
-
-impl LiveCheck {
-    pub fn new(voters: u32, policies: Vec<Policy>) -> LiveCheck {
-        LiveCheck {
-            voters,
-            last: vec![Seq(0); policies.len()],
-            policies,
-            agreed: Vec::new(),
-        }
-    }
-
-    pub fn observe(&mut self, log: usize, name: &str, line: LogLine) -> Result<(), Violation> {
-        let violation = |guarantee, what: String| Violation {
-            guarantee,
-            log: name.to_string(),
-            seq: Some(line.seq),
-            what,
-        };
-        let want = self.last[log].next();
-        if line.seq != want {
-            return Err(violation(
-                "G1",
-                format!("appended out of order: expected {want}"),
-            ));
-        }
-        self.last[log] = line.seq;
-        let idx = (line.seq.0 - 1) as usize;
-        match self.agreed.get(idx) {
-            Some(tally) if *tally != line.tally => {
-                return Err(violation(
-                    "G2",
-                    format!(
-                        "{} {} here but {} {} in another log",
-                        line.tally.yes, line.tally.no, tally.yes, tally.no
-                    ),
-                ));
-            }
-            Some(_) => return Ok(()),
-            None => {
-                debug_assert_eq!(idx, self.agreed.len());
-                self.agreed.push(line.tally);
-            }
-        }
-        let yes = self.policies.iter().filter(|p| p.vote(line.seq.0)).count() as u32;
-        if line.tally.yes + line.tally.no != self.voters || line.tally.yes != yes {
-            return Err(violation(
-                "G3",
-                format!(
-                    "tally {} {} but the {} voters cast {} yes",
-                    line.tally.yes, line.tally.no, self.voters, yes
-                ),
-            ));
-        }
-        Ok(())
     }
 }

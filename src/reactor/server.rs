@@ -326,7 +326,7 @@ impl Server {
                 Output::Status(id, reply) => self.queue(id, &*reply, now),
                 Output::Close(id, reason) => {
                     if let Some(conn) = self.conn_mut(id) {
-                        debug!("conn-closing peer={} conn={id} reason={reason}", conn.addr);
+                        info!("conn-closing peer={} conn={id} reason={reason}", conn.addr);
                         conn.closing = true;
                         self.dirty.push(id);
                     }

@@ -1,0 +1,66 @@
+//! Real processes on loopback: a primary, the backup it spawns, and clients.
+
+mod common;
+
+use common::*;
+use pbvote::client::policy::Policy;
+use std::time::Duration;
+
+#[test]
+fn primary_spawned_backup_and_five_clients_log_thirty_exact_ballots() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (_primary, addr) = start_primary(dir.path(), &["--ballots", "30", "--min-clients", "5"]);
+    // The spawned backup logs into the primary's stderr; wait until it is in service so
+    // that every ballot after the first few runs the full commit-before-telling path.
+    let clients: Vec<(&str, Policy)> = vec![
+        ("y1", Policy::Yes),
+        ("y2", Policy::Yes),
+        ("y3", Policy::Yes),
+        ("n1", Policy::No),
+        ("n2", Policy::No),
+    ];
+    let mut procs: Vec<Proc> = clients
+        .iter()
+        .map(|(id, p)| start_client(dir.path(), id, &addr, &p.to_string(), 30))
+        .collect();
+    for p in &mut procs {
+        let status = p.wait_exit(Duration::from_secs(60));
+        assert!(status.success(), "{} exited {status}", p.name);
+    }
+    let primary_err = dir.path().join("primary.err");
+    let joined = std::fs::read_to_string(&primary_err).unwrap_or_default();
+    assert!(
+        joined.contains("joined view="),
+        "the spawned backup never joined:\n{joined}"
+    );
+    for (id, _) in &clients {
+        let log = std::fs::read_to_string(dir.path().join(format!("{id}.log"))).expect("log");
+        let want: String = (1..=30).map(|k| format!("{k} 3 2\n")).collect();
+        assert_eq!(log, want, "log of {id}");
+    }
+    assert_eq!(check_logs(dir.path(), &clients, 30), vec![]);
+}
+
+#[test]
+fn status_reports_role_view_clients_and_peer() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (mut primary, addr) = start_primary(dir.path(), &["--ballots", "3"]);
+    let mut client = start_client(dir.path(), "solo", &addr, "yes", 3);
+    assert!(client.wait_exit(Duration::from_secs(30)).success());
+    primary.wait_line("joined view=", Duration::from_secs(10));
+    let out = std::process::Command::new(BIN)
+        .args(["status", "--server", &addr, "--json"])
+        .output()
+        .expect("run status");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(json["role"], "Primary");
+    assert_eq!(json["committed"], 3);
+    assert_eq!(json["clients"][0], "solo");
+    assert_eq!(json["peer"]["connected"], true);
+    assert!(json["view"]["backup"].is_string(), "{json}");
+}

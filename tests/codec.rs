@@ -1,0 +1,248 @@
+//! The frame codec: every message round-trips; any bytes decode to a message, "need more"
+//! or a clean error, never a panic; a frame is never decoded on the wrong kind of link.
+
+use pbvote::proto::codec::{decode_frame, frame, DecodeError, Wire};
+use pbvote::proto::limits::MAX_FRAME_LEN;
+use pbvote::proto::messages::OpenBallot;
+use pbvote::proto::{
+    ClientId, ClientMsg, Hello, NodeId, PeerMsg, PeerStatus, Role, Seq, ServerMsg, Snapshot,
+    StatusReply, Tally, View, ViewInfo,
+};
+use proptest::prelude::*;
+use std::net::SocketAddr;
+
+fn addr() -> impl Strategy<Value = SocketAddr> {
+    prop_oneof![
+        (any::<[u8; 4]>(), any::<u16>()).prop_map(|(ip, port)| SocketAddr::from((ip, port))),
+        (any::<[u16; 8]>(), any::<u16>()).prop_map(|(ip, port)| SocketAddr::from((ip, port))),
+    ]
+}
+
+fn view_info() -> impl Strategy<Value = ViewInfo> {
+    (any::<u64>(), addr(), proptest::option::of(addr())).prop_map(|(n, primary, backup)| ViewInfo {
+        number: View(n),
+        primary,
+        backup,
+    })
+}
+
+fn client_id() -> impl Strategy<Value = ClientId> {
+    "[a-z0-9-]{1,64}".prop_map(ClientId)
+}
+
+fn tally() -> impl Strategy<Value = Tally> {
+    (any::<u32>(), any::<u32>()).prop_map(|(yes, no)| Tally { yes, no })
+}
+
+fn hello() -> impl Strategy<Value = Hello> {
+    prop_oneof![
+        (client_id(), any::<u64>(), any::<u64>()).prop_map(|(id, s, v)| Hello::Client {
+            id,
+            last_seq: Seq(s),
+            view: View(v),
+        }),
+        (any::<u64>(), addr(), any::<u64>()).prop_map(|(n, listen, v)| Hello::Peer {
+            node: NodeId(n),
+            listen,
+            view: View(v),
+        }),
+        Just(Hello::Status),
+    ]
+}
+
+fn client_msg() -> impl Strategy<Value = ClientMsg> {
+    prop_oneof![
+        (any::<u64>(), any::<u64>(), any::<bool>()).prop_map(|(v, s, yes)| ClientMsg::Vote {
+            view: View(v),
+            seq: Seq(s),
+            yes,
+        }),
+        (any::<u64>(), any::<u64>()).prop_map(|(v, s)| ClientMsg::Resend {
+            view: View(v),
+            from: Seq(s),
+        }),
+    ]
+}
+
+fn server_msg() -> impl Strategy<Value = ServerMsg> {
+    prop_oneof![
+        view_info().prop_map(|view| ServerMsg::Welcome { view }),
+        view_info().prop_map(|view| ServerMsg::NewView { view }),
+        (any::<u64>(), any::<u64>()).prop_map(|(v, s)| ServerMsg::VoteRequest {
+            view: View(v),
+            seq: Seq(s),
+        }),
+        (any::<u64>(), any::<u64>(), tally()).prop_map(|(v, s, tally)| ServerMsg::Result {
+            view: View(v),
+            seq: Seq(s),
+            tally,
+        }),
+        (any::<u64>(), any::<u64>(), proptest::collection::vec(tally(), 0..20)).prop_map(
+            |(v, s, tallies)| ServerMsg::Results {
+                view: View(v),
+                first: Seq(s),
+                tallies,
+            }
+        ),
+        (any::<u64>(), ".{0,40}").prop_map(|(v, reason)| ServerMsg::Refused {
+            view: View(v),
+            reason,
+        }),
+    ]
+}
+
+fn snapshot() -> impl Strategy<Value = Snapshot> {
+    (
+        view_info(),
+        proptest::collection::vec(client_id(), 0..8),
+        proptest::collection::vec(tally(), 0..8),
+        proptest::collection::vec(
+            (any::<u64>(), any::<u32>(), proptest::collection::vec(any::<Option<bool>>(), 0..8)),
+            0..4,
+        ),
+    )
+        .prop_map(|(view, clients, results, open)| Snapshot {
+            view,
+            clients,
+            results,
+            open: open
+                .into_iter()
+                .map(|(seq, voters, votes)| OpenBallot {
+                    seq: Seq(seq),
+                    voters,
+                    votes,
+                })
+                .collect(),
+        })
+}
+
+fn peer_msg() -> impl Strategy<Value = PeerMsg> {
+    let v = any::<u64>().prop_map(View);
+    let s = any::<u64>().prop_map(Seq);
+    prop_oneof![
+        snapshot().prop_map(|s| PeerMsg::Snapshot(Box::new(s))),
+        view_info().prop_map(|view| PeerMsg::Install { view }),
+        v.clone().prop_map(|view| PeerMsg::Heartbeat { view }),
+        (v.clone(), client_id()).prop_map(|(view, client)| PeerMsg::Register { view, client }),
+        (v.clone(), s.clone(), any::<u32>()).prop_map(|(view, seq, voters)| PeerMsg::Open {
+            view,
+            seq,
+            voters
+        }),
+        (v.clone(), s.clone(), any::<u32>(), any::<bool>()).prop_map(|(view, seq, client, yes)| {
+            PeerMsg::Forward {
+                view,
+                seq,
+                client,
+                yes,
+            }
+        }),
+        (v.clone(), s.clone(), tally()).prop_map(|(view, seq, tally)| PeerMsg::Commit {
+            view,
+            seq,
+            tally
+        }),
+        (v.clone(), s).prop_map(|(view, seq)| PeerMsg::CommitAck { view, seq }),
+        (v, ".{0,40}").prop_map(|(view, reason)| PeerMsg::JoinRefused { view, reason }),
+    ]
+}
+
+fn status_reply() -> impl Strategy<Value = StatusReply> {
+    (
+        any::<u64>(),
+        view_info(),
+        any::<u64>(),
+        proptest::collection::vec(client_id(), 0..4),
+        proptest::option::of((proptest::option::of(addr()), any::<bool>(), any::<Option<u64>>())),
+    )
+        .prop_map(|(node, view, n, clients, peer)| StatusReply {
+            node: NodeId(node),
+            role: Role::Backup,
+            view,
+            next_seq: Seq(n),
+            committed: Seq(n / 2),
+            open_ballots: 1,
+            connected_clients: clients.len() as u64,
+            clients,
+            peer: peer.map(|(addr, connected, last_heard_ms)| PeerStatus {
+                addr,
+                connected,
+                last_heard_ms,
+                alive: connected,
+            }),
+        })
+}
+
+/// Round trip, every truncation needs more bytes, and no other link kind accepts it.
+fn check_frame<T: Wire + PartialEq + std::fmt::Debug>(msg: &T) {
+    let bytes = frame(msg).expect("encodes");
+    let (back, used) = decode_frame::<T>(&bytes).expect("decodes").expect("complete");
+    assert_eq!(&back, msg);
+    assert_eq!(used, bytes.len());
+    for cut in 0..bytes.len() {
+        assert_eq!(decode_frame::<T>(&bytes[..cut]).map(|o| o.is_some()), Ok(false), "cut {cut}");
+    }
+    fn refused<U: Wire>(bytes: &[u8], name: &str) {
+        if U::NAME != name {
+            assert!(decode_frame::<U>(bytes).is_err(), "a {name} decoded as {}", U::NAME);
+        }
+    }
+    refused::<Hello>(&bytes, T::NAME);
+    refused::<ClientMsg>(&bytes, T::NAME);
+    refused::<ServerMsg>(&bytes, T::NAME);
+    refused::<PeerMsg>(&bytes, T::NAME);
+    refused::<StatusReply>(&bytes, T::NAME);
+}
+
+proptest! {
+    #[test]
+    fn hello_frames(msg in hello()) { check_frame(&msg) }
+
+    #[test]
+    fn client_frames(msg in client_msg()) { check_frame(&msg) }
+
+    #[test]
+    fn server_frames(msg in server_msg()) { check_frame(&msg) }
+
+    #[test]
+    fn peer_frames(msg in peer_msg()) { check_frame(&msg) }
+
+    #[test]
+    fn status_frames(msg in status_reply()) { check_frame(&msg) }
+
+    #[test]
+    fn any_bytes_decode_or_fail_cleanly(bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
+        // Each must return, never panic; an error must say what it was.
+        for result in [
+            decode_frame::<Hello>(&bytes).map(|_| ()),
+            decode_frame::<ClientMsg>(&bytes).map(|_| ()),
+            decode_frame::<ServerMsg>(&bytes).map(|_| ()),
+            decode_frame::<PeerMsg>(&bytes).map(|_| ()),
+            decode_frame::<StatusReply>(&bytes).map(|_| ()),
+        ] {
+            if let Err(e) = result {
+                prop_assert!(!e.to_string().is_empty());
+            }
+        }
+    }
+
+    #[test]
+    fn a_valid_prefix_with_any_body_fails_cleanly(body in proptest::collection::vec(any::<u8>(), 0..128)) {
+        let mut bytes = (body.len() as u32).to_be_bytes().to_vec();
+        bytes.extend_from_slice(&body);
+        let _ = decode_frame::<PeerMsg>(&bytes);
+        let _ = decode_frame::<Hello>(&bytes);
+    }
+}
+
+#[test]
+fn an_oversized_length_prefix_is_refused_before_the_body_arrives() {
+    let len = (MAX_FRAME_LEN as u32 + 1).to_be_bytes();
+    assert_eq!(
+        decode_frame::<Hello>(&len),
+        Err(DecodeError::TooLarge {
+            len: MAX_FRAME_LEN + 1,
+            max: MAX_FRAME_LEN
+        })
+    );
+}
