@@ -310,6 +310,7 @@ fn run_server(args: ServerArgs) -> Result<(), Failure> {
         ballot_interval,
         ballots: args.ballots,
         window: args.window,
+        min_clients: args.min_clients,
         log_level: args.log_level.clone(),
     };
     server::run(args.listen, cfg, spawn)

@@ -30,7 +30,7 @@ fn primary_spawned_backup_and_five_clients_log_thirty_exact_ballots() {
     let primary_err = dir.path().join("primary.err");
     let joined = std::fs::read_to_string(&primary_err).unwrap_or_default();
     assert!(
-        joined.contains("joined view="),
+        joined.contains("view-change role=backup"),
         "the spawned backup never joined:\n{joined}"
     );
     for (id, _) in &clients {
@@ -45,9 +45,10 @@ fn primary_spawned_backup_and_five_clients_log_thirty_exact_ballots() {
 fn status_reports_role_view_clients_and_peer() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (mut primary, addr) = start_primary(dir.path(), &["--ballots", "3"]);
-    let mut client = start_client(dir.path(), "solo", &addr, "yes", 3);
-    assert!(client.wait_exit(Duration::from_secs(30)).success());
-    primary.wait_line("joined view=", Duration::from_secs(10));
+    // The client stays: it is a witness the view that adds the backup needs.
+    let _client = start_client(dir.path(), "solo", &addr, "yes", 1000);
+    primary.wait_line("view-change role=backup", Duration::from_secs(10));
+    primary.wait_line("ballot-result seq=3 ", Duration::from_secs(10));
     let out = std::process::Command::new(BIN)
         .args(["status", "--server", &addr, "--json"])
         .output()

@@ -61,13 +61,44 @@ fn client_msg() -> impl Strategy<Value = ClientMsg> {
             view: View(v),
             from: Seq(s),
         }),
+        (
+            any::<u64>(),
+            any::<u64>(),
+            proptest::collection::vec((any::<u64>(), any::<bool>()), 0..8)
+        )
+            .prop_map(|(v, s, votes)| ClientMsg::Accept {
+                view: View(v),
+                last_seq: Seq(s),
+                votes: votes.into_iter().map(|(s, y)| (Seq(s), y)).collect(),
+            }),
+        (
+            any::<u64>(),
+            view_info(),
+            any::<u64>(),
+            any::<Option<u64>>()
+        )
+            .prop_map(
+                |(p, accepted, promised, retry_after_ms)| ClientMsg::Reject {
+                    proposed: View(p),
+                    accepted,
+                    promised: View(promised),
+                    retry_after_ms,
+                }
+            ),
+        view_info().prop_map(|accepted| ClientMsg::Stale { accepted }),
     ]
 }
 
 fn server_msg() -> impl Strategy<Value = ServerMsg> {
     prop_oneof![
-        view_info().prop_map(|view| ServerMsg::Welcome { view }),
+        (view_info(), any::<u64>())
+            .prop_map(|(view, lease_ms)| ServerMsg::Welcome { view, lease_ms }),
         view_info().prop_map(|view| ServerMsg::NewView { view }),
+        (view_info(), any::<u64>()).prop_map(|(view, b)| ServerMsg::Propose {
+            view,
+            base: View(b)
+        }),
+        any::<u64>().prop_map(|v| ServerMsg::Lease { view: View(v) }),
         (any::<u64>(), any::<u64>()).prop_map(|(v, s)| ServerMsg::VoteRequest {
             view: View(v),
             seq: Seq(s),
@@ -77,13 +108,16 @@ fn server_msg() -> impl Strategy<Value = ServerMsg> {
             seq: Seq(s),
             tally,
         }),
-        (any::<u64>(), any::<u64>(), proptest::collection::vec(tally(), 0..20)).prop_map(
-            |(v, s, tallies)| ServerMsg::Results {
+        (
+            any::<u64>(),
+            any::<u64>(),
+            proptest::collection::vec(tally(), 0..20)
+        )
+            .prop_map(|(v, s, tallies)| ServerMsg::Results {
                 view: View(v),
                 first: Seq(s),
                 tallies,
-            }
-        ),
+            }),
         (any::<u64>(), ".{0,40}").prop_map(|(v, reason)| ServerMsg::Refused {
             view: View(v),
             reason,
@@ -97,7 +131,11 @@ fn snapshot() -> impl Strategy<Value = Snapshot> {
         proptest::collection::vec(client_id(), 0..8),
         proptest::collection::vec(tally(), 0..8),
         proptest::collection::vec(
-            (any::<u64>(), any::<u32>(), proptest::collection::vec(any::<Option<bool>>(), 0..8)),
+            (
+                any::<u64>(),
+                any::<u32>(),
+                proptest::collection::vec(any::<Option<bool>>(), 0..8),
+            ),
             0..4,
         ),
     )
@@ -144,6 +182,7 @@ fn peer_msg() -> impl Strategy<Value = PeerMsg> {
         }),
         (v.clone(), s).prop_map(|(view, seq)| PeerMsg::CommitAck { view, seq }),
         (v, ".{0,40}").prop_map(|(view, reason)| PeerMsg::JoinRefused { view, reason }),
+        view_info().prop_map(|view| PeerMsg::Fence { view }),
     ]
 }
 
@@ -153,7 +192,11 @@ fn status_reply() -> impl Strategy<Value = StatusReply> {
         view_info(),
         any::<u64>(),
         proptest::collection::vec(client_id(), 0..4),
-        proptest::option::of((proptest::option::of(addr()), any::<bool>(), any::<Option<u64>>())),
+        proptest::option::of((
+            proptest::option::of(addr()),
+            any::<bool>(),
+            any::<Option<u64>>(),
+        )),
     )
         .prop_map(|(node, view, n, clients, peer)| StatusReply {
             node: NodeId(node),
@@ -162,6 +205,7 @@ fn status_reply() -> impl Strategy<Value = StatusReply> {
             next_seq: Seq(n),
             committed: Seq(n / 2),
             open_ballots: 1,
+            proposing: Some(View(n)),
             connected_clients: clients.len() as u64,
             clients,
             peer: peer.map(|(addr, connected, last_heard_ms)| PeerStatus {
@@ -176,15 +220,25 @@ fn status_reply() -> impl Strategy<Value = StatusReply> {
 /// Round trip, every truncation needs more bytes, and no other link kind accepts it.
 fn check_frame<T: Wire + PartialEq + std::fmt::Debug>(msg: &T) {
     let bytes = frame(msg).expect("encodes");
-    let (back, used) = decode_frame::<T>(&bytes).expect("decodes").expect("complete");
+    let (back, used) = decode_frame::<T>(&bytes)
+        .expect("decodes")
+        .expect("complete");
     assert_eq!(&back, msg);
     assert_eq!(used, bytes.len());
     for cut in 0..bytes.len() {
-        assert_eq!(decode_frame::<T>(&bytes[..cut]).map(|o| o.is_some()), Ok(false), "cut {cut}");
+        assert_eq!(
+            decode_frame::<T>(&bytes[..cut]).map(|o| o.is_some()),
+            Ok(false),
+            "cut {cut}"
+        );
     }
     fn refused<U: Wire>(bytes: &[u8], name: &str) {
         if U::NAME != name {
-            assert!(decode_frame::<U>(bytes).is_err(), "a {name} decoded as {}", U::NAME);
+            assert!(
+                decode_frame::<U>(bytes).is_err(),
+                "a {name} decoded as {}",
+                U::NAME
+            );
         }
     }
     refused::<Hello>(&bytes, T::NAME);

@@ -20,7 +20,10 @@ fn random_schedules_keep_g1_g2_g3_and_complete_every_ballot() {
         );
     }
     assert_eq!(summary.runs, count);
-    assert!(summary.ballots >= count * 3, "the runs completed too few ballots: {summary}");
+    assert!(
+        summary.ballots >= count * 3,
+        "the runs completed too few ballots: {summary}"
+    );
 }
 
 #[test]

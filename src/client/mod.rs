@@ -57,8 +57,20 @@ struct ServerLink {
 pub struct Client {
     cfg: ClientConfig,
     last_logged: Seq,
-    /// The newest view accepted; `None` before the first `Welcome`.
+    /// The view whose primary this client follows: the newest installed view it heard of
+    /// (`Welcome`, `NewView`). `None` before the first `Welcome`.
     view: Option<ViewInfo>,
+    /// The highest view number this client accepted a proposal for. It accepts only
+    /// proposals above it, so two proposals of one number can never both win a majority.
+    promised: View,
+    /// How long after hearing from `lease_holder` it refuses anyone else as primary.
+    lease: Duration,
+    /// The server whose lease this client honours: the primary of `view`, or the proposer
+    /// it last promised (who may be about to act as primary).
+    lease_holder: Option<SocketAddr>,
+    /// When it last heard from `lease_holder`. `None`: never, or that connection closed
+    /// (the process is gone: its lease is void).
+    heard_holder: Option<Instant>,
     links: Vec<ServerLink>,
     /// Votes cast on ballots not yet logged, so a re-ask gets the same answer.
     cast: BTreeMap<Seq, bool>,
@@ -82,6 +94,10 @@ impl Client {
             cfg,
             last_logged,
             view: None,
+            promised: View(0),
+            lease: Duration::ZERO,
+            lease_holder: None,
+            heard_holder: None,
             links,
             cast: BTreeMap::new(),
             resend_asked: None,
@@ -176,27 +192,45 @@ impl Client {
             link.state = LinkState::Idle {
                 redial_at: now + self.cfg.redial,
             };
+            if self.lease_holder == Some(link.addr) {
+                self.heard_holder = None;
+            }
         }
     }
 
     pub fn handle_msg(&mut self, conn: ConnId, msg: ServerMsg, now: Instant) {
+        let Some(from) = self.link_addr(conn) else {
+            return;
+        };
         match msg {
-            ServerMsg::Welcome { view } | ServerMsg::NewView { view } => {
-                self.accept_view(view, now)
+            ServerMsg::Welcome { view, lease_ms } => {
+                self.lease = Duration::from_millis(lease_ms);
+                self.adopt_view(conn, from, view, now);
             }
-            ServerMsg::VoteRequest { view, seq } => self.vote(view, seq),
-            ServerMsg::Result {
-                view: _,
-                seq,
-                tally,
-            } => self.deliver(conn, seq, tally),
+            ServerMsg::NewView { view } => self.adopt_view(conn, from, view, now),
+            ServerMsg::Propose { view, base } => self.consider_proposal(conn, view, base, now),
+            ServerMsg::Lease { view } => {
+                self.current(conn, from, view, now);
+            }
+            ServerMsg::VoteRequest { view, seq } => {
+                if self.current(conn, from, view, now) {
+                    self.vote(view, seq);
+                }
+            }
+            ServerMsg::Result { view, seq, tally } => {
+                if self.current(conn, from, view, now) {
+                    self.deliver(conn, seq, tally);
+                }
+            }
             ServerMsg::Results {
-                view: _,
+                view,
                 first,
                 tallies,
             } => {
-                for (i, tally) in tallies.into_iter().enumerate() {
-                    self.deliver(conn, Seq(first.0 + i as u64), tally);
+                if self.current(conn, from, view, now) {
+                    for (i, tally) in tallies.into_iter().enumerate() {
+                        self.deliver(conn, Seq(first.0 + i as u64), tally);
+                    }
                 }
             }
             ServerMsg::Refused { view, reason } => {
@@ -210,24 +244,73 @@ impl Client {
 
     // ----- state transitions ---------------------------------------------------------
 
-    fn accept_view(&mut self, view: ViewInfo, now: Instant) {
-        if self.view.is_some_and(|v| v.number >= view.number) {
-            return;
+    fn link_addr(&self, conn: ConnId) -> Option<SocketAddr> {
+        self.links
+            .iter()
+            .find(|l| l.state == LinkState::Up(conn))
+            .map(|l| l.addr)
+    }
+
+    /// Whether a message tagged `view` may be acted on. One from a view older than ours
+    /// comes from a replaced server: it is told so and ignored. Hearing from our primary
+    /// renews its lease.
+    fn current(&mut self, conn: ConnId, from: SocketAddr, view: View, now: Instant) -> bool {
+        let Some(ours) = self.view else {
+            return false;
+        };
+        if view < ours.number {
+            debug!(
+                "stale-message client={} from={from} view={view} ours={}",
+                self.cfg.id, ours.number
+            );
+            self.out.push_back(ClientOutput::Send(
+                conn,
+                ClientMsg::Stale { accepted: ours },
+            ));
+            return false;
+        }
+        self.heard_from(from, now);
+        true
+    }
+
+    fn heard_from(&mut self, from: SocketAddr, now: Instant) {
+        if self.lease_holder == Some(from) {
+            self.heard_holder = Some(now);
+        }
+    }
+
+    /// An installed view (a majority accepted it): follow it if it is newer.
+    fn adopt_view(&mut self, conn: ConnId, from: SocketAddr, view: ViewInfo, now: Instant) {
+        if let Some(ours) = self.view {
+            if view.number < ours.number {
+                self.out.push_back(ClientOutput::Send(
+                    conn,
+                    ClientMsg::Stale { accepted: ours },
+                ));
+                return;
+            }
+            if view.number == ours.number {
+                self.heard_from(from, now);
+                return;
+            }
         }
         info!("view-accepted client={} view={view}", self.cfg.id);
         self.view = Some(view);
-        // Follow the view: talk to its servers, drop links to anyone else.
+        self.promised = self.promised.max(view.number);
+        self.lease_holder = Some(view.primary);
+        self.heard_holder = (from == view.primary).then_some(now);
+        // Follow the view: talk to its servers; tell anyone else they were replaced.
         let wanted: Vec<SocketAddr> = view.servers().collect();
         self.links.retain(|link| {
             let keep = wanted.contains(&link.addr);
-            if !keep {
-                if let LinkState::Up(conn) = link.state {
-                    self.out.push_back(ClientOutput::Close(conn));
-                }
+            if let (false, LinkState::Up(c)) = (keep, link.state) {
+                self.out
+                    .push_back(ClientOutput::Send(c, ClientMsg::Stale { accepted: view }));
+                self.out.push_back(ClientOutput::Close(c));
             }
             keep
         });
-        for addr in wanted {
+        for &addr in &wanted {
             if !self.links.iter().any(|l| l.addr == addr) {
                 self.links.push(ServerLink {
                     addr,
@@ -235,7 +318,81 @@ impl Client {
                 });
             }
         }
+        // A new primary may not know how far our log goes: tell it. (A link still to be
+        // dialed says so in its hello.)
+        if let Some(LinkState::Up(c)) = self
+            .links
+            .iter()
+            .find(|l| l.addr == view.primary)
+            .map(|l| l.state)
+        {
+            self.out.push_back(ClientOutput::Send(
+                c,
+                ClientMsg::Resend {
+                    view: view.number,
+                    from: self.last_logged.next(),
+                },
+            ));
+        }
         self.handle_timeout(now);
+    }
+
+    /// A server asks us to accept a view in which it is primary.
+    fn consider_proposal(&mut self, conn: ConnId, view: ViewInfo, base: View, now: Instant) {
+        let Some(ours) = self.view else {
+            return;
+        };
+        let reject = |retry_after_ms| ClientMsg::Reject {
+            proposed: view.number,
+            accepted: ours,
+            promised: self.promised,
+            retry_after_ms,
+        };
+        // A proposer whose state predates the view we follow was replaced: it may lack
+        // results that view produced. A promise is never given twice for one number.
+        if view.number <= self.promised || base < ours.number {
+            debug!(
+                "proposal-rejected client={} view={view} base={base} promised={} ours={}",
+                self.cfg.id, self.promised, ours.number
+            );
+            self.out.push_back(ClientOutput::Send(conn, reject(None)));
+            return;
+        }
+        // Anyone but the lease holder waits until its lease has run out here.
+        if self.lease_holder.is_some_and(|h| h != view.primary) {
+            if let Some(heard) = self.heard_holder {
+                let age = now.saturating_duration_since(heard);
+                if age < self.lease {
+                    let wait = (self.lease - age).as_millis() as u64 + 1;
+                    debug!(
+                        "proposal-rejected client={} view={view} lease_left_ms={wait}",
+                        self.cfg.id
+                    );
+                    self.out
+                        .push_back(ClientOutput::Send(conn, reject(Some(wait))));
+                    return;
+                }
+            }
+        }
+        // The proposer may act as primary as soon as a majority answered like this: from
+        // now on it holds our lease.
+        self.lease_holder = Some(view.primary);
+        self.heard_holder = Some(now);
+        info!("proposal-accepted client={} view={view}", self.cfg.id);
+        self.promised = view.number;
+        let votes = self
+            .cast
+            .range(self.last_logged.next()..)
+            .map(|(&seq, &yes)| (seq, yes))
+            .collect();
+        self.out.push_back(ClientOutput::Send(
+            conn,
+            ClientMsg::Accept {
+                view: view.number,
+                last_seq: self.last_logged,
+                votes,
+            },
+        ));
     }
 
     fn vote(&mut self, view: View, seq: Seq) {

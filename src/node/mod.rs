@@ -3,14 +3,20 @@
 //! - getters take `&self`: [`Node::role`], [`Node::view`], [`Node::status`], ...;
 //! - `handle_*` feed it an event from the network or the system, each with `now`;
 //! - `poll_*` say what the caller must do next: [`Node::poll_output`] (frames to send,
-//!   connections to open or close, a backup to spawn) and [`Node::poll_timeout`] (when to
-//!   call [`Node::handle_timeout`]).
+//!   connections to open or close, a backup to spawn, an exit) and [`Node::poll_timeout`]
+//!   (when to call [`Node::handle_timeout`]).
 //!
 //! It never touches a socket, a clock or a file. The reactor (`crate::reactor::server`) is
 //! its production caller; the simulator (`crate::sim`) is the second one.
 //!
 //! Every state transition of a server is in this file; every timer is a field of
-//! [`Timers`].
+//! [`Timers`]. The rules, in short (docs/PROTOCOL.md argues why they are safe):
+//! - a server acts in a view only once a majority of the registered clients accepted it
+//!   (a [`Proposal`]); clients refuse a new primary while the current one's lease holds;
+//! - while a backup is in the view, a result reaches clients only after the backup
+//!   acknowledged it (commit before telling);
+//! - a server that learns of an installed view newer than its own, in which it is not
+//!   primary, steps down: it exits.
 
 mod ballot;
 
@@ -60,7 +66,8 @@ pub struct NodeConfig {
 }
 
 impl NodeConfig {
-    /// Silence from the peer longer than this means it is dead.
+    /// Silence from the peer longer than this means it is dead. Clients hold a primary's
+    /// lease for the same time.
     pub fn peer_timeout(&self) -> Duration {
         self.heartbeat * self.miss_limit
     }
@@ -68,6 +75,11 @@ impl NodeConfig {
     /// A ballot that has waited this long for votes re-asks the voters it lacks.
     fn vote_timeout(&self) -> Duration {
         self.peer_timeout()
+    }
+
+    /// A spawned backup that has not joined by then is replaced.
+    fn join_deadline(&self) -> Duration {
+        self.backup_start_delay + self.peer_timeout() * 2
     }
 }
 
@@ -85,14 +97,17 @@ pub enum Output {
     Status(ConnId, Box<StatusReply>),
     /// Close the connection once what is queued for it is written.
     Close(ConnId, &'static str),
-    /// fork/exec a backup on `--backup-listen`.
+    /// fork/exec a backup on `--backup-listen`, first killing (and reaping) the one we
+    /// spawned before if it still runs: it was declared dead.
     SpawnBackup,
+    /// Step down: flush what is queued, then exit. This server was replaced.
+    Exit(String),
 }
 
 /// Every deadline of a node. `None`: not armed.
 #[derive(Clone, Debug, Default)]
 struct Timers {
-    /// Send the next heartbeat to the peer.
+    /// Send the next heartbeat to the peer and lease renewals to the clients.
     heartbeat: Option<Instant>,
     /// The peer is dead if nothing arrives from it by then.
     peer_dead: Option<Instant>,
@@ -102,6 +117,12 @@ struct Timers {
     join: Option<Instant>,
     /// Re-ask the missing voters of the open ballots.
     reask: Option<Instant>,
+    /// Re-send the pending proposal to the clients that have not accepted it.
+    propose: Option<Instant>,
+    /// Spawn a backup (spawns are spaced by one heartbeat interval at least).
+    respawn: Option<Instant>,
+    /// The backup we spawned must have joined by then.
+    join_deadline: Option<Instant>,
 }
 
 impl Timers {
@@ -112,6 +133,9 @@ impl Timers {
             self.open_ballot,
             self.join,
             self.reask,
+            self.propose,
+            self.respawn,
+            self.join_deadline,
         ]
         .into_iter()
         .flatten()
@@ -126,8 +150,6 @@ struct Peer {
     /// Its client-facing address (the backup's `listen`, or the primary we joined).
     addr: SocketAddr,
     last_heard: Instant,
-    /// Declared dead by missed heartbeats (and not heard from since).
-    silent: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -144,10 +166,46 @@ enum ClientConn {
     Unregistered(ClientId),
 }
 
+/// A view this server wants to act in, waiting for a majority of the clients.
+#[derive(Clone, Debug)]
+struct Proposal {
+    view: ViewInfo,
+    /// `accepted[i]`: client i accepted.
+    accepted: Vec<bool>,
+}
+
+impl Proposal {
+    fn count(&self) -> usize {
+        self.accepted.iter().filter(|a| **a).count()
+    }
+}
+
+/// Why a peer counts as gone.
+#[derive(Clone, Copy, Debug)]
+enum PeerLoss {
+    Silent,
+    Closed,
+    ChildExited,
+}
+
+impl PeerLoss {
+    fn as_str(self) -> &'static str {
+        match self {
+            PeerLoss::Silent => "missed-heartbeats",
+            PeerLoss::Closed => "connection-closed",
+            PeerLoss::ChildExited => "child-exited",
+        }
+    }
+}
+
 pub struct Node {
     cfg: NodeConfig,
     role: Role,
+    /// The installed view: the one this server acts in.
     view: ViewInfo,
+    proposal: Option<Proposal>,
+    /// The highest view number heard of anywhere; proposals go above it.
+    highest_seen: View,
     /// Registered clients; the index is the client's number in ballots and on the peer link.
     clients: Vec<ClientRecord>,
     client_index: HashMap<ClientId, u32>,
@@ -159,8 +217,10 @@ pub struct Node {
     ballots: VecDeque<Ballot>,
     /// When the primary opened its latest ballot (spacing by `--ballot-interval-ms`).
     last_open: Option<Instant>,
+    last_spawn: Option<Instant>,
     timers: Timers,
     out: VecDeque<Output>,
+    exited: bool,
 }
 
 impl Node {
@@ -186,6 +246,8 @@ impl Node {
         let mut node = Node {
             role,
             view,
+            proposal: None,
+            highest_seen: view.number,
             clients: Vec::new(),
             client_index: HashMap::new(),
             client_conns: HashMap::new(),
@@ -193,8 +255,10 @@ impl Node {
             results: Vec::new(),
             ballots: VecDeque::new(),
             last_open: None,
+            last_spawn: None,
             timers: Timers::default(),
             out: VecDeque::new(),
+            exited: false,
             cfg,
         };
         match node.role {
@@ -203,21 +267,20 @@ impl Node {
                     "started role=primary node={} view={} listen={}",
                     node.cfg.node, node.view, node.cfg.listen
                 );
+                node.timers.heartbeat = Some(now);
                 node.arm_open_ballot(now);
                 if node.cfg.spawn_backup {
-                    info!("spawn-backup reason=start");
-                    node.out.push_back(Output::SpawnBackup);
+                    node.spawn_backup("start", now);
                 }
             }
             Role::Joining | Role::Backup => {
-                let join_at = now + node.cfg.backup_start_delay;
                 info!(
                     "started role=joining node={} primary={} join_in_ms={}",
                     node.cfg.node,
                     node.view.primary,
                     node.cfg.backup_start_delay.as_millis()
                 );
-                node.timers.join = Some(join_at);
+                node.timers.join = Some(now + node.cfg.backup_start_delay);
             }
         }
         node
@@ -229,8 +292,27 @@ impl Node {
         self.role
     }
 
+    /// The installed view.
     pub fn view(&self) -> ViewInfo {
         self.view
+    }
+
+    pub fn listen(&self) -> SocketAddr {
+        self.cfg.listen
+    }
+
+    /// The view this server proposed and is waiting to install, if any.
+    pub fn proposing(&self) -> Option<ViewInfo> {
+        self.proposal.as_ref().map(|p| p.view)
+    }
+
+    /// Whether this server may act as primary now (installed, not stepped down).
+    pub fn is_acting_primary(&self) -> bool {
+        self.role == Role::Primary && !self.exited
+    }
+
+    pub fn has_exited(&self) -> bool {
+        self.exited
     }
 
     pub fn committed(&self) -> Seq {
@@ -253,6 +335,7 @@ impl Node {
             next_seq: self.next_seq(),
             committed: self.committed(),
             open_ballots: self.ballots.len() as u64,
+            proposing: self.proposal.as_ref().map(|p| p.view.number),
             clients: self.clients.iter().map(|c| c.id.clone()).collect(),
             connected_clients: self.client_conns.len() as u64,
             peer: self.peer_status(now),
@@ -265,7 +348,7 @@ impl Node {
                 addr: Some(p.addr),
                 connected: true,
                 last_heard_ms: Some(now.saturating_duration_since(p.last_heard).as_millis() as u64),
-                alive: !p.silent,
+                alive: true,
             }),
             None => {
                 let addr = match self.role {
@@ -289,6 +372,9 @@ impl Node {
     }
 
     pub fn poll_timeout(&self) -> Option<Instant> {
+        if self.exited {
+            return None;
+        }
         self.timers.earliest()
     }
 
@@ -296,6 +382,9 @@ impl Node {
 
     /// The first frame of a connection someone opened to us.
     pub fn handle_hello(&mut self, conn: ConnId, hello: Hello, now: Instant) {
+        if self.exited {
+            return;
+        }
         match hello {
             Hello::Client { id, last_seq, view } => {
                 self.client_hello(conn, id, last_seq, view, now)
@@ -311,7 +400,11 @@ impl Node {
 
     /// A connection we dialed is up.
     pub fn handle_connected(&mut self, conn: ConnId, addr: SocketAddr, now: Instant) {
-        if self.role != Role::Joining || addr != self.view.primary || self.peer.is_some() {
+        if self.exited
+            || self.role != Role::Joining
+            || addr != self.view.primary
+            || self.peer.is_some()
+        {
             self.out
                 .push_back(Output::Close(conn, "unexpected connection"));
             return;
@@ -321,7 +414,6 @@ impl Node {
             conn,
             addr,
             last_heard: now,
-            silent: false,
         });
         self.out.push_back(Output::Hello(
             conn,
@@ -357,66 +449,102 @@ impl Node {
             return;
         }
         if self.peer.as_ref().is_some_and(|p| p.conn == conn) {
-            let peer = self.peer.take();
-            warn!(
-                "peer-lost role={} peer={} view={}",
-                self.role,
-                peer.map(|p| p.addr.to_string()).unwrap_or_default(),
-                self.view.number
-            );
-            self.timers.heartbeat = None;
-            self.timers.peer_dead = None;
-            if self.role == Role::Joining {
-                self.timers.join = Some(now + self.cfg.heartbeat);
-            }
+            self.peer_lost(PeerLoss::Closed, now);
         }
     }
 
+    /// The backup this server spawned has exited (SIGCHLD).
+    pub fn handle_child_exit(&mut self, now: Instant) {
+        if self.exited || self.role != Role::Primary {
+            return;
+        }
+        self.peer_lost(PeerLoss::ChildExited, now);
+    }
+
     pub fn handle_client_msg(&mut self, conn: ConnId, msg: ClientMsg, now: Instant) {
+        if self.exited {
+            return;
+        }
+        if let ClientMsg::Stale { accepted } = &msg {
+            self.learn_view(*accepted, "client-says-stale");
+            return;
+        }
         let Some(idx) = self.resolve_client(conn) else {
-            debug!("vote-dropped reason=unregistered conn={conn}");
+            debug!("client-msg-dropped reason=unregistered conn={conn}");
             return;
         };
         match msg {
-            ClientMsg::Vote { view, seq, yes } => {
-                if view > self.view.number {
-                    debug!("vote-from-newer-view client={idx} view={view}");
-                }
-                self.count_vote(idx, seq, yes, now);
-            }
+            ClientMsg::Vote { view: _, seq, yes } => self.count_vote(idx, seq, yes, now),
             ClientMsg::Resend { view: _, from } => {
                 if self.role == Role::Primary {
                     self.send_results_from(conn, from);
                 }
             }
+            ClientMsg::Accept {
+                view,
+                last_seq,
+                votes,
+            } => self.on_accept(idx, conn, view, last_seq, votes, now),
+            ClientMsg::Reject {
+                proposed,
+                accepted,
+                promised,
+                retry_after_ms,
+            } => self.on_reject(proposed, accepted, promised, retry_after_ms, now),
+            ClientMsg::Stale { .. } => {}
         }
     }
 
     pub fn handle_peer_msg(&mut self, conn: ConnId, msg: PeerMsg, now: Instant) {
+        if self.exited {
+            return;
+        }
+        if let PeerMsg::Fence { view } = msg {
+            self.learn_view(view, "fenced-by-peer");
+            return;
+        }
+        if let PeerMsg::JoinRefused { view, reason } = &msg {
+            warn!(
+                "join-refused by={} view={view} reason={reason}",
+                self.view.primary
+            );
+            return;
+        }
         let Some(peer) = self.peer.as_mut().filter(|p| p.conn == conn) else {
             self.out
                 .push_back(Output::Close(conn, "peer message from a stale connection"));
             return;
         };
-        if peer.silent {
-            info!("peer-back peer={}", peer.addr);
-        }
         peer.last_heard = now;
-        peer.silent = false;
         self.timers.peer_dead = Some(now + self.cfg.peer_timeout());
+        // Only a primary sends these; a primary hearing them from its peer is talking to a
+        // server that still believes itself primary of an older view.
+        if self.role == Role::Primary && msg.is_from_a_primary() {
+            warn!(
+                "fence peer={} their_view={} our_view={}",
+                self.peer
+                    .as_ref()
+                    .map_or(String::new(), |p| p.addr.to_string()),
+                msg.view(),
+                self.view.number
+            );
+            self.out
+                .push_back(Output::ToPeer(conn, PeerMsg::Fence { view: self.view }));
+            self.out.push_back(Output::Close(conn, "fenced"));
+            self.peer = None;
+            self.timers.peer_dead = None;
+            return;
+        }
         match msg {
-            PeerMsg::Heartbeat { view } => {
-                if view != self.view.number && self.role != Role::Joining {
-                    debug!(
-                        "heartbeat-view-mismatch ours={} theirs={view}",
-                        self.view.number
-                    );
-                }
-            }
+            PeerMsg::Heartbeat { .. } => {}
             PeerMsg::Snapshot(snapshot) => self.install_snapshot(*snapshot, now),
             PeerMsg::Install { view } => {
-                info!("view-change role=backup view={view}");
-                self.view = view;
+                if self.role == Role::Joining || self.role == Role::Backup {
+                    info!("view-change role=backup view={view}");
+                    self.view = view;
+                    self.highest_seen = self.highest_seen.max(view.number);
+                    self.role = Role::Backup;
+                }
             }
             PeerMsg::Register { view: _, client } => {
                 self.register(client);
@@ -426,8 +554,11 @@ impl Node {
                 seq,
                 voters,
             } => {
-                if seq != self.next_seq() {
-                    warn!("replication-gap expected={} got={seq}", self.next_seq());
+                if seq != self.next_seq() || voters as usize > MAX_CLIENTS {
+                    warn!(
+                        "replication-gap expected={} got={seq} voters={voters}",
+                        self.next_seq()
+                    );
                     return;
                 }
                 self.ballots.push_back(Ballot::new(seq, voters, now));
@@ -442,53 +573,383 @@ impl Node {
             }
             PeerMsg::Commit { view, seq, tally } => self.apply_commit(conn, view, seq, tally),
             PeerMsg::CommitAck { view: _, seq } => self.commit_acked(seq, now),
-            PeerMsg::JoinRefused { view, reason } => {
-                warn!(
-                    "join-refused by={} view={view} reason={reason}",
-                    self.view.primary
-                );
-            }
+            PeerMsg::JoinRefused { .. } | PeerMsg::Fence { .. } => {}
         }
     }
 
     pub fn handle_timeout(&mut self, now: Instant) {
-        if self.timers.join.is_some_and(|t| t <= now) {
+        if self.exited {
+            return;
+        }
+        let due = |t: Option<Instant>| t.is_some_and(|t| t <= now);
+        if due(self.timers.join) {
             self.timers.join = None;
             info!("join-start primary={}", self.view.primary);
             self.out.push_back(Output::Dial(self.view.primary));
         }
-        if self.timers.heartbeat.is_some_and(|t| t <= now) {
+        if due(self.timers.heartbeat) {
             self.timers.heartbeat = Some(now + self.cfg.heartbeat);
-            if let Some(peer) = &self.peer {
-                self.out.push_back(Output::ToPeer(
-                    peer.conn,
-                    PeerMsg::Heartbeat {
-                        view: self.view.number,
-                    },
-                ));
-            }
+            self.send_heartbeats();
         }
-        if self.timers.peer_dead.is_some_and(|t| t <= now) {
+        if due(self.timers.peer_dead) {
             self.timers.peer_dead = None;
-            if let Some(peer) = &mut self.peer {
-                peer.silent = true;
-                warn!(
-                    "peer-dead role={} peer={} silent_ms={} miss_limit={}",
-                    self.role,
-                    peer.addr,
-                    now.saturating_duration_since(peer.last_heard).as_millis(),
-                    self.cfg.miss_limit
-                );
+            if self.peer.is_some() {
+                self.peer_lost(PeerLoss::Silent, now);
             }
         }
-        if self.timers.reask.is_some_and(|t| t <= now) {
+        if due(self.timers.propose) {
+            self.timers.propose = None;
+            self.send_proposal(now);
+        }
+        if due(self.timers.respawn) {
+            self.timers.respawn = None;
+            self.spawn_backup("respawn", now);
+        }
+        if due(self.timers.join_deadline) {
+            self.timers.join_deadline = None;
+            warn!(
+                "backup-join-overdue waited_ms={}",
+                self.cfg.join_deadline().as_millis()
+            );
+            self.spawn_backup("join-overdue", now);
+        }
+        if due(self.timers.reask) {
             self.timers.reask = None;
             self.reask_missing_voters(now);
         }
-        if self.timers.open_ballot.is_some_and(|t| t <= now) {
+        if due(self.timers.open_ballot) {
             self.timers.open_ballot = None;
             self.open_ballots(now);
         }
+    }
+
+    // ----- liveness of the peer --------------------------------------------------------
+
+    fn arm_peer_timers(&mut self, now: Instant) {
+        self.timers.heartbeat = Some(now);
+        self.timers.peer_dead = Some(now + self.cfg.peer_timeout());
+    }
+
+    /// Heartbeat to the peer; lease renewal to every client (primary only).
+    fn send_heartbeats(&mut self) {
+        if let Some(peer) = &self.peer {
+            self.out.push_back(Output::ToPeer(
+                peer.conn,
+                PeerMsg::Heartbeat {
+                    view: self.view.number,
+                },
+            ));
+        }
+        if self.role == Role::Primary {
+            for record in &self.clients {
+                if let Some(conn) = record.conn {
+                    self.out.push_back(Output::ToClient(
+                        conn,
+                        ServerMsg::Lease {
+                            view: self.view.number,
+                        },
+                    ));
+                }
+            }
+        }
+    }
+
+    fn peer_lost(&mut self, why: PeerLoss, now: Instant) {
+        let peer = self.peer.take();
+        self.timers.peer_dead = None;
+        if let Some(p) = &peer {
+            warn!(
+                "peer-dead role={} peer={} reason={} silent_ms={} view={}",
+                self.role,
+                p.addr,
+                why.as_str(),
+                now.saturating_duration_since(p.last_heard).as_millis(),
+                self.view.number
+            );
+            self.out.push_back(Output::Close(p.conn, "peer dead"));
+        } else {
+            warn!(
+                "peer-dead role={} reason={} view={}",
+                self.role,
+                why.as_str(),
+                self.view.number
+            );
+        }
+        match self.role {
+            Role::Primary => self.backup_lost(why, now),
+            Role::Backup => self.take_over(now),
+            Role::Joining => {
+                // No state to take over with: try to join again.
+                self.timers.join = Some(now + self.cfg.heartbeat);
+            }
+        }
+    }
+
+    /// The primary lost its backup: go on alone in a primary-only view, and replace it.
+    ///
+    /// The replacement is spawned (which kills the old process if it still runs) only from
+    /// a view that a majority installed without that backup. Until then this primary may
+    /// itself be the stale one, and the "dead" backup its successor.
+    fn backup_lost(&mut self, why: PeerLoss, now: Instant) {
+        let proposed_backup = self.proposal.as_ref().and_then(|p| p.view.backup);
+        if self.view.backup.is_some() || proposed_backup.is_some() {
+            self.propose(None, now);
+        }
+        if self.view.backup.is_none() {
+            self.spawn_backup(why.as_str(), now);
+        }
+    }
+
+    /// Spawns (or, if it is too soon after the last spawn, schedules) a replacement backup.
+    fn spawn_backup(&mut self, reason: &str, now: Instant) {
+        if self.role != Role::Primary {
+            return;
+        }
+        let earliest = self.last_spawn.map_or(now, |t| t + self.cfg.heartbeat);
+        if earliest > now {
+            self.timers.respawn = Some(earliest);
+            return;
+        }
+        info!("spawn-backup reason={reason}");
+        self.last_spawn = Some(now);
+        self.timers.respawn = None;
+        self.timers.join_deadline = Some(now + self.cfg.join_deadline());
+        self.out.push_back(Output::SpawnBackup);
+    }
+
+    // ----- views -----------------------------------------------------------------------
+
+    /// Proposes a view in which this server is primary with `backup`; it is installed
+    /// once a majority of the registered clients accepted it.
+    fn propose(&mut self, backup: Option<SocketAddr>, now: Instant) {
+        self.new_proposal(backup);
+        self.send_proposal(now);
+    }
+
+    fn new_proposal(&mut self, backup: Option<SocketAddr>) {
+        let number = View(self.highest_seen.0.max(self.view.number.0) + 1);
+        self.highest_seen = number;
+        let view = ViewInfo {
+            number,
+            primary: self.cfg.listen,
+            backup,
+        };
+        info!("view-propose view={view} clients={}", self.clients.len());
+        self.proposal = Some(Proposal {
+            view,
+            accepted: vec![false; self.clients.len()],
+        });
+    }
+
+    fn proposal_msg(&self) -> Option<ServerMsg> {
+        self.proposal.as_ref().map(|p| ServerMsg::Propose {
+            view: p.view,
+            base: self.view.number,
+        })
+    }
+
+    fn majority(&self) -> usize {
+        self.clients.len() / 2 + 1
+    }
+
+    fn send_proposal(&mut self, now: Instant) {
+        let Some(p) = &mut self.proposal else {
+            return;
+        };
+        p.accepted.resize(self.clients.len(), false);
+        if self.clients.is_empty() {
+            // No client can have seen anything: nothing to witness.
+            self.install_proposal(now);
+            return;
+        }
+        let Some(msg) = self.proposal_msg() else {
+            return;
+        };
+        let Some(p) = &self.proposal else {
+            return;
+        };
+        for (record, accepted) in self.clients.iter().zip(&p.accepted) {
+            if let (Some(conn), false) = (record.conn, *accepted) {
+                self.out.push_back(Output::ToClient(conn, msg.clone()));
+            }
+        }
+        self.timers.propose = Some(now + self.cfg.heartbeat);
+    }
+
+    fn on_accept(
+        &mut self,
+        idx: u32,
+        conn: ConnId,
+        view: View,
+        last_seq: Seq,
+        votes: Vec<(Seq, bool)>,
+        now: Instant,
+    ) {
+        for (seq, yes) in votes {
+            self.count_vote(idx, seq, yes, now);
+        }
+        // Results the client lacks: it asks (`Resend`) when it adopts the view we install,
+        // or says `last_seq` in its hello when it connects later.
+        let _ = (conn, last_seq);
+        let Some(p) = &mut self.proposal else {
+            return;
+        };
+        if p.view.number != view {
+            return;
+        }
+        if let Some(slot) = p.accepted.get_mut(idx as usize) {
+            *slot = true;
+        }
+        let (count, majority) = (p.count(), self.majority());
+        debug!("view-accept client={idx} view={view} accepted={count}/{majority}");
+        if count >= majority {
+            self.install_proposal(now);
+        }
+    }
+
+    fn on_reject(
+        &mut self,
+        proposed: View,
+        accepted: ViewInfo,
+        promised: View,
+        retry_after_ms: Option<u64>,
+        now: Instant,
+    ) {
+        self.highest_seen = self.highest_seen.max(accepted.number).max(promised);
+        if self.learn_view(accepted, "client-rejected") {
+            return;
+        }
+        let Some(p) = &self.proposal else {
+            return;
+        };
+        if p.view.number != proposed {
+            return;
+        }
+        match retry_after_ms {
+            // The current primary's lease still holds at that client.
+            Some(ms) => {
+                let at = now + Duration::from_millis(ms);
+                let retry = self.timers.propose.map_or(at, |t| t.min(at));
+                self.timers.propose = Some(retry);
+            }
+            // It promised a competing proposal of the same or a higher number: go above.
+            // The installed primary does so at once; a challenger yields for a lease, so
+            // two proposers cannot outbid each other forever.
+            None if promised >= proposed => {
+                let backup = p.view.backup;
+                if self.role == Role::Primary {
+                    self.propose(backup, now);
+                } else {
+                    let at = now + self.cfg.peer_timeout();
+                    self.new_proposal(backup);
+                    self.timers.propose = Some(at);
+                }
+            }
+            None => {}
+        }
+    }
+
+    /// Someone has installed `installed`. If it is newer than ours and we are not its
+    /// primary, we were replaced: step down. Returns whether we did.
+    fn learn_view(&mut self, installed: ViewInfo, how: &str) -> bool {
+        self.highest_seen = self.highest_seen.max(installed.number);
+        let replaced = installed.number > self.view.number
+            && installed.primary != self.cfg.listen
+            && !(self.role == Role::Backup && installed.backup == Some(self.cfg.listen));
+        if replaced && self.role != Role::Joining {
+            self.step_down(&format!(
+                "{how}: view {installed} replaced our view {}",
+                self.view
+            ));
+            return true;
+        }
+        false
+    }
+
+    fn step_down(&mut self, reason: &str) {
+        warn!(
+            "stepped-down role={} view={} reason={reason}",
+            self.role, self.view.number
+        );
+        self.exited = true;
+        self.timers = Timers::default();
+        self.out.push_back(Output::Exit(reason.to_string()));
+    }
+
+    /// A majority accepted: act in the proposed view.
+    fn install_proposal(&mut self, now: Instant) {
+        let Some(p) = self.proposal.take() else {
+            return;
+        };
+        self.timers.propose = None;
+        let view = p.view;
+        let took_over = self.role != Role::Primary;
+        info!(
+            "view-change role=primary view={view} accepted={}/{} took_over={took_over}",
+            p.count(),
+            self.clients.len()
+        );
+        self.role = Role::Primary;
+        self.view = view;
+        // Clients that said hello while we were backup and that the old primary never
+        // registered: they are ours to register now.
+        let unregistered: Vec<ClientId> = self
+            .client_conns
+            .values()
+            .filter_map(|c| match c {
+                ClientConn::Unregistered(id) => Some(id.clone()),
+                ClientConn::Known(_) => None,
+            })
+            .collect();
+        for id in unregistered {
+            info!("client-registered client={id} at=takeover");
+            self.register(id);
+        }
+        for record in &self.clients {
+            if let Some(conn) = record.conn {
+                self.out
+                    .push_back(Output::ToClient(conn, ServerMsg::NewView { view }));
+            }
+        }
+        if let (Some(backup), Some(peer)) = (view.backup, &self.peer) {
+            if peer.addr == backup {
+                self.out
+                    .push_back(Output::ToPeer(peer.conn, PeerMsg::Install { view }));
+            }
+        }
+        // Ballots that waited for a backup's ack wait for the one in this view, if any.
+        for ballot in &mut self.ballots {
+            ballot.state = BallotState::Open;
+        }
+        self.timers.heartbeat = Some(now);
+        if took_over {
+            // Finish the past: ask for every vote still missing.
+            self.last_open = None;
+            self.reask_missing_voters(now);
+        }
+        if view.backup.is_none() && self.peer.is_none() {
+            self.spawn_backup(
+                if took_over {
+                    "took-over"
+                } else {
+                    "backup-lost"
+                },
+                now,
+            );
+        }
+        self.commit_ready(now);
+        self.arm_open_ballot(now);
+    }
+
+    /// The backup's primary is dead: propose a view in which we are primary.
+    fn take_over(&mut self, now: Instant) {
+        info!(
+            "takeover-start view={} committed={} open={}",
+            self.view.number,
+            self.results.len(),
+            self.ballots.len()
+        );
+        self.propose(None, now);
     }
 
     // ----- clients -------------------------------------------------------------------
@@ -508,6 +969,11 @@ impl Node {
             );
             return;
         }
+        self.highest_seen = self.highest_seen.max(view);
+        let welcome = ServerMsg::Welcome {
+            view: self.view,
+            lease_ms: self.cfg.peer_timeout().as_millis() as u64,
+        };
         match self.role {
             Role::Joining => {
                 self.refuse_client(conn, "this server is still joining".to_string());
@@ -522,10 +988,10 @@ impl Node {
                     None => ClientConn::Unregistered(id),
                 };
                 self.client_conns.insert(conn, entry);
-                self.out.push_back(Output::ToClient(
-                    conn,
-                    ServerMsg::Welcome { view: self.view },
-                ));
+                self.out.push_back(Output::ToClient(conn, welcome));
+                if let Some(msg) = self.proposal_msg() {
+                    self.out.push_back(Output::ToClient(conn, msg));
+                }
             }
             Role::Primary => {
                 let idx = match self.client_index.get(&id) {
@@ -536,7 +1002,7 @@ impl Node {
                     }
                     None => {
                         let idx = self.register(id.clone());
-                        if let (Some(peer), Some(_)) = (&self.peer, self.view.backup) {
+                        if let Some(peer) = &self.peer {
                             self.out.push_back(Output::ToPeer(
                                 peer.conn,
                                 PeerMsg::Register {
@@ -557,10 +1023,10 @@ impl Node {
                 info!(
                     "client-registered client={id} idx={idx} conn={conn} last_seq={last_seq} client_view={view}"
                 );
-                self.out.push_back(Output::ToClient(
-                    conn,
-                    ServerMsg::Welcome { view: self.view },
-                ));
+                self.out.push_back(Output::ToClient(conn, welcome));
+                if let Some(msg) = self.proposal_msg() {
+                    self.out.push_back(Output::ToClient(conn, msg));
+                }
                 if last_seq > self.committed() {
                     warn!(
                         "client-ahead client={id} last_seq={last_seq} committed={}",
@@ -603,16 +1069,15 @@ impl Node {
         }
         let idx = self.clients.len() as u32;
         self.client_index.insert(id.clone(), idx);
-        self.clients.push(ClientRecord {
-            id: id.clone(),
-            conn: None,
-        });
+        let mut conn = None;
         // A backup may already hold a connection from this client.
-        for entry in self.client_conns.values_mut() {
+        for (c, entry) in self.client_conns.iter_mut() {
             if matches!(entry, ClientConn::Unregistered(name) if *name == id) {
                 *entry = ClientConn::Known(idx);
+                conn = Some(*c);
             }
         }
+        self.clients.push(ClientRecord { id, conn });
         idx
     }
 
@@ -624,6 +1089,9 @@ impl Node {
     }
 
     fn send_results_from(&mut self, conn: ConnId, from: Seq) {
+        if self.role != Role::Primary {
+            return;
+        }
         let first = from.0.max(1) as usize;
         let mut start = first - 1;
         while start < self.results.len() {
@@ -667,7 +1135,7 @@ impl Node {
             "ballot-open seq={seq} voters={voters} view={}",
             self.view.number
         );
-        if let (Some(peer), Some(_)) = (&self.peer, self.view.backup) {
+        if let Some(peer) = &self.peer {
             self.out.push_back(Output::ToPeer(
                 peer.conn,
                 PeerMsg::Open {
@@ -723,7 +1191,7 @@ impl Node {
         if self.role != Role::Primary {
             return;
         }
-        if let (Some(peer), Some(_)) = (&self.peer, self.view.backup) {
+        if let Some(peer) = &self.peer {
             self.out.push_back(Output::ToPeer(
                 peer.conn,
                 PeerMsg::Forward {
@@ -746,6 +1214,9 @@ impl Node {
     /// Commits the oldest ballot if all its votes are in. Results leave in seq order, so a
     /// later ballot that completes first waits for the ones before it.
     fn commit_ready(&mut self, now: Instant) {
+        if self.role != Role::Primary {
+            return;
+        }
         loop {
             let Some(front) = self.ballots.front_mut() else {
                 return;
@@ -754,30 +1225,39 @@ impl Node {
                 return;
             }
             let (seq, tally) = (front.seq, front.tally());
-            match (&self.peer, self.view.backup) {
-                (Some(peer), Some(_)) => {
+            // A joining peer gets every commit too: its copy must be whole when it is
+            // installed as backup.
+            if let Some(peer) = &self.peer {
+                self.out.push_back(Output::ToPeer(
+                    peer.conn,
+                    PeerMsg::Commit {
+                        view: self.view.number,
+                        seq,
+                        tally,
+                    },
+                ));
+            }
+            match self.view.backup {
+                None => self.publish(now),
+                // Commit before telling: the backup, who could take over, must know the
+                // result before any client sees it.
+                Some(_) => {
                     front.state = BallotState::Committing;
-                    self.out.push_back(Output::ToPeer(
-                        peer.conn,
-                        PeerMsg::Commit {
-                            view: self.view.number,
-                            seq,
-                            tally,
-                        },
-                    ));
                     return;
                 }
-                // With a backup in the view but no link to it, the result waits: telling
-                // clients now could lose it in a takeover.
-                (None, Some(_)) => return,
-                (_, None) => self.publish(now),
             }
         }
     }
 
     fn commit_acked(&mut self, seq: Seq, now: Instant) {
+        let from_backup = self
+            .peer
+            .as_ref()
+            .is_some_and(|p| Some(p.addr) == self.view.backup);
         match self.ballots.front() {
-            Some(front) if front.seq == seq && front.state == BallotState::Committing => {
+            Some(front)
+                if from_backup && front.seq == seq && front.state == BallotState::Committing =>
+            {
                 self.publish(now);
                 self.commit_ready(now);
             }
@@ -823,7 +1303,7 @@ impl Node {
             return;
         }
         for ballot in &self.ballots {
-            for (idx, record) in self.clients[..ballot.voters as usize].iter().enumerate() {
+            for (idx, record) in self.clients.iter().enumerate().take(ballot.voters as usize) {
                 if let (true, Some(conn)) = (ballot.awaits(idx as u32), record.conn) {
                     debug!("vote-reask client={} seq={}", record.id, ballot.seq);
                     self.out.push_back(Output::ToClient(
@@ -839,6 +1319,7 @@ impl Node {
         if !self.ballots.is_empty() {
             self.timers.reask = Some(now + self.cfg.vote_timeout());
         }
+        self.commit_ready(now);
     }
 
     // ----- replication ---------------------------------------------------------------
@@ -851,6 +1332,7 @@ impl Node {
         view: View,
         now: Instant,
     ) {
+        self.highest_seen = self.highest_seen.max(view);
         let refusal = match self.role {
             Role::Primary if self.peer.is_some() => Some("a backup is already in service"),
             Role::Primary => None,
@@ -858,30 +1340,27 @@ impl Node {
         };
         if let Some(reason) = refusal {
             warn!("join-refused node={node} listen={listen} reason={reason}");
-            self.out.push_back(Output::ToPeer(
-                conn,
+            let msg = if view > View(0) && view < self.view.number {
+                PeerMsg::Fence { view: self.view }
+            } else {
                 PeerMsg::JoinRefused {
                     view: self.view.number,
                     reason: reason.to_string(),
-                },
-            ));
+                }
+            };
+            self.out.push_back(Output::ToPeer(conn, msg));
             self.out.push_back(Output::Close(conn, "join refused"));
             return;
         }
         info!("join-request node={node} listen={listen} their_view={view}");
+        self.timers.join_deadline = None;
         self.peer = Some(Peer {
             conn,
             addr: listen,
             last_heard: now,
-            silent: false,
         });
-        let new_view = ViewInfo {
-            number: View(self.view.number.0 + 1),
-            primary: self.cfg.listen,
-            backup: Some(listen),
-        };
         let snapshot = Snapshot {
-            view: new_view,
+            view: self.view,
             clients: self.clients.iter().map(|c| c.id.clone()).collect(),
             results: self.results.clone(),
             open: self
@@ -897,24 +1376,9 @@ impl Node {
         self.out
             .push_back(Output::ToPeer(conn, PeerMsg::Snapshot(Box::new(snapshot))));
         // The snapshot and everything after it travel on one ordered connection, so the
-        // backup is in sync from here on: install the view that includes it.
-        self.install_view(new_view);
-        self.out
-            .push_back(Output::ToPeer(conn, PeerMsg::Install { view: new_view }));
+        // backup is in sync from here on: propose the view that includes it.
         self.arm_peer_timers(now);
-        // Ballots already complete while we were alone still need the backup's ack.
-        self.commit_ready(now);
-    }
-
-    fn install_view(&mut self, view: ViewInfo) {
-        info!("view-change role={} view={view}", self.role);
-        self.view = view;
-        for record in &self.clients {
-            if let Some(conn) = record.conn {
-                self.out
-                    .push_back(Output::ToClient(conn, ServerMsg::NewView { view }));
-            }
-        }
+        self.propose(Some(listen), now);
     }
 
     fn install_snapshot(&mut self, snapshot: Snapshot, now: Instant) {
@@ -931,12 +1395,16 @@ impl Node {
         self.ballots = snapshot
             .open
             .into_iter()
-            .map(|b| Ballot::restore(b.seq, b.voters, b.votes, now))
+            .map(|b| {
+                // An electorate larger than the clients the snapshot lists is corrupt.
+                let voters = b.voters.min(self.clients.len() as u32);
+                Ballot::restore(b.seq, voters, b.votes, now)
+            })
             .collect();
         self.view = snapshot.view;
-        self.role = Role::Backup;
+        self.highest_seen = self.highest_seen.max(self.view.number);
         info!(
-            "joined view={} clients={} committed={} open={}",
+            "snapshot-installed view={} clients={} committed={} open={}",
             self.view,
             self.clients.len(),
             self.results.len(),
@@ -969,9 +1437,36 @@ impl Node {
         self.out
             .push_back(Output::ToPeer(conn, PeerMsg::CommitAck { view, seq }));
     }
+}
 
-    fn arm_peer_timers(&mut self, now: Instant) {
-        self.timers.heartbeat = Some(now);
-        self.timers.peer_dead = Some(now + self.cfg.peer_timeout());
+impl PeerMsg {
+    /// The view a peer message speaks for.
+    fn view(&self) -> View {
+        match self {
+            PeerMsg::Snapshot(s) => s.view.number,
+            PeerMsg::Install { view } | PeerMsg::Fence { view } => view.number,
+            PeerMsg::Heartbeat { view }
+            | PeerMsg::Register { view, .. }
+            | PeerMsg::Open { view, .. }
+            | PeerMsg::Forward { view, .. }
+            | PeerMsg::Commit { view, .. }
+            | PeerMsg::CommitAck { view, .. }
+            | PeerMsg::JoinRefused { view, .. } => *view,
+        }
+    }
+
+    /// Messages only a primary sends to its backup.
+    fn is_from_a_primary(&self) -> bool {
+        match self {
+            PeerMsg::Snapshot(_)
+            | PeerMsg::Install { .. }
+            | PeerMsg::Register { .. }
+            | PeerMsg::Open { .. }
+            | PeerMsg::Forward { .. }
+            | PeerMsg::Commit { .. }
+            | PeerMsg::JoinRefused { .. }
+            | PeerMsg::Fence { .. } => true,
+            PeerMsg::Heartbeat { .. } | PeerMsg::CommitAck { .. } => false,
+        }
     }
 }

@@ -57,15 +57,43 @@ pub enum ClientMsg {
     Vote { view: View, seq: Seq, yes: bool },
     /// "Send me every result from `from` on": the client saw a result past a gap.
     Resend { view: View, from: Seq },
+    /// The client accepted the proposed `view`. It reports what the proposer needs to
+    /// finish the past: the last ballot in its log and the votes it cast on later ballots.
+    Accept {
+        view: View,
+        last_seq: Seq,
+        votes: Vec<(Seq, bool)>,
+    },
+    /// The client refuses the proposed view `proposed`: it follows the installed view
+    /// `accepted` (if that is newer than the proposer's own view, the proposer was replaced
+    /// and steps down), it promised a proposal numbered `promised` >= `proposed` (propose
+    /// above it), or it heard from the primary of `accepted` within its lease (retry after
+    /// `retry_after_ms`).
+    Reject {
+        proposed: View,
+        accepted: ViewInfo,
+        promised: View,
+        retry_after_ms: Option<u64>,
+    },
+    /// A reply to any message tagged with a view older than the client's: the sender has
+    /// been replaced by `accepted` and must step down.
+    Stale { accepted: ViewInfo },
 }
 
 /// Server to client.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum ServerMsg {
-    /// Registration accepted; the server's current view.
-    Welcome { view: ViewInfo },
-    /// A new configuration: vote to these servers from now on.
+    /// Registration accepted; the server's current view, and the lease: how long after
+    /// hearing from a primary the client refuses to let anyone else take over.
+    Welcome { view: ViewInfo, lease_ms: u64 },
+    /// A view a majority of clients accepted: vote to these servers from now on.
     NewView { view: ViewInfo },
+    /// "Accept `view`, in which I am primary": answered with `Accept` or `Reject`. `base`
+    /// is the installed view the proposer's state comes from; a client refuses a proposal
+    /// built on a view older than the one it follows.
+    Propose { view: ViewInfo, base: View },
+    /// The primary's lease renewal, every heartbeat interval.
+    Lease { view: View },
     /// Ballot `seq` is open: please vote.
     VoteRequest { view: View, seq: Seq },
     /// The final tally of ballot `seq`.
@@ -108,6 +136,9 @@ pub enum PeerMsg {
     CommitAck { view: View, seq: Seq },
     /// Primary to a server that asked to join: no. The connection closes after this frame.
     JoinRefused { view: View, reason: String },
+    /// To a peer that speaks for an older view: you were replaced by `view`; step down.
+    /// The connection closes after this frame.
+    Fence { view: ViewInfo },
 }
 
 /// The replicated state a joining backup receives.
@@ -141,6 +172,8 @@ pub struct StatusReply {
     /// Last ballot whose result is final.
     pub committed: Seq,
     pub open_ballots: u64,
+    /// A view this server proposed and a majority of clients has not accepted yet.
+    pub proposing: Option<View>,
     pub clients: Vec<ClientId>,
     pub connected_clients: u64,
     pub peer: Option<PeerStatus>,

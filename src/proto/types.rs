@@ -100,8 +100,8 @@ impl fmt::Display for Role {
 impl fmt::Display for ViewInfo {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.backup {
-            Some(b) => write!(f, "{}(p={} b={})", self.number, self.primary, b),
-            None => write!(f, "{}(p={} b=none)", self.number, self.primary),
+            Some(b) => write!(f, "{}[p={},b={}]", self.number, self.primary, b),
+            None => write!(f, "{}[p={},b=none]", self.number, self.primary),
         }
     }
 }

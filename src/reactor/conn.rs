@@ -164,6 +164,12 @@ impl Conn {
         codec::encode_frame(msg, &mut self.wbuf).map_err(QueueError::Encode)
     }
 
+    /// A server learns from the first frame that a connection is a peer link, which
+    /// carries snapshots and so may queue more.
+    pub fn set_outbuf_limit(&mut self, limit: usize) {
+        self.outbuf_limit = limit;
+    }
+
     pub fn has_output(&self) -> bool {
         self.wpos < self.wbuf.len()
     }

@@ -186,7 +186,7 @@ impl Server {
         }
     }
 
-    fn reap_child(&mut self, _now: Instant) {
+    fn reap_child(&mut self, now: Instant) {
         let Some(child) = &mut self.child else {
             return;
         };
@@ -194,6 +194,7 @@ impl Server {
             Ok(Some(status)) => {
                 warn!("backup-exited pid={} status={status}", child.id());
                 self.child = None;
+                self.node.handle_child_exit(now);
             }
             Ok(None) => {}
             Err(e) => warn!("backup-wait-failed error={e}"),
@@ -286,7 +287,10 @@ impl Server {
                     };
                     conn.expect = match hello.link_kind() {
                         LinkKind::Client => Expect::ClientMsgs,
-                        LinkKind::Peer => Expect::PeerMsgs,
+                        LinkKind::Peer => {
+                            conn.set_outbuf_limit(MAX_PEER_OUTBUF);
+                            Expect::PeerMsgs
+                        }
                         LinkKind::Status => Expect::Nothing,
                     };
                     self.node.handle_hello(id, hello, now);
@@ -332,6 +336,10 @@ impl Server {
                     }
                 }
                 Output::SpawnBackup => self.spawn_backup(),
+                Output::Exit(reason) => {
+                    info!("exiting reason={reason}");
+                    self.shutdown = true;
+                }
             }
         }
     }
@@ -381,7 +389,7 @@ impl Server {
                 return;
             }
         }
-        match spawn_backup(&self.spawn, self.node.view().primary) {
+        match spawn_backup(&self.spawn, self.node.listen()) {
             Ok(child) => {
                 info!(
                     "spawned-backup pid={} listen={}",

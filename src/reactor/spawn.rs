@@ -15,6 +15,7 @@ pub struct SpawnSpec {
     pub ballot_interval: Duration,
     pub ballots: Option<u64>,
     pub window: u64,
+    pub min_clients: usize,
     pub log_level: String,
 }
 
@@ -22,6 +23,8 @@ pub struct SpawnSpec {
 /// process group, stdout and stderr, so it shows in the same terminal and dies with the
 /// group a test or a shell kills.
 pub fn spawn_backup(spec: &SpawnSpec, primary: SocketAddr) -> std::io::Result<Child> {
+    // Once primary itself, the backup respawns on our address: the pair keeps swapping
+    // between the two addresses clients were given, so a restarted client finds it.
     let exe = std::env::current_exe()?;
     let mut cmd = Command::new(exe);
     cmd.arg("server")
@@ -44,6 +47,7 @@ pub fn spawn_backup(spec: &SpawnSpec, primary: SocketAddr) -> std::io::Result<Ch
             &spec.ballot_interval.as_millis().to_string(),
         ])
         .args(["--window", &spec.window.to_string()])
+        .args(["--min-clients", &spec.min_clients.to_string()])
         .args(["--log-level", &spec.log_level]);
     if let Some(n) = spec.ballots {
         cmd.args(["--ballots", &n.to_string()]);

@@ -1,10 +1,13 @@
 //! The deterministic simulator: the real [`Node`] and [`Client`] cores on a simulated
 //! network and clock, driven by one seed. Every link delivers in order (as TCP does) after
-//! a random delay; G1-G3 are checked after every step and G5 (all ballots complete) at the
-//! end. A failure names its seed; `pbvote sim --seed N` replays it with full logs.
+//! a random delay. Faults arrive at random: a server crashes (SIGKILL: its connections
+//! close, its parent hears SIGCHLD) or pauses (SIGSTOP: it hears nothing and does nothing
+//! until it resumes); a client crashes and restarts from its log. The model of the
+//! assignment holds: the primary fails only while an installed backup is alive.
 //!
-//! Faults (crashes, pauses, partitions) plug into [`World::step`]'s event kinds as the
-//! failover issues add them.
+//! After every step: G1-G3 on every log line appended, G4 (one primary per view number).
+//! At the end: G5 (every client logged every ballot) and the batch checker. A failure
+//! names its seed; `pbvote sim --seed N` replays it with full logs.
 
 mod rng;
 
@@ -14,10 +17,10 @@ use crate::client::policy::Policy;
 use crate::client::{Client, ClientConfig, ClientOutput};
 use crate::link::ConnId;
 use crate::node::{Node, NodeConfig, Output, StartRole};
-use crate::proto::{ClientId, ClientMsg, Hello, LinkKind, NodeId, PeerMsg, Seq, ServerMsg};
+use crate::proto::{ClientId, ClientMsg, Hello, NodeId, PeerMsg, Role, Seq, ServerMsg};
 pub use rng::Rng;
 use std::cmp::Reverse;
-use std::collections::BinaryHeap;
+use std::collections::{BTreeMap, BinaryHeap};
 use std::fmt;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -35,6 +38,8 @@ pub struct Scenario {
     /// Each message takes 0..=this on the wire.
     pub max_delay: Duration,
     pub policies: Vec<Policy>,
+    /// Most faults injected in the run.
+    pub faults: u32,
 }
 
 impl Scenario {
@@ -59,6 +64,7 @@ impl Scenario {
             ballot_interval: Duration::from_millis(rng.range(5, 60)),
             max_delay: Duration::from_millis(rng.range(0, 30)),
             policies,
+            faults: rng.range(0, 6) as u32,
         }
     }
 }
@@ -87,6 +93,7 @@ pub struct Report {
     pub steps: u64,
     pub clients: usize,
     pub ballots: u64,
+    pub faults: u32,
     pub virtual_ms: u64,
 }
 
@@ -94,8 +101,8 @@ impl fmt::Display for Report {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "{} clients, {} ballots, {} steps, {} virtual ms",
-            self.clients, self.ballots, self.steps, self.virtual_ms
+            "{} clients, {} ballots, {} faults, {} steps, {} virtual ms",
+            self.clients, self.ballots, self.faults, self.steps, self.virtual_ms
         )
     }
 }
@@ -106,6 +113,7 @@ pub struct Summary {
     pub failures: u64,
     pub steps: u64,
     pub ballots: u64,
+    pub faults: u64,
     pub first_failure: Option<SimFailure>,
 }
 
@@ -113,8 +121,8 @@ impl fmt::Display for Summary {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "{} runs, {} failed, {} ballots, {} steps",
-            self.runs, self.failures, self.ballots, self.steps
+            "{} runs, {} failed, {} ballots, {} faults, {} steps",
+            self.runs, self.failures, self.ballots, self.faults, self.steps
         )
     }
 }
@@ -127,6 +135,7 @@ pub fn run_seeds(first: u64, count: u64) -> Summary {
             Ok(report) => {
                 summary.steps += report.steps;
                 summary.ballots += report.ballots;
+                summary.faults += u64::from(report.faults);
             }
             Err(failure) => {
                 summary.failures += 1;
@@ -147,6 +156,8 @@ pub fn run_seed(seed: u64) -> Result<Report, SimFailure> {
 /// Virtual time the run may take before a lack of progress is a G5 failure.
 const TIME_LIMIT: Duration = Duration::from_secs(600);
 const STEP_LIMIT: u64 = 2_000_000;
+/// Chance per step that a fault strikes, out of 10,000 (while the run has faults left).
+const FAULT_CHANCE: u64 = 40;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 enum Proc {
@@ -181,6 +192,26 @@ enum Event {
         conn: usize,
         to: Proc,
     },
+    /// SIGCHLD: the backup server `child` of `parent` exited.
+    ChildExited {
+        parent: usize,
+    },
+    ClientRestart {
+        client: usize,
+    },
+}
+
+impl Event {
+    /// Whom the event is for, if a process.
+    fn target(&self) -> Option<Proc> {
+        match self {
+            Event::Connected { .. } => None,
+            Event::DialFailed { proc, .. } => Some(*proc),
+            Event::Deliver { to, .. } | Event::Closed { to, .. } => Some(*to),
+            Event::ChildExited { parent, .. } => Some(Proc::Server(*parent)),
+            Event::ClientRestart { .. } => None,
+        }
+    }
 }
 
 struct SimConn {
@@ -190,17 +221,30 @@ struct SimConn {
     last_arrival: [Duration; 2],
     /// Each side stops receiving once it closed or was told of the close.
     open: [bool; 2],
-    kind: Option<LinkKind>,
 }
 
 struct SimServer {
     node: Node,
     addr: SocketAddr,
+    /// Where it spawns its backup: the spawner's own address, so the pair keeps swapping
+    /// between the two addresses clients know (as `pbvote server` does).
+    backup_listen: SocketAddr,
+    alive: bool,
+    /// SIGSTOPped until then.
+    paused_until: Option<Duration>,
+    parent: Option<usize>,
+    /// The backup it spawned last, if that still runs.
+    child: Option<usize>,
 }
 
 struct SimClient {
-    core: Client,
+    /// `None` while crashed.
+    core: Option<Client>,
     log: Vec<LogLine>,
+    /// Where a restart looks for servers (as a real client's `--servers`).
+    servers: Vec<SocketAddr>,
+    /// Bumped at each crash so the dead incarnation's connections are ignored.
+    incarnation: u32,
 }
 
 struct World {
@@ -216,7 +260,10 @@ struct World {
     queue: BinaryHeap<Reverse<(Duration, u64, usize)>>,
     events: Vec<Option<Event>>,
     live: LiveCheck,
-    next_port: u16,
+    faults_left: u32,
+    faults_done: u32,
+    /// G4: which server acted as primary in each view number.
+    primaries: BTreeMap<u64, usize>,
 }
 
 impl World {
@@ -235,23 +282,26 @@ impl World {
             queue: BinaryHeap::new(),
             events: Vec::new(),
             live,
-            next_port: 7000,
+            faults_left: scenario.faults,
+            faults_done: 0,
+            primaries: BTreeMap::new(),
             scenario,
         };
-        let primary = world.add_server(StartRole::Primary);
-        let primary_addr = world.servers[primary].addr;
-        for (i, policy) in world.scenario.policies.clone().into_iter().enumerate() {
-            let cfg = ClientConfig {
-                id: ClientId(format!("c{i}")),
-                servers: vec![primary_addr],
-                policy,
-                until: Some(Seq(world.scenario.ballots)),
-                redial: Duration::from_millis(100),
-            };
+        let (p_addr, b_addr) = (
+            SocketAddr::from(([10, 0, 0, 1], 7000)),
+            SocketAddr::from(([10, 0, 0, 2], 7000)),
+        );
+        world.add_server(StartRole::Primary, p_addr, b_addr, None);
+        for _ in 0..world.scenario.clients {
             world.clients.push(SimClient {
-                core: Client::new(cfg, Seq(0), base),
+                core: None,
                 log: Vec::new(),
+                servers: vec![p_addr, b_addr],
+                incarnation: 0,
             });
+        }
+        for i in 0..world.clients.len() {
+            world.start_client(i);
         }
         world
     }
@@ -260,9 +310,27 @@ impl World {
         self.base + self.now
     }
 
-    fn add_server(&mut self, start: StartRole) -> usize {
-        let addr = SocketAddr::from(([10, 0, 0, 1], self.next_port));
-        self.next_port += 1;
+    fn start_client(&mut self, i: usize) {
+        let cfg = ClientConfig {
+            id: ClientId(format!("c{i}")),
+            servers: self.clients[i].servers.clone(),
+            policy: self.scenario.policies[i],
+            until: Some(Seq(self.scenario.ballots)),
+            redial: Duration::from_millis(100),
+        };
+        let last = Seq(self.clients[i].log.len() as u64);
+        let mut core = Client::new(cfg, last, self.instant());
+        core.handle_timeout(self.instant());
+        self.clients[i].core = Some(core);
+    }
+
+    fn add_server(
+        &mut self,
+        start: StartRole,
+        addr: SocketAddr,
+        backup_listen: SocketAddr,
+        parent: Option<usize>,
+    ) -> usize {
         let s = &self.scenario;
         let cfg = NodeConfig {
             node: NodeId(self.rng.next_u64()),
@@ -278,7 +346,15 @@ impl World {
             spawn_backup: true,
         };
         let node = Node::new(cfg, self.instant());
-        self.servers.push(SimServer { node, addr });
+        self.servers.push(SimServer {
+            node,
+            addr,
+            backup_listen,
+            alive: true,
+            paused_until: None,
+            parent,
+            child: None,
+        });
         let idx = self.servers.len() - 1;
         self.drain_server(idx);
         idx
@@ -293,13 +369,17 @@ impl World {
         }
     }
 
+    fn done(&self) -> bool {
+        self.clients
+            .iter()
+            .all(|c| c.log.len() as u64 >= self.scenario.ballots)
+    }
+
     fn run(&mut self) -> Result<Report, SimFailure> {
         for i in 0..self.clients.len() {
-            let now = self.instant();
-            self.clients[i].core.handle_timeout(now);
             self.drain(Proc::Client(i))?;
         }
-        while !self.clients.iter().all(|c| c.core.is_done()) {
+        while !self.done() {
             self.step += 1;
             if self.now > TIME_LIMIT || self.step > STEP_LIMIT {
                 let logged: Vec<u64> = self.clients.iter().map(|c| c.log.len() as u64).collect();
@@ -308,33 +388,238 @@ impl World {
                     self.scenario.ballots
                 )));
             }
+            if self.faults_left > 0 && self.rng.chance(FAULT_CHANCE, 10_000) {
+                self.inject_fault();
+            }
             self.step_once()?;
+            self.check_one_primary_per_view()?;
         }
         self.final_check()?;
         Ok(Report {
             steps: self.step,
             clients: self.clients.len(),
             ballots: self.scenario.ballots,
+            faults: self.faults_done,
             virtual_ms: self.now.as_millis() as u64,
         })
+    }
+
+    fn is_paused(&self, i: usize) -> bool {
+        self.servers[i].paused_until.is_some_and(|t| t > self.now)
+    }
+
+    fn runnable(&self, i: usize) -> bool {
+        self.servers[i].alive && !self.is_paused(i)
+    }
+
+    /// The acting primary and its installed, live backup, if the service is in that state.
+    fn healthy_pair(&self) -> Option<(usize, usize)> {
+        let p = (0..self.servers.len())
+            .find(|&i| self.runnable(i) && self.servers[i].node.is_acting_primary())?;
+        let view = self.servers[p].node.view();
+        let backup = view.backup?;
+        let b = (0..self.servers.len()).find(|&i| {
+            let s = &self.servers[i];
+            s.alive && s.addr == backup && s.node.role() == Role::Backup && s.node.view() == view
+        })?;
+        (!self.is_paused(b)).then_some((p, b))
+    }
+
+    /// The service is in a steady state: one acting primary not changing its view, nobody
+    /// else trying to take over, nobody paused. The fault model allows one failure at a
+    /// time, so a new fault strikes only then.
+    fn steady(&self) -> bool {
+        let paused = (0..self.servers.len()).any(|i| self.servers[i].alive && self.is_paused(i));
+        let primaries: Vec<usize> = (0..self.servers.len())
+            .filter(|&i| self.servers[i].alive && self.servers[i].node.is_acting_primary())
+            .collect();
+        let candidates = (0..self.servers.len()).any(|i| {
+            self.servers[i].alive
+                && !self.servers[i].node.is_acting_primary()
+                && self.servers[i].node.proposing().is_some()
+        });
+        !paused
+            && !candidates
+            && primaries.len() == 1
+            && self.servers[primaries[0]].node.proposing().is_none()
+    }
+
+    fn inject_fault(&mut self) {
+        if !self.steady() {
+            return;
+        }
+        let pair = self.healthy_pair();
+        match self.rng.range(0, 5) {
+            // The primary crashes or pauses, only while a live backup can take over.
+            0 | 1 => {
+                let Some((p, _)) = pair else { return };
+                if self.rng.chance(1, 2) {
+                    self.crash_server(p, "primary");
+                } else {
+                    self.pause_server(p, "primary");
+                }
+            }
+            // A backup (installed or joining) crashes or pauses.
+            2 | 3 => {
+                let candidates: Vec<usize> = (0..self.servers.len())
+                    .filter(|&i| self.runnable(i) && !self.servers[i].node.is_acting_primary())
+                    .collect();
+                if candidates.is_empty() {
+                    return;
+                }
+                let b = candidates[self.rng.range(0, candidates.len() as u64 - 1) as usize];
+                if self.rng.chance(1, 2) {
+                    self.crash_server(b, "backup");
+                } else {
+                    self.pause_server(b, "backup");
+                }
+            }
+            // A client crashes and restarts from its log.
+            _ => {
+                let c = self.rng.range(0, self.clients.len() as u64 - 1) as usize;
+                if self.clients[c].core.is_none() {
+                    return;
+                }
+                self.crash_client(c);
+            }
+        }
+    }
+
+    fn note_fault(&mut self, what: String) {
+        self.faults_left -= 1;
+        self.faults_done += 1;
+        log::warn!("sim-fault t_ms={} {what}", self.now.as_millis());
+    }
+
+    fn crash_server(&mut self, i: usize, what: &str) {
+        self.note_fault(format!("crash {what} server={}", self.servers[i].addr));
+        self.kill_server(i);
+    }
+
+    /// The process is gone: its connections close, its parent hears SIGCHLD.
+    fn kill_server(&mut self, i: usize) {
+        if !self.servers[i].alive {
+            return;
+        }
+        self.servers[i].alive = false;
+        self.servers[i].paused_until = None;
+        self.close_all(Proc::Server(i));
+        if let Some(parent) = self.servers[i].parent {
+            if self.servers[parent].alive && self.servers[parent].child == Some(i) {
+                self.servers[parent].child = None;
+                let at = self.now + self.delay();
+                self.schedule(at, Event::ChildExited { parent });
+            }
+        }
+    }
+
+    fn pause_server(&mut self, i: usize, what: &str) {
+        let peer_timeout = self.scenario.heartbeat * self.scenario.miss_limit;
+        let ms = self.rng.range(1, 3 * peer_timeout.as_millis() as u64);
+        self.note_fault(format!(
+            "pause {what} server={} for_ms={ms}",
+            self.servers[i].addr
+        ));
+        self.servers[i].paused_until = Some(self.now + Duration::from_millis(ms));
+    }
+
+    fn crash_client(&mut self, c: usize) {
+        self.note_fault(format!("crash client=c{c}"));
+        if let Some(core) = self.clients[c].core.take() {
+            // A restarted client finds the cluster where it last saw it.
+            if let Some(view) = core.view() {
+                let known = &mut self.clients[c].servers;
+                for addr in view.servers() {
+                    if !known.contains(&addr) {
+                        known.push(addr);
+                    }
+                }
+            }
+        }
+        self.clients[c].incarnation += 1;
+        self.close_all(Proc::Client(c));
+        let ms = self.rng.range(1, 500);
+        self.schedule(
+            self.now + Duration::from_millis(ms),
+            Event::ClientRestart { client: c },
+        );
+    }
+
+    /// Every open connection of `proc` is gone: the other ends hear of it after what is in
+    /// flight towards them.
+    fn close_all(&mut self, proc: Proc) {
+        for c in 0..self.conns.len() {
+            let conn = &self.conns[c];
+            if conn.dialer != proc && conn.acceptor != proc {
+                continue;
+            }
+            let side = self.side(c, proc);
+            let other = if side == 0 {
+                conn.acceptor
+            } else {
+                conn.dialer
+            };
+            let other_side = 1 - side;
+            self.conns[c].open[side] = false;
+            if self.conns[c].open[other_side] {
+                let at = self.conns[c].last_arrival[side].max(self.now) + self.delay();
+                self.conns[c].last_arrival[side] = at;
+                self.schedule(at, Event::Closed { conn: c, to: other });
+            }
+        }
+    }
+
+    fn check_one_primary_per_view(&mut self) -> Result<(), SimFailure> {
+        for i in 0..self.servers.len() {
+            let s = &self.servers[i];
+            if !s.alive || !s.node.is_acting_primary() {
+                continue;
+            }
+            let number = s.node.view().number.0;
+            match self.primaries.get(&number) {
+                Some(&other) if other != i => {
+                    return Err(self.fail(format!(
+                        "G4: servers {} and {} both primary in view {number}",
+                        self.servers[other].addr, s.addr
+                    )));
+                }
+                Some(_) => {}
+                None => {
+                    self.primaries.insert(number, i);
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Advances to the earliest event or timer and performs it.
     fn step_once(&mut self) -> Result<(), SimFailure> {
         let next_event = self.queue.peek().map(|Reverse((t, _, _))| *t);
-        let next_timer = self
-            .servers
-            .iter()
-            .enumerate()
-            .filter_map(|(i, s)| s.node.poll_timeout().map(|t| (t, Proc::Server(i))))
-            .chain(
-                self.clients
-                    .iter()
-                    .enumerate()
-                    .filter_map(|(i, c)| c.core.poll_timeout().map(|t| (t, Proc::Client(i)))),
-            )
-            .min()
-            .map(|(t, p)| (t.saturating_duration_since(self.base), p));
+        let mut next_timer: Option<(Duration, Proc)> = None;
+        for i in 0..self.servers.len() {
+            let s = &self.servers[i];
+            if !s.alive {
+                continue;
+            }
+            if let Some(t) = s.node.poll_timeout() {
+                // A paused process's timers fire when it resumes.
+                let mut at = t.saturating_duration_since(self.base);
+                if let Some(until) = s.paused_until {
+                    at = at.max(until);
+                }
+                if next_timer.is_none_or(|(nt, _)| at < nt) {
+                    next_timer = Some((at, Proc::Server(i)));
+                }
+            }
+        }
+        for (i, c) in self.clients.iter().enumerate() {
+            if let Some(t) = c.core.as_ref().and_then(|c| c.poll_timeout()) {
+                let at = t.saturating_duration_since(self.base);
+                if next_timer.is_none_or(|(nt, _)| at < nt) {
+                    next_timer = Some((at, Proc::Client(i)));
+                }
+            }
+        }
         match (next_event, next_timer) {
             (Some(te), Some((tt, _))) if te <= tt => self.pop_event(),
             (Some(_), None) => self.pop_event(),
@@ -343,7 +628,11 @@ impl World {
                 let now = self.instant();
                 match proc {
                     Proc::Server(i) => self.servers[i].node.handle_timeout(now),
-                    Proc::Client(i) => self.clients[i].core.handle_timeout(now),
+                    Proc::Client(i) => {
+                        if let Some(core) = &mut self.clients[i].core {
+                            core.handle_timeout(now);
+                        }
+                    }
                 }
                 self.drain(proc)
             }
@@ -362,6 +651,23 @@ impl World {
         Duration::from_micros(self.rng.range(0, max))
     }
 
+    /// Whether `proc` can take an event now; a paused server takes it when it resumes.
+    fn deliverable(&mut self, proc: Proc, event: &Event) -> Option<bool> {
+        match proc {
+            Proc::Server(i) => {
+                if !self.servers[i].alive {
+                    return Some(false);
+                }
+                if let Some(until) = self.servers[i].paused_until.filter(|t| *t > self.now) {
+                    self.schedule(until, event.clone());
+                    return None;
+                }
+                Some(true)
+            }
+            Proc::Client(i) => Some(self.clients[i].core.is_some()),
+        }
+    }
+
     fn pop_event(&mut self) -> Result<(), SimFailure> {
         let Some(Reverse((at, _, id))) = self.queue.pop() else {
             return Ok(());
@@ -370,22 +676,59 @@ impl World {
         let Some(event) = self.events[id].take() else {
             return Ok(());
         };
+        if let Some(target) = event.target() {
+            match self.deliverable(target, &event) {
+                Some(true) => {}
+                Some(false) | None => return Ok(()),
+            }
+        }
         let now = self.instant();
         match event {
             Event::Connected { conn } => {
                 let dialer = self.conns[conn].dialer;
-                let addr = self.proc_addr(self.conns[conn].acceptor);
+                let acceptor = self.conns[conn].acceptor;
+                let addr = self.proc_addr(acceptor);
+                let Some(true) = self.deliverable(dialer, &Event::Connected { conn }) else {
+                    return Ok(());
+                };
+                let acceptor_up = match acceptor {
+                    Proc::Server(i) => self.servers[i].alive,
+                    Proc::Client(_) => false,
+                };
+                if !self.conns[conn].open[0] {
+                    return Ok(());
+                }
+                if !acceptor_up {
+                    self.conns[conn].open = [false, false];
+                    match dialer {
+                        Proc::Server(i) => self.servers[i].node.handle_dial_failed(addr, now),
+                        Proc::Client(i) => {
+                            if let Some(core) = &mut self.clients[i].core {
+                                core.handle_dial_failed(addr, now);
+                            }
+                        }
+                    }
+                    return self.drain(dialer);
+                }
                 let id = conn_id(conn);
                 match dialer {
                     Proc::Server(i) => self.servers[i].node.handle_connected(id, addr, now),
-                    Proc::Client(i) => self.clients[i].core.handle_connected(id, addr, now),
+                    Proc::Client(i) => {
+                        if let Some(core) = &mut self.clients[i].core {
+                            core.handle_connected(id, addr, now);
+                        }
+                    }
                 }
                 self.drain(dialer)
             }
             Event::DialFailed { proc, addr } => {
                 match proc {
                     Proc::Server(i) => self.servers[i].node.handle_dial_failed(addr, now),
-                    Proc::Client(i) => self.clients[i].core.handle_dial_failed(addr, now),
+                    Proc::Client(i) => {
+                        if let Some(core) = &mut self.clients[i].core {
+                            core.handle_dial_failed(addr, now);
+                        }
+                    }
                 }
                 self.drain(proc)
             }
@@ -397,7 +740,11 @@ impl World {
                 self.conns[conn].open[side] = false;
                 match to {
                     Proc::Server(i) => self.servers[i].node.handle_closed(conn_id(conn), now),
-                    Proc::Client(i) => self.clients[i].core.handle_closed(conn_id(conn), now),
+                    Proc::Client(i) => {
+                        if let Some(core) = &mut self.clients[i].core {
+                            core.handle_closed(conn_id(conn), now);
+                        }
+                    }
                 }
                 self.drain(to)
             }
@@ -408,8 +755,7 @@ impl World {
                 let id = conn_id(conn);
                 match (to, payload) {
                     (Proc::Server(i), Payload::Hello(hello)) => {
-                        self.conns[conn].kind = Some(hello.link_kind());
-                        self.servers[i].node.handle_hello(id, hello, now);
+                        self.servers[i].node.handle_hello(id, hello, now)
                     }
                     (Proc::Server(i), Payload::Client(msg)) => {
                         self.servers[i].node.handle_client_msg(id, msg, now)
@@ -418,13 +764,24 @@ impl World {
                         self.servers[i].node.handle_peer_msg(id, msg, now)
                     }
                     (Proc::Client(i), Payload::Server(msg)) => {
-                        self.clients[i].core.handle_msg(id, msg, now)
+                        if let Some(core) = &mut self.clients[i].core {
+                            core.handle_msg(id, msg, now);
+                        }
                     }
                     (to, payload) => {
                         return Err(self.fail(format!("misrouted {payload:?} to {to:?}")));
                     }
                 }
                 self.drain(to)
+            }
+            Event::ChildExited { parent } => {
+                self.servers[parent].node.handle_child_exit(now);
+                self.drain(Proc::Server(parent))
+            }
+            Event::ClientRestart { client } => {
+                log::warn!("sim-restart client=c{client} t_ms={}", self.now.as_millis());
+                self.start_client(client);
+                self.drain(Proc::Client(client))
             }
         }
     }
@@ -474,15 +831,15 @@ impl World {
             self.conns[c].dialer
         };
         // Data already sent still arrives, then the close.
-        let at = self.conns[c].last_arrival[side] + self.delay();
-        let at = at.max(self.now);
+        let at = self.conns[c].last_arrival[side].max(self.now) + self.delay();
+        self.conns[c].last_arrival[side] = at;
         self.schedule(self.now, Event::Closed { conn: c, to: from });
         self.schedule(at, Event::Closed { conn: c, to: other });
     }
 
     fn dial(&mut self, from: Proc, addr: SocketAddr) {
         let at = self.now + self.delay();
-        match self.servers.iter().position(|s| s.addr == addr) {
+        match self.servers.iter().position(|s| s.addr == addr && s.alive) {
             Some(target) => {
                 let conn = self.conns.len();
                 self.conns.push(SimConn {
@@ -490,7 +847,6 @@ impl World {
                     acceptor: Proc::Server(target),
                     last_arrival: [at, at],
                     open: [true, true],
-                    kind: None,
                 });
                 self.schedule(at, Event::Connected { conn });
             }
@@ -498,7 +854,6 @@ impl World {
         }
     }
 
-    /// Performs every output of `proc`, checking each log line as it is appended.
     fn drain(&mut self, proc: Proc) -> Result<(), SimFailure> {
         match proc {
             Proc::Server(i) => {
@@ -520,16 +875,35 @@ impl World {
                 Output::Status(_, _) => {}
                 Output::Close(c, _) => self.close(proc, c),
                 Output::SpawnBackup => {
-                    let join = self.servers[i].addr;
-                    self.add_server(StartRole::Backup { join });
+                    if let Some(old) = self.servers[i].child.take() {
+                        self.kill_server(old);
+                    }
+                    let (join, listen) = (self.servers[i].addr, self.servers[i].backup_listen);
+                    if self.servers.iter().any(|s| s.alive && s.addr == listen) {
+                        // The port is taken (a stale server still runs there): the child
+                        // fails to bind and exits at once.
+                        let at = self.now + self.delay();
+                        self.schedule(at, Event::ChildExited { parent: i });
+                        continue;
+                    }
+                    let child = self.add_server(StartRole::Backup { join }, listen, join, Some(i));
+                    self.servers[i].child = Some(child);
+                }
+                Output::Exit(_) => {
+                    self.kill_server(i);
+                    return;
                 }
             }
         }
     }
 
+    /// Performs every output of a client, checking each log line as it is appended.
     fn drain_client(&mut self, i: usize) -> Result<(), SimFailure> {
         let proc = Proc::Client(i);
-        while let Some(out) = self.clients[i].core.poll_output() {
+        loop {
+            let Some(out) = self.clients[i].core.as_mut().and_then(|c| c.poll_output()) else {
+                return Ok(());
+            };
             match out {
                 ClientOutput::Dial(addr) => self.dial(proc, addr),
                 ClientOutput::Hello(c, hello) => self.send(proc, c, Payload::Hello(hello)),
@@ -543,7 +917,6 @@ impl World {
                 }
             }
         }
-        Ok(())
     }
 
     fn final_check(&self) -> Result<(), SimFailure> {
