@@ -380,13 +380,16 @@ impl Server {
     }
 
     fn spawn_backup(&mut self) {
-        if let Some(child) = &mut self.child {
+        if let Some(mut child) = self.child.take() {
+            // The node declared it dead; a hung or partitioned process would still hold
+            // the port the new one needs. SIGKILL works on a stopped process too.
             if let Ok(None) = child.try_wait() {
-                warn!(
-                    "spawn-skipped reason=previous backup pid={} still running",
-                    child.id()
-                );
-                return;
+                warn!("backup-killed pid={} reason=declared-dead", child.id());
+                let _ = child.kill();
+            }
+            match child.wait() {
+                Ok(status) => warn!("backup-exited pid={} status={status}", child.id()),
+                Err(e) => warn!("backup-wait-failed pid={} error={e}", child.id()),
             }
         }
         match spawn_backup(&self.spawn, self.node.listen()) {

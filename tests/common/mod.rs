@@ -117,12 +117,22 @@ pub fn wait_line(path: &Path, needle: &str, timeout: Duration) -> String {
         Some(line) => line,
         None => {
             panic!(
-                "no line with {needle:?} in {} within {timeout:?}; it ends:\n{}",
+                "no line with {needle:?} in {} within {timeout:?}; its events:\n{}",
                 path.display(),
-                tail(path, 40)
+                events(path)
             );
         }
     }
+}
+
+/// The log without the per-ballot lines, for a failure report.
+pub fn events(path: &Path) -> String {
+    let text = fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text
+        .lines()
+        .filter(|l| !l.contains("ballot-open") && !l.contains("ballot-result"))
+        .collect();
+    lines[lines.len().saturating_sub(150)..].join("\n")
 }
 
 pub fn tail(path: &Path, lines: usize) -> String {
@@ -141,8 +151,15 @@ pub fn listen_addr(proc: &mut Proc) -> String {
         .to_string()
 }
 
-/// Starts a primary on a port the OS picks, with test timings; returns it and its address.
+/// Starts a primary on a port the OS picks, with test timings (each overridable in
+/// `extra`); returns it and its address.
 pub fn start_primary(dir: &Path, extra: &[&str]) -> (Proc, String) {
+    let defaults = [
+        ("--heartbeat-ms", "50"),
+        ("--miss-limit", "5"),
+        ("--backup-start-delay-ms", "200"),
+        ("--ballot-interval-ms", "10"),
+    ];
     let mut args = vec![
         "server",
         "--role",
@@ -151,15 +168,12 @@ pub fn start_primary(dir: &Path, extra: &[&str]) -> (Proc, String) {
         "127.0.0.1:0",
         "--backup-listen",
         "127.0.0.1:0",
-        "--heartbeat-ms",
-        "50",
-        "--miss-limit",
-        "5",
-        "--backup-start-delay-ms",
-        "200",
-        "--ballot-interval-ms",
-        "10",
     ];
+    for (flag, value) in defaults {
+        if !extra.contains(&flag) {
+            args.extend([flag, value]);
+        }
+    }
     args.extend_from_slice(extra);
     let mut proc = Proc::start(dir, "primary", &args);
     let addr = listen_addr(&mut proc);
@@ -205,4 +219,93 @@ pub fn check_logs(dir: &Path, clients: &[(&str, Policy)], ballots: u64) -> Vec<V
             voters: None,
         },
     )
+}
+
+/// Sends `signal` to one process (not its group).
+pub fn signal(pid: i32, signal: i32) {
+    // SAFETY: kill(2) on a pid this test started (directly or through the primary).
+    unsafe {
+        libc::kill(pid, signal);
+    }
+}
+
+/// The pid in the `role[pid]` tag of the last stderr line containing `needle`.
+pub fn pid_of_line(path: &Path, needle: &str, timeout: Duration) -> i32 {
+    wait_line(path, needle, timeout);
+    let line = lines_with(path, needle).pop().expect("line");
+    let tag = line.split_whitespace().next().expect("tag");
+    let inner = tag.split('[').nth(1).and_then(|s| s.strip_suffix(']'));
+    inner.and_then(|p| p.parse().ok()).expect("pid in tag")
+}
+
+/// Lines of `path` that contain `needle`.
+pub fn lines_with(path: &Path, needle: &str) -> Vec<String> {
+    fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.contains(needle))
+        .map(str::to_string)
+        .collect()
+}
+
+/// Waits until `path` holds at least `count` lines containing `needle`.
+pub fn wait_count(path: &Path, needle: &str, count: usize, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    while lines_with(path, needle).len() < count {
+        if Instant::now() > deadline {
+            panic!(
+                "fewer than {count} lines with {needle:?} in {} within {timeout:?}; it ends:\n{}",
+                path.display(),
+                tail(path, 60)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// A process still exists (not reaped, not a zombie).
+pub fn alive(pid: i32) -> bool {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // The state follows the parenthesised command name.
+    stat.rsplit(')')
+        .next()
+        .is_some_and(|rest| !rest.trim_start().starts_with('Z'))
+}
+
+/// Five clients, three voting yes and two no, as the issues' scenarios use.
+pub fn three_yes_two_no() -> Vec<(&'static str, Policy)> {
+    vec![
+        ("y1", Policy::Yes),
+        ("y2", Policy::Yes),
+        ("y3", Policy::Yes),
+        ("n1", Policy::No),
+        ("n2", Policy::No),
+    ]
+}
+
+/// Starts one client per entry, voting to `addr`, each running until `ballots`.
+pub fn start_clients(
+    dir: &Path,
+    clients: &[(&str, Policy)],
+    addr: &str,
+    ballots: u64,
+) -> Vec<Proc> {
+    clients
+        .iter()
+        .map(|(id, p)| start_client(dir, id, addr, &p.to_string(), ballots))
+        .collect()
+}
+
+/// Waits for every client to exit 0, then checks the logs hold exactly 1..=ballots.
+pub fn finish_and_check(dir: &Path, procs: &mut [Proc], clients: &[(&str, Policy)], ballots: u64) {
+    for p in procs.iter_mut() {
+        let status = p.wait_exit(Duration::from_secs(120));
+        assert!(status.success(), "{} exited {status}", p.name);
+    }
+    let violations = check_logs(dir, clients, ballots);
+    assert!(
+        violations.is_empty(),
+        "{violations:#?}\nservers:\n{}",
+        tail(&dir.join("primary.err"), 80)
+    );
 }
