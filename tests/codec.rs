@@ -64,12 +64,14 @@ fn client_msg() -> impl Strategy<Value = ClientMsg> {
         (
             any::<u64>(),
             any::<u64>(),
-            proptest::collection::vec((any::<u64>(), any::<bool>()), 0..8)
+            proptest::collection::vec((any::<u64>(), any::<bool>()), 0..8),
+            proptest::collection::vec(tally(), 0..8),
         )
-            .prop_map(|(v, s, votes)| ClientMsg::Accept {
+            .prop_map(|(v, s, votes, tail)| ClientMsg::Accept {
                 view: View(v),
                 last_seq: Seq(s),
                 votes: votes.into_iter().map(|(s, y)| (Seq(s), y)).collect(),
+                tail,
             }),
         (
             any::<u64>(),
@@ -94,9 +96,12 @@ fn server_msg() -> impl Strategy<Value = ServerMsg> {
         (view_info(), any::<u64>())
             .prop_map(|(view, lease_ms)| ServerMsg::Welcome { view, lease_ms }),
         view_info().prop_map(|view| ServerMsg::NewView { view }),
-        (view_info(), any::<u64>()).prop_map(|(view, b)| ServerMsg::Propose {
-            view,
-            base: View(b)
+        (view_info(), any::<u64>(), any::<bool>()).prop_map(|(view, b, recovering)| {
+            ServerMsg::Propose {
+                view,
+                base: View(b),
+                recovering,
+            }
         }),
         any::<u64>().prop_map(|v| ServerMsg::Lease { view: View(v) }),
         (any::<u64>(), any::<u64>()).prop_map(|(v, s)| ServerMsg::VoteRequest {
@@ -142,6 +147,7 @@ fn snapshot() -> impl Strategy<Value = Snapshot> {
         .prop_map(|(view, clients, results, open)| Snapshot {
             view,
             clients,
+            results_first: Seq(1),
             results,
             open: open
                 .into_iter()

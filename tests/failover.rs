@@ -134,3 +134,44 @@ fn client_killed_and_restarted_resumes_from_its_log() {
     );
     finish_and_check(dir.path(), &mut procs, &clients, ballots);
 }
+
+#[test]
+fn cold_restart_rebuilds_from_client_logs_and_continues() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ballots = 60;
+    let (p, b) = (probe_port(), probe_port());
+    let (p_addr, b_addr) = (format!("127.0.0.1:{p}"), format!("127.0.0.1:{b}"));
+    let servers = format!("{p_addr},{b_addr}");
+    let args = [
+        "server",
+        "--role",
+        "primary",
+        "--listen",
+        &p_addr,
+        "--backup-listen",
+        &b_addr,
+        "--heartbeat-ms",
+        "50",
+        "--backup-start-delay-ms",
+        "200",
+        "--ballot-interval-ms",
+        "10",
+        "--ballots",
+        "60",
+        "--min-clients",
+        "5",
+    ];
+    let mut old = Proc::start(dir.path(), "primary", &args);
+    let clients = three_yes_two_no();
+    let mut procs = start_clients(dir.path(), &clients, &servers, ballots);
+    let err = dir.path().join("primary.err");
+    wait_line(&err, "view-change role=backup", T);
+    wait_line(&err, "ballot-open seq=20 ", T);
+    // Both replicas at once: the primary's process group holds its spawned backup.
+    old.kill_group();
+    // A fresh primary on the same address, knowing nothing.
+    let _fresh = Proc::start(dir.path(), "fresh", &args);
+    let fresh_err = dir.path().join("fresh.err");
+    wait_line(&fresh_err, "cold-restart-recovered", T);
+    finish_and_check(dir.path(), &mut procs, &clients, ballots);
+}

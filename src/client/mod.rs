@@ -9,6 +9,7 @@ pub mod policy;
 
 use crate::ballot_log::LogLine;
 use crate::link::ConnId;
+use crate::proto::limits::MAX_RECOVERY_TAIL;
 use crate::proto::{ClientId, ClientMsg, Hello, Seq, ServerMsg, Tally, View, ViewInfo};
 use log::{debug, info, warn};
 use policy::Policy;
@@ -36,6 +37,9 @@ pub enum ClientOutput {
     Close(ConnId),
     /// Append this line to the log, and have it written before the next output.
     Append(LogLine),
+    /// Record that the client promised this view number, before the next output (the
+    /// `Accept` it guards): a restarted client must never promise a number twice.
+    Promise(View),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -76,12 +80,23 @@ pub struct Client {
     cast: BTreeMap<Seq, bool>,
     /// The first seq of the last `Resend` we asked for, so one gap is asked once.
     resend_asked: Option<Seq>,
+    /// The last tallies logged (ending at `last_logged`), for a cold-restarted primary.
+    recent: VecDeque<Tally>,
     out: VecDeque<ClientOutput>,
 }
 
 impl Client {
-    /// A client whose log already holds 1..=`last_logged`.
-    pub fn new(cfg: ClientConfig, last_logged: Seq, now: Instant) -> Client {
+    /// A client whose log already holds 1..=`last_logged`, the last of them `recent`, and
+    /// which has promised view numbers up to `promised`.
+    pub fn new(
+        cfg: ClientConfig,
+        last_logged: Seq,
+        recent: &[Tally],
+        promised: View,
+        now: Instant,
+    ) -> Client {
+        let keep = recent.len().min(MAX_RECOVERY_TAIL);
+        let recent = recent[recent.len() - keep..].iter().copied().collect();
         let links = cfg
             .servers
             .iter()
@@ -94,13 +109,14 @@ impl Client {
             cfg,
             last_logged,
             view: None,
-            promised: View(0),
+            promised,
             lease: Duration::ZERO,
             lease_holder: None,
             heard_holder: None,
             links,
             cast: BTreeMap::new(),
             resend_asked: None,
+            recent,
             out: VecDeque::new(),
         }
     }
@@ -143,6 +159,22 @@ impl Client {
     // ----- inputs --------------------------------------------------------------------
 
     pub fn handle_timeout(&mut self, now: Instant) {
+        // No server of our view answers (both replicas may have been restarted): look at
+        // the addresses we were started with too.
+        let any_up = self
+            .links
+            .iter()
+            .any(|l| matches!(l.state, LinkState::Up(_)));
+        if !any_up && self.view.is_some() {
+            for &addr in &self.cfg.servers {
+                if !self.links.iter().any(|l| l.addr == addr) {
+                    self.links.push(ServerLink {
+                        addr,
+                        state: LinkState::Idle { redial_at: now },
+                    });
+                }
+            }
+        }
         for link in &mut self.links {
             if let LinkState::Idle { redial_at } = link.state {
                 if redial_at <= now {
@@ -168,7 +200,9 @@ impl Client {
             Hello::Client {
                 id: self.cfg.id.clone(),
                 last_seq: self.last_logged,
-                view: self.view.map_or(View(0), |v| v.number),
+                view: self
+                    .view
+                    .map_or(self.promised, |v| v.number.max(self.promised)),
             },
         ));
     }
@@ -208,7 +242,11 @@ impl Client {
                 self.adopt_view(conn, from, view, now);
             }
             ServerMsg::NewView { view } => self.adopt_view(conn, from, view, now),
-            ServerMsg::Propose { view, base } => self.consider_proposal(conn, view, base, now),
+            ServerMsg::Propose {
+                view,
+                base,
+                recovering,
+            } => self.consider_proposal(conn, view, base, recovering, now),
             ServerMsg::Lease { view } => {
                 self.current(conn, from, view, now);
             }
@@ -249,6 +287,13 @@ impl Client {
             .iter()
             .find(|l| l.state == LinkState::Up(conn))
             .map(|l| l.addr)
+    }
+
+    fn promise(&mut self, view: View) {
+        if view > self.promised {
+            self.promised = view;
+            self.out.push_back(ClientOutput::Promise(view));
+        }
     }
 
     /// Whether a message tagged `view` may be acted on. One from a view older than ours
@@ -296,7 +341,7 @@ impl Client {
         }
         info!("view-accepted client={} view={view}", self.cfg.id);
         self.view = Some(view);
-        self.promised = self.promised.max(view.number);
+        self.promise(view.number);
         self.lease_holder = Some(view.primary);
         self.heard_holder = (from == view.primary).then_some(now);
         // Follow the view: talk to its servers; tell anyone else they were replaced.
@@ -338,9 +383,20 @@ impl Client {
     }
 
     /// A server asks us to accept a view in which it is primary.
-    fn consider_proposal(&mut self, conn: ConnId, view: ViewInfo, base: View, now: Instant) {
-        let Some(ours) = self.view else {
-            return;
+    fn consider_proposal(
+        &mut self,
+        conn: ConnId,
+        view: ViewInfo,
+        base: View,
+        recovering: bool,
+        now: Instant,
+    ) {
+        // A client that follows no view yet can only help a recovering server (a cold
+        // restart), which asks for its log, not for a view it follows.
+        let ours = match (self.view, recovering) {
+            (Some(ours), _) => ours,
+            (None, true) => view,
+            (None, false) => return,
         };
         let reject = |retry_after_ms| ClientMsg::Reject {
             proposed: view.number,
@@ -350,7 +406,7 @@ impl Client {
         };
         // A proposer whose state predates the view we follow was replaced: it may lack
         // results that view produced. A promise is never given twice for one number.
-        if view.number <= self.promised || base < ours.number {
+        if view.number <= self.promised || (base < ours.number && !recovering) {
             debug!(
                 "proposal-rejected client={} view={view} base={base} promised={} ours={}",
                 self.cfg.id, self.promised, ours.number
@@ -379,7 +435,7 @@ impl Client {
         self.lease_holder = Some(view.primary);
         self.heard_holder = Some(now);
         info!("proposal-accepted client={} view={view}", self.cfg.id);
-        self.promised = view.number;
+        self.promise(view.number);
         let votes = self
             .cast
             .range(self.last_logged.next()..)
@@ -391,6 +447,11 @@ impl Client {
                 view: view.number,
                 last_seq: self.last_logged,
                 votes,
+                tail: if recovering {
+                    self.recent.iter().copied().collect()
+                } else {
+                    Vec::new()
+                },
             },
         ));
     }
@@ -446,6 +507,10 @@ impl Client {
         }
         self.last_logged = seq;
         self.cast.remove(&seq);
+        if self.recent.len() == MAX_RECOVERY_TAIL {
+            self.recent.pop_front();
+        }
+        self.recent.push_back(tally);
         self.out
             .push_back(ClientOutput::Append(LogLine { seq, tally }));
     }

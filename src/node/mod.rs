@@ -211,9 +211,16 @@ pub struct Node {
     client_index: HashMap<ClientId, u32>,
     client_conns: HashMap<ConnId, ClientConn>,
     peer: Option<Peer>,
-    /// Committed results: `results[i]` is ballot `i + 1`.
+    /// Committed results: `results[i]` is ballot `results_first + i`. Only a primary
+    /// rebuilt by a cold restart starts above 1.
+    results_first: u64,
     results: Vec<Tally>,
-    /// Open ballots, in seq order, the first one being `results.len() + 1`.
+    /// A fresh primary that found clients with history (a cold restart): it rebuilds the
+    /// results from their logs before it acts.
+    recovering: bool,
+    /// The longest log tail the clients reported while recovering: (its last seq, tallies).
+    recovered: Option<(Seq, Vec<Tally>)>,
+    /// Open ballots, in seq order, the first one being the seq after the last result.
     ballots: VecDeque<Ballot>,
     /// When the primary opened its latest ballot (spacing by `--ballot-interval-ms`).
     last_open: Option<Instant>,
@@ -252,7 +259,10 @@ impl Node {
             client_index: HashMap::new(),
             client_conns: HashMap::new(),
             peer: None,
+            results_first: 1,
             results: Vec::new(),
+            recovering: false,
+            recovered: None,
             ballots: VecDeque::new(),
             last_open: None,
             last_spawn: None,
@@ -306,9 +316,25 @@ impl Node {
         self.proposal.as_ref().map(|p| p.view)
     }
 
-    /// Whether this server may act as primary now (installed, not stepped down).
+    /// Whether this server acts as primary now: installed, not stepped down, not
+    /// rebuilding its state, and it has opened a ballot or holds results (a fresh primary
+    /// that has done neither has told no client anything yet).
     pub fn is_acting_primary(&self) -> bool {
-        self.role == Role::Primary && !self.exited
+        self.role == Role::Primary && !self.exited && !self.recovering && !self.is_pristine()
+    }
+
+    /// A cold-restarted primary rebuilding its results from the clients' logs.
+    pub fn is_recovering(&self) -> bool {
+        self.recovering
+    }
+
+    /// Nothing has happened here yet: no ballot opened, no result known.
+    fn is_pristine(&self) -> bool {
+        self.role == Role::Primary
+            && self.results_first == 1
+            && self.results.is_empty()
+            && self.ballots.is_empty()
+            && self.last_open.is_none()
     }
 
     pub fn has_exited(&self) -> bool {
@@ -316,15 +342,16 @@ impl Node {
     }
 
     pub fn committed(&self) -> Seq {
-        Seq(self.results.len() as u64)
+        Seq(self.results_first - 1 + self.results.len() as u64)
     }
 
     pub fn next_seq(&self) -> Seq {
-        Seq(self.results.len() as u64 + self.ballots.len() as u64 + 1)
+        Seq(self.committed().0 + self.ballots.len() as u64 + 1)
     }
 
-    pub fn results(&self) -> &[Tally] {
-        &self.results
+    /// The committed results held, the first being ballot `.0`.
+    pub fn results(&self) -> (Seq, &[Tally]) {
+        (Seq(self.results_first), &self.results)
     }
 
     pub fn status(&self, now: Instant) -> StatusReply {
@@ -484,7 +511,8 @@ impl Node {
                 view,
                 last_seq,
                 votes,
-            } => self.on_accept(idx, conn, view, last_seq, votes, now),
+                tail,
+            } => self.on_accept(idx, view, last_seq, votes, tail, now),
             ClientMsg::Reject {
                 proposed,
                 accepted,
@@ -640,7 +668,7 @@ impl Node {
                 },
             ));
         }
-        if self.role == Role::Primary {
+        if self.role == Role::Primary && !self.recovering {
             for record in &self.clients {
                 if let Some(conn) = record.conn {
                     self.out.push_back(Output::ToClient(
@@ -745,6 +773,7 @@ impl Node {
         self.proposal.as_ref().map(|p| ServerMsg::Propose {
             view: p.view,
             base: self.view.number,
+            recovering: self.recovering,
         })
     }
 
@@ -779,31 +808,64 @@ impl Node {
     fn on_accept(
         &mut self,
         idx: u32,
-        conn: ConnId,
         view: View,
         last_seq: Seq,
         votes: Vec<(Seq, bool)>,
+        tail: Vec<Tally>,
         now: Instant,
     ) {
+        // Results the client lacks: it asks (`Resend`) when it adopts the view we install,
+        // or says `last_seq` in its hello when it connects later.
         for (seq, yes) in votes {
             self.count_vote(idx, seq, yes, now);
         }
-        // Results the client lacks: it asks (`Resend`) when it adopts the view we install,
-        // or says `last_seq` in its hello when it connects later.
-        let _ = (conn, last_seq);
         let Some(p) = &mut self.proposal else {
             return;
         };
         if p.view.number != view {
             return;
         }
+        p.accepted.resize(self.clients.len(), false);
         if let Some(slot) = p.accepted.get_mut(idx as usize) {
             *slot = true;
         }
-        let (count, majority) = (p.count(), self.majority());
+        let count = p.count();
+        if self.recovering {
+            self.recover_tail(last_seq, tail);
+            // Every client must have answered: a result that reached only one of them
+            // must not be run again with a different electorate.
+            let all = self.clients.len();
+            debug!("view-accept client={idx} view={view} accepted={count}/{all} recovering=true");
+            if count == all && all >= self.cfg.min_clients {
+                self.install_proposal(now);
+            }
+            return;
+        }
+        let majority = self.majority();
         debug!("view-accept client={idx} view={view} accepted={count}/{majority}");
         if count >= majority {
             self.install_proposal(now);
+        }
+    }
+
+    /// Keeps the longest log tail a client reported; the clients' logs must agree.
+    fn recover_tail(&mut self, last_seq: Seq, tail: Vec<Tally>) {
+        let tail_first = last_seq.0 + 1 - tail.len().min(last_seq.0 as usize) as u64;
+        if let Some((best_last, best)) = &self.recovered {
+            let best_first = best_last.0 + 1 - best.len() as u64;
+            for (i, tally) in tail.iter().enumerate() {
+                let seq = tail_first + i as u64;
+                let held = (best_first..=best_last.0).contains(&seq);
+                if held && best[(seq - best_first) as usize] != *tally {
+                    warn!("recovery-conflict seq={seq} logs disagree");
+                }
+            }
+            if last_seq <= *best_last {
+                return;
+            }
+        }
+        if last_seq.0 >= tail.len() as u64 {
+            self.recovered = Some((last_seq, tail));
         }
     }
 
@@ -825,6 +887,7 @@ impl Node {
         if p.view.number != proposed {
             return;
         }
+        self.highest_seen = self.highest_seen.max(promised);
         match retry_after_ms {
             // The current primary's lease still holds at that client.
             Some(ms) => {
@@ -853,6 +916,10 @@ impl Node {
     /// primary, we were replaced: step down. Returns whether we did.
     fn learn_view(&mut self, installed: ViewInfo, how: &str) -> bool {
         self.highest_seen = self.highest_seen.max(installed.number);
+        if self.recovering {
+            // Of course the clients know newer views: that is what we are rebuilding.
+            return false;
+        }
         let replaced = installed.number > self.view.number
             && installed.primary != self.cfg.listen
             && !(self.role == Role::Backup && installed.backup == Some(self.cfg.listen));
@@ -891,6 +958,18 @@ impl Node {
         );
         self.role = Role::Primary;
         self.view = view;
+        if self.recovering {
+            self.recovering = false;
+            if let Some((last, tail)) = self.recovered.take() {
+                self.results_first = last.0 + 1 - tail.len() as u64;
+                self.results = tail;
+            }
+            warn!(
+                "cold-restart-recovered committed={} first_held={} view={view}",
+                self.committed(),
+                self.results_first
+            );
+        }
         // Clients that said hello while we were backup and that the old primary never
         // registered: they are ours to register now.
         let unregistered: Vec<ClientId> = self
@@ -946,7 +1025,7 @@ impl Node {
         info!(
             "takeover-start view={} committed={} open={}",
             self.view.number,
-            self.results.len(),
+            self.committed(),
             self.ballots.len()
         );
         self.propose(None, now);
@@ -994,6 +1073,12 @@ impl Node {
                 }
             }
             Role::Primary => {
+                if !self.recovering && self.is_pristine() && (view > View(0) || last_seq > Seq(0)) {
+                    warn!(
+                        "cold-restart-detected client={id} last_seq={last_seq} client_view={view}"
+                    );
+                    self.recovering = true;
+                }
                 let idx = match self.client_index.get(&id) {
                     Some(&idx) => idx,
                     None if self.clients.len() >= MAX_CLIENTS => {
@@ -1023,11 +1108,17 @@ impl Node {
                 info!(
                     "client-registered client={id} idx={idx} conn={conn} last_seq={last_seq} client_view={view}"
                 );
-                self.out.push_back(Output::ToClient(conn, welcome));
-                if let Some(msg) = self.proposal_msg() {
+                // A recovering server's own view means nothing to a client with history:
+                // it only asks such clients to accept the view it is rebuilding.
+                if !(self.recovering && view > View(0)) {
+                    self.out.push_back(Output::ToClient(conn, welcome));
+                }
+                if self.recovering && self.proposal.is_none() {
+                    self.propose(None, now);
+                } else if let Some(msg) = self.proposal_msg() {
                     self.out.push_back(Output::ToClient(conn, msg));
                 }
-                if last_seq > self.committed() {
+                if last_seq > self.committed() && !self.recovering {
                     warn!(
                         "client-ahead client={id} last_seq={last_seq} committed={}",
                         self.committed()
@@ -1089,19 +1180,25 @@ impl Node {
     }
 
     fn send_results_from(&mut self, conn: ConnId, from: Seq) {
-        if self.role != Role::Primary {
+        if self.role != Role::Primary || self.recovering {
             return;
         }
-        let first = from.0.max(1) as usize;
-        let mut start = first - 1;
-        while start < self.results.len() {
-            let end = (start + MAX_RESULTS_PER_FRAME).min(self.results.len());
+        if from.0 < self.results_first && from <= self.committed() {
+            warn!(
+                "results-unavailable conn={conn} from={from} first_held={}",
+                self.results_first
+            );
+        }
+        let mut start = from.0.max(self.results_first) - self.results_first;
+        let held = self.results.len() as u64;
+        while start < held {
+            let end = (start + MAX_RESULTS_PER_FRAME as u64).min(held);
             self.out.push_back(Output::ToClient(
                 conn,
                 ServerMsg::Results {
                     view: self.view.number,
-                    first: Seq(start as u64 + 1),
-                    tallies: self.results[start..end].to_vec(),
+                    first: Seq(self.results_first + start),
+                    tallies: self.results[start as usize..end as usize].to_vec(),
                 },
             ));
             start = end;
@@ -1112,6 +1209,7 @@ impl Node {
 
     fn can_open(&self) -> bool {
         self.role == Role::Primary
+            && !self.recovering
             && self.clients.len() >= self.cfg.min_clients.max(1)
             && (self.ballots.len() as u64) < self.cfg.window.clamp(1, MAX_OPEN_BALLOTS)
             && self.cfg.ballots.is_none_or(|n| self.next_seq().0 <= n)
@@ -1335,6 +1433,11 @@ impl Node {
         self.highest_seen = self.highest_seen.max(view);
         let refusal = match self.role {
             Role::Primary if self.peer.is_some() => Some("a backup is already in service"),
+            Role::Primary if self.recovering => Some("recovering from a cold restart"),
+            // Every view change needs clients as witnesses; a backup joins once they are here.
+            Role::Primary if self.clients.len() < self.cfg.min_clients.max(1) => {
+                Some("waiting for clients")
+            }
             Role::Primary => None,
             Role::Joining | Role::Backup => Some("not the primary"),
         };
@@ -1362,6 +1465,7 @@ impl Node {
         let snapshot = Snapshot {
             view: self.view,
             clients: self.clients.iter().map(|c| c.id.clone()).collect(),
+            results_first: Seq(self.results_first),
             results: self.results.clone(),
             open: self
                 .ballots
@@ -1391,6 +1495,7 @@ impl Node {
         for id in snapshot.clients {
             self.register(id);
         }
+        self.results_first = snapshot.results_first.0.max(1);
         self.results = snapshot.results;
         self.ballots = snapshot
             .open
@@ -1407,7 +1512,7 @@ impl Node {
             "snapshot-installed view={} clients={} committed={} open={}",
             self.view,
             self.clients.len(),
-            self.results.len(),
+            self.committed(),
             self.ballots.len()
         );
     }
@@ -1425,11 +1530,11 @@ impl Node {
                 self.ballots.pop_front();
                 self.results.push(tally);
             }
-            _ if seq.0 <= self.results.len() as u64 => {}
+            _ if seq <= self.committed() => {}
             _ => {
                 warn!(
                     "replication-gap commit seq={seq} committed={}",
-                    self.results.len()
+                    self.committed()
                 );
                 return;
             }

@@ -25,3 +25,8 @@ pub const MAX_RESULTS_PER_FRAME: usize = 4096;
 
 /// Most clients one primary registers. Beyond it, a new client is refused with a reason.
 pub const MAX_CLIENTS: usize = 100_000;
+
+/// Results each client keeps in memory and reports to a recovering primary after a cold
+/// restart. A cold restart rebuilds every result within this many ballots of the most
+/// advanced client's log; a client further behind cannot be caught up.
+pub const MAX_RECOVERY_TAIL: usize = 64;

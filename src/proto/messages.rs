@@ -63,6 +63,9 @@ pub enum ClientMsg {
         view: View,
         last_seq: Seq,
         votes: Vec<(Seq, bool)>,
+        /// For a recovering proposer only: the client's last logged tallies, ending at
+        /// `last_seq` (at most [`crate::proto::limits::MAX_RECOVERY_TAIL`]).
+        tail: Vec<Tally>,
     },
     /// The client refuses the proposed view `proposed`: it follows the installed view
     /// `accepted` (if that is newer than the proposer's own view, the proposer was replaced
@@ -91,7 +94,13 @@ pub enum ServerMsg {
     /// "Accept `view`, in which I am primary": answered with `Accept` or `Reject`. `base`
     /// is the installed view the proposer's state comes from; a client refuses a proposal
     /// built on a view older than the one it follows.
-    Propose { view: ViewInfo, base: View },
+    /// A `recovering` proposer lost all state (both replicas died, a cold restart): it
+    /// rebuilds the results from the clients' logs, and the base check does not apply.
+    Propose {
+        view: ViewInfo,
+        base: View,
+        recovering: bool,
+    },
     /// The primary's lease renewal, every heartbeat interval.
     Lease { view: View },
     /// Ballot `seq` is open: please vote.
@@ -147,9 +156,11 @@ pub struct Snapshot {
     pub view: ViewInfo,
     /// Registered clients in index order.
     pub clients: Vec<ClientId>,
-    /// Every committed result: `results[i]` is ballot `i + 1`.
+    /// The committed results the primary holds: `results[i]` is ballot
+    /// `results_first + i` (a primary rebuilt by a cold restart holds only recent ones).
+    pub results_first: Seq,
     pub results: Vec<Tally>,
-    /// Ballots opened and not yet committed, in seq order, starting at `results.len() + 1`.
+    /// Ballots opened and not yet committed, in seq order, starting right after the results.
     pub open: Vec<OpenBallot>,
 }
 

@@ -7,8 +7,8 @@ use super::timer::TimerWheel;
 use crate::ballot_log;
 use crate::client::{Client, ClientOutput};
 use crate::link::ConnId;
-use crate::proto::limits::MAX_CLIENT_OUTBUF;
-use crate::proto::{Seq, ServerMsg};
+use crate::proto::limits::{MAX_CLIENT_OUTBUF, MAX_RECOVERY_TAIL};
+use crate::proto::{Seq, ServerMsg, Tally, View};
 use log::{debug, info, warn};
 use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token};
@@ -18,7 +18,7 @@ use slab::Slab;
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 const SIGNALS: Token = Token(usize::MAX - 2);
@@ -26,7 +26,7 @@ const SIGNALS: Token = Token(usize::MAX - 2);
 /// Opens a client log for appending and returns the last seq it holds. A torn last line
 /// (a write cut short by a crash) is cut off; anything else that is not exactly 1..k is
 /// refused, because appending to it would hide the damage.
-pub fn open_log(path: &Path) -> Result<(File, Seq), String> {
+pub fn open_log(path: &Path) -> Result<(File, Seq, Vec<Tally>), String> {
     let text = match std::fs::read(path) {
         Ok(bytes) => {
             String::from_utf8(bytes).map_err(|_| format!("{}: not UTF-8 text", path.display()))?
@@ -57,21 +57,57 @@ pub fn open_log(path: &Path) -> Result<(File, Seq), String> {
         file.set_len(keep as u64)
             .map_err(|e| format!("{}: {e}", path.display()))?;
     }
-    Ok((file, Seq(lines.len() as u64)))
+    let recent = lines[lines.len().saturating_sub(MAX_RECOVERY_TAIL)..]
+        .iter()
+        .map(|l| l.tally)
+        .collect();
+    Ok((file, Seq(lines.len() as u64), recent))
+}
+
+/// Where a client keeps the highest view number it promised: beside its log, as
+/// `<log>.view`, one decimal number.
+pub fn promise_path(log: &Path) -> PathBuf {
+    let mut name = log.as_os_str().to_owned();
+    name.push(".view");
+    PathBuf::from(name)
+}
+
+/// The promise a client made before it stopped (0 if none).
+pub fn read_promise(log: &Path) -> Result<View, String> {
+    let path = promise_path(log);
+    match std::fs::read_to_string(&path) {
+        Ok(text) => text
+            .trim()
+            .parse()
+            .map(View)
+            .map_err(|_| format!("{}: not a view number", path.display())),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(View(0)),
+        Err(e) => Err(format!("{}: {e}", path.display())),
+    }
+}
+
+/// Replaces the promise file atomically (write, then rename over the old one).
+fn write_promise(path: &Path, view: View) -> io::Result<()> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    std::fs::write(&tmp, format!("{}\n", view.0))?;
+    std::fs::rename(&tmp, path)
 }
 
 pub struct Hosted {
     pub core: Client,
     pub log: File,
+    promise_path: PathBuf,
     /// Lines appended by the core this turn, written before any socket is flushed.
     pending: Vec<u8>,
 }
 
 impl Hosted {
-    pub fn new(core: Client, log: File) -> Hosted {
+    pub fn new(core: Client, log: File, log_path: &Path) -> Hosted {
         Hosted {
             core,
             log,
+            promise_path: promise_path(log_path),
             pending: Vec::new(),
         }
     }
@@ -88,6 +124,9 @@ pub struct ClientHost {
     dirty: Vec<ConnId>,
     logs_pending: Vec<usize>,
     shutdown: bool,
+    /// A write that must not be skipped failed: stop before anything depending on it is
+    /// sent.
+    fatal: Option<io::Error>,
 }
 
 impl ClientHost {
@@ -108,6 +147,7 @@ impl ClientHost {
             dirty: Vec::new(),
             logs_pending: Vec::new(),
             shutdown: false,
+            fatal: None,
         };
         for i in 0..host.clients.len() {
             host.clients[i].core.handle_timeout(now);
@@ -167,6 +207,9 @@ impl ClientHost {
             let deadline = self.clients[i].core.poll_timeout();
             self.wheel.set(i, deadline);
         }
+        if let Some(e) = self.fatal.take() {
+            return Err(e);
+        }
         for i in self.logs_pending.drain(..) {
             let hosted = &mut self.clients[i];
             if hosted.pending.is_empty() {
@@ -224,6 +267,16 @@ impl ClientHost {
                     if let Some(conn) = self.conn_mut(id) {
                         conn.closing = true;
                         self.dirty.push(id);
+                    }
+                }
+                ClientOutput::Promise(view) => {
+                    // Before the Accept it guards leaves: written now, not batched.
+                    let hosted = &self.clients[i];
+                    if let Err(e) = write_promise(&hosted.promise_path, view) {
+                        self.fatal.get_or_insert(io::Error::new(
+                            e.kind(),
+                            format!("{}: {e}", hosted.promise_path.display()),
+                        ));
                     }
                 }
                 ClientOutput::Append(line) => {

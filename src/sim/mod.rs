@@ -17,7 +17,7 @@ use crate::client::policy::Policy;
 use crate::client::{Client, ClientConfig, ClientOutput};
 use crate::link::ConnId;
 use crate::node::{Node, NodeConfig, Output, StartRole};
-use crate::proto::{ClientId, ClientMsg, Hello, NodeId, PeerMsg, Role, Seq, ServerMsg};
+use crate::proto::{ClientId, ClientMsg, Hello, NodeId, PeerMsg, Role, Seq, ServerMsg, View};
 pub use rng::Rng;
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap};
@@ -40,6 +40,9 @@ pub struct Scenario {
     pub policies: Vec<Policy>,
     /// Most faults injected in the run.
     pub faults: u32,
+    /// The run also kills both servers at once and starts a fresh primary (a cold
+    /// restart, outside the assignment's fault model).
+    pub cold_restart: bool,
 }
 
 impl Scenario {
@@ -65,6 +68,7 @@ impl Scenario {
             max_delay: Duration::from_millis(rng.range(0, 30)),
             policies,
             faults: rng.range(0, 6) as u32,
+            cold_restart: rng.chance(1, 6),
         }
     }
 }
@@ -199,6 +203,8 @@ enum Event {
     ClientRestart {
         client: usize,
     },
+    /// A fresh primary starts on the first address (after a cold restart).
+    ColdStart,
 }
 
 impl Event {
@@ -209,7 +215,7 @@ impl Event {
             Event::DialFailed { proc, .. } => Some(*proc),
             Event::Deliver { to, .. } | Event::Closed { to, .. } => Some(*to),
             Event::ChildExited { parent, .. } => Some(Proc::Server(*parent)),
-            Event::ClientRestart { .. } => None,
+            Event::ClientRestart { .. } | Event::ColdStart => None,
         }
     }
 }
@@ -245,6 +251,8 @@ struct SimClient {
     servers: Vec<SocketAddr>,
     /// Bumped at each crash so the dead incarnation's connections are ignored.
     incarnation: u32,
+    /// What the client persisted of its promises (its `.view` file).
+    promised: View,
 }
 
 struct World {
@@ -264,6 +272,9 @@ struct World {
     faults_done: u32,
     /// G4: which server acted as primary in each view number.
     primaries: BTreeMap<u64, usize>,
+    /// The two addresses the cluster starts on; a cold restart reuses the first.
+    addrs: (SocketAddr, SocketAddr),
+    cold_restart_pending: bool,
 }
 
 impl World {
@@ -285,12 +296,14 @@ impl World {
             faults_left: scenario.faults,
             faults_done: 0,
             primaries: BTreeMap::new(),
+            addrs: (
+                SocketAddr::from(([10, 0, 0, 1], 7000)),
+                SocketAddr::from(([10, 0, 0, 2], 7000)),
+            ),
+            cold_restart_pending: scenario.cold_restart,
             scenario,
         };
-        let (p_addr, b_addr) = (
-            SocketAddr::from(([10, 0, 0, 1], 7000)),
-            SocketAddr::from(([10, 0, 0, 2], 7000)),
-        );
+        let (p_addr, b_addr) = world.addrs;
         world.add_server(StartRole::Primary, p_addr, b_addr, None);
         for _ in 0..world.scenario.clients {
             world.clients.push(SimClient {
@@ -298,6 +311,7 @@ impl World {
                 log: Vec::new(),
                 servers: vec![p_addr, b_addr],
                 incarnation: 0,
+                promised: View(0),
             });
         }
         for i in 0..world.clients.len() {
@@ -318,8 +332,11 @@ impl World {
             until: Some(Seq(self.scenario.ballots)),
             redial: Duration::from_millis(100),
         };
-        let last = Seq(self.clients[i].log.len() as u64);
-        let mut core = Client::new(cfg, last, self.instant());
+        let log = &self.clients[i].log;
+        let recent: Vec<_> = log.iter().map(|l| l.tally).collect();
+        let last = Seq(log.len() as u64);
+        let promised = self.clients[i].promised;
+        let mut core = Client::new(cfg, last, &recent, promised, self.instant());
         core.handle_timeout(self.instant());
         self.clients[i].core = Some(core);
     }
@@ -390,6 +407,9 @@ impl World {
             }
             if self.faults_left > 0 && self.rng.chance(FAULT_CHANCE, 10_000) {
                 self.inject_fault();
+            }
+            if self.cold_restart_pending && self.steady() && self.rng.chance(5, 10_000) {
+                self.cold_restart();
             }
             self.step_once()?;
             self.check_one_primary_per_view()?;
@@ -483,6 +503,19 @@ impl World {
                 self.crash_client(c);
             }
         }
+    }
+
+    /// Both servers die at once; a fresh primary starts later on the first address and
+    /// rebuilds the results from the clients' logs.
+    fn cold_restart(&mut self) {
+        self.cold_restart_pending = false;
+        self.faults_left += 1;
+        self.note_fault("cold-restart: every server killed".to_string());
+        for i in 0..self.servers.len() {
+            self.kill_server(i);
+        }
+        let ms = self.rng.range(0, 1000);
+        self.schedule(self.now + Duration::from_millis(ms), Event::ColdStart);
     }
 
     fn note_fault(&mut self, what: String) {
@@ -778,6 +811,12 @@ impl World {
                 self.servers[parent].node.handle_child_exit(now);
                 self.drain(Proc::Server(parent))
             }
+            Event::ColdStart => {
+                log::warn!("sim-cold-start t_ms={}", self.now.as_millis());
+                let (p_addr, b_addr) = self.addrs;
+                let i = self.add_server(StartRole::Primary, p_addr, b_addr, None);
+                self.drain(Proc::Server(i))
+            }
             Event::ClientRestart { client } => {
                 log::warn!("sim-restart client=c{client} t_ms={}", self.now.as_millis());
                 self.start_client(client);
@@ -909,6 +948,7 @@ impl World {
                 ClientOutput::Hello(c, hello) => self.send(proc, c, Payload::Hello(hello)),
                 ClientOutput::Send(c, msg) => self.send(proc, c, Payload::Client(msg)),
                 ClientOutput::Close(c) => self.close(proc, c),
+                ClientOutput::Promise(view) => self.clients[i].promised = view,
                 ClientOutput::Append(line) => {
                     self.clients[i].log.push(line);
                     if let Err(v) = self.live.observe(i, &format!("c{i}"), line) {

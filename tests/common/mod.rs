@@ -309,3 +309,10 @@ pub fn finish_and_check(dir: &Path, procs: &mut [Proc], clients: &[(&str, Policy
         tail(&dir.join("primary.err"), 80)
     );
 }
+
+/// A loopback port free right now (bound and released), for tests that must restart a
+/// server on the same address.
+pub fn probe_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind probe");
+    listener.local_addr().expect("probe addr").port()
+}
