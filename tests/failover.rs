@@ -175,3 +175,58 @@ fn cold_restart_rebuilds_from_client_logs_and_continues() {
     wait_line(&fresh_err, "cold-restart-recovered", T);
     finish_and_check(dir.path(), &mut procs, &clients, ballots);
 }
+
+/// The "done when" of the crash-failover issue: 5 clients, 80 ballots, 6 SIGKILLs of a
+/// random replica, each after the previous replacement joined.
+#[test]
+fn six_kills_of_random_replicas_leave_every_log_exact() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ballots = 80;
+    let (primary, addr) = start_primary(
+        dir.path(),
+        &[
+            "--ballots",
+            "80",
+            "--min-clients",
+            "5",
+            "--ballot-interval-ms",
+            "60",
+        ],
+    );
+    let clients = three_yes_two_no();
+    let mut procs = start_clients(dir.path(), &clients, &addr, ballots);
+    let err = dir.path().join("primary.err");
+    // A fixed pattern that a seed would pick: P B P P B P.
+    let kill_primary = [true, false, true, true, false, true];
+    let mut primary_pid = primary.pid();
+    for (round, &kill_p) in kill_primary.iter().enumerate() {
+        wait_count(&err, "view-change role=backup", round + 1, T);
+        let backup_pid = pid_of_line(&err, "view-change role=backup", T);
+        let results = lines_with(&err, "ballot-result").len();
+        assert!(
+            results + 2 < ballots as usize,
+            "ballots ran out before kill {round}"
+        );
+        wait_count(&err, "ballot-result", results + 2, T);
+        if kill_p {
+            signal(primary_pid, libc::SIGKILL);
+            // The backup takes over; it is the primary from now on.
+            wait_count(
+                &err,
+                "took_over=true",
+                kill_primary[..=round].iter().filter(|k| **k).count(),
+                T,
+            );
+            primary_pid = backup_pid;
+        } else {
+            signal(backup_pid, libc::SIGKILL);
+            wait_line(&err, &format!("backup-exited pid={backup_pid}"), T);
+        }
+    }
+    finish_and_check(dir.path(), &mut procs, &clients, ballots);
+    let expected: String = (1..=ballots).map(|k| format!("{k} 3 2\n")).collect();
+    for (id, _) in &clients {
+        let log = std::fs::read_to_string(dir.path().join(format!("{id}.log"))).expect("log");
+        assert_eq!(log, expected, "log of {id}");
+    }
+}

@@ -82,6 +82,9 @@ pub struct Client {
     resend_asked: Option<Seq>,
     /// The last tallies logged (ending at `last_logged`), for a cold-restarted primary.
     recent: VecDeque<Tally>,
+    /// A proposal refused only for the lease, to reconsider the moment the lease holder's
+    /// connection closes (a crashed primary's lease is void at once).
+    deferred: Option<(ConnId, ViewInfo, View, bool)>,
     out: VecDeque<ClientOutput>,
 }
 
@@ -117,6 +120,7 @@ impl Client {
             cast: BTreeMap::new(),
             resend_asked: None,
             recent,
+            deferred: None,
             out: VecDeque::new(),
         }
     }
@@ -228,6 +232,9 @@ impl Client {
             };
             if self.lease_holder == Some(link.addr) {
                 self.heard_holder = None;
+                if let Some((c, view, base, recovering)) = self.deferred.take() {
+                    self.consider_proposal(c, view, base, recovering, now);
+                }
             }
         }
     }
@@ -426,10 +433,12 @@ impl Client {
                     );
                     self.out
                         .push_back(ClientOutput::Send(conn, reject(Some(wait))));
+                    self.deferred = Some((conn, view, base, recovering));
                     return;
                 }
             }
         }
+        self.deferred = None;
         // The proposer may act as primary as soon as a majority answered like this: from
         // now on it holds our lease.
         self.lease_holder = Some(view.primary);

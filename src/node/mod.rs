@@ -719,8 +719,12 @@ impl Node {
     /// a view that a majority installed without that backup. Until then this primary may
     /// itself be the stale one, and the "dead" backup its successor.
     fn backup_lost(&mut self, why: PeerLoss, now: Instant) {
-        let proposed_backup = self.proposal.as_ref().and_then(|p| p.view.backup);
-        if self.view.backup.is_some() || proposed_backup.is_some() {
+        // The configuration we are heading for: the pending proposal's, else the installed.
+        let target_backup = match &self.proposal {
+            Some(p) => p.view.backup,
+            None => self.view.backup,
+        };
+        if target_backup.is_some() {
             self.propose(None, now);
         }
         if self.view.backup.is_none() {

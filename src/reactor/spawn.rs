@@ -31,11 +31,7 @@ pub fn spawn_backup(spec: &SpawnSpec, primary: SocketAddr) -> std::io::Result<Ch
         .args(["--role", "backup"])
         .args(["--listen", &spec.listen.to_string()])
         .args(["--join", &primary.to_string()])
-        // Once primary itself, it respawns on the same host, any port.
-        .args([
-            "--backup-listen",
-            &SocketAddr::new(spec.listen.ip(), 0).to_string(),
-        ])
+        .args(["--backup-listen", &primary.to_string()])
         .args(["--heartbeat-ms", &spec.heartbeat.as_millis().to_string()])
         .args(["--miss-limit", &spec.miss_limit.to_string()])
         .args([

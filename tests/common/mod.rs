@@ -254,9 +254,9 @@ pub fn wait_count(path: &Path, needle: &str, count: usize, timeout: Duration) {
     while lines_with(path, needle).len() < count {
         if Instant::now() > deadline {
             panic!(
-                "fewer than {count} lines with {needle:?} in {} within {timeout:?}; it ends:\n{}",
+                "fewer than {count} lines with {needle:?} in {} within {timeout:?}; its events:\n{}",
                 path.display(),
-                tail(path, 60)
+                events(path)
             );
         }
         std::thread::sleep(Duration::from_millis(10));
