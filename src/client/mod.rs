@@ -190,7 +190,12 @@ impl Client {
     }
 
     pub fn handle_connected(&mut self, conn: ConnId, addr: SocketAddr, _now: Instant) {
-        let Some(link) = self.links.iter_mut().find(|l| l.addr == addr) else {
+        // Only the dial we are waiting for: a late answer to an abandoned one is closed.
+        let Some(link) = self
+            .links
+            .iter_mut()
+            .find(|l| l.addr == addr && l.state == LinkState::Dialing)
+        else {
             self.out.push_back(ClientOutput::Close(conn));
             return;
         };
@@ -212,7 +217,11 @@ impl Client {
     }
 
     pub fn handle_dial_failed(&mut self, addr: SocketAddr, now: Instant) {
-        if let Some(link) = self.links.iter_mut().find(|l| l.addr == addr) {
+        if let Some(link) = self
+            .links
+            .iter_mut()
+            .find(|l| l.addr == addr && l.state == LinkState::Dialing)
+        {
             debug!("client-dial-failed client={} server={addr}", self.cfg.id);
             link.state = LinkState::Idle {
                 redial_at: now + self.cfg.redial,

@@ -907,7 +907,8 @@ impl Node {
                 if self.role == Role::Primary {
                     self.propose(backup, now);
                 } else {
-                    let at = now + self.cfg.peer_timeout();
+                    // Two leases: the incumbent's retries (after one) come first.
+                    let at = now + self.cfg.peer_timeout() * 2;
                     self.new_proposal(backup);
                     self.timers.propose = Some(at);
                 }

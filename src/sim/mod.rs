@@ -20,7 +20,7 @@ use crate::node::{Node, NodeConfig, Output, StartRole};
 use crate::proto::{ClientId, ClientMsg, Hello, NodeId, PeerMsg, Role, Seq, ServerMsg, View};
 pub use rng::Rng;
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BinaryHeap};
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap, VecDeque};
 use std::fmt;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -43,6 +43,8 @@ pub struct Scenario {
     /// The run also kills both servers at once and starts a fresh primary (a cold
     /// restart, outside the assignment's fault model).
     pub cold_restart: bool,
+    /// Network partitions in the run: links cut (one way or both) and healed later.
+    pub partitions: u32,
 }
 
 impl Scenario {
@@ -69,6 +71,11 @@ impl Scenario {
             policies,
             faults: rng.range(0, 6) as u32,
             cold_restart: rng.chance(1, 6),
+            partitions: if rng.chance(1, 2) {
+                rng.range(1, 4) as u32
+            } else {
+                0
+            },
         }
     }
 }
@@ -192,9 +199,12 @@ enum Event {
         to: Proc,
         payload: Payload,
     },
+    /// `to` learns the connection closed; `remote`: the other end closed it (the news
+    /// crosses the network), else `to` closed it itself.
     Closed {
         conn: usize,
         to: Proc,
+        remote: bool,
     },
     /// SIGCHLD: the backup server `child` of `parent` exited.
     ChildExited {
@@ -205,6 +215,24 @@ enum Event {
     },
     /// A fresh primary starts on the first address (after a cold restart).
     ColdStart,
+    /// The cut from one host to another heals.
+    Heal {
+        from: Endpoint,
+        to: Endpoint,
+    },
+    /// Deliver, in order, what a healed cut held on one direction of a connection.
+    Release {
+        conn: usize,
+        side: usize,
+    },
+}
+
+/// Where a cut applies: a server's address (so a replacement on the same address is cut
+/// too, as on a real host) or a client.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Endpoint {
+    Server(SocketAddr),
+    Client(usize),
 }
 
 impl Event {
@@ -215,7 +243,10 @@ impl Event {
             Event::DialFailed { proc, .. } => Some(*proc),
             Event::Deliver { to, .. } | Event::Closed { to, .. } => Some(*to),
             Event::ChildExited { parent, .. } => Some(Proc::Server(*parent)),
-            Event::ClientRestart { .. } | Event::ColdStart => None,
+            Event::ClientRestart { .. }
+            | Event::ColdStart
+            | Event::Heal { .. }
+            | Event::Release { .. } => None,
         }
     }
 }
@@ -227,6 +258,8 @@ struct SimConn {
     last_arrival: [Duration; 2],
     /// Each side stops receiving once it closed or was told of the close.
     open: [bool; 2],
+    /// The dialer was told the connection is up (before that, a close is a failed dial).
+    established: bool,
 }
 
 struct SimServer {
@@ -275,6 +308,11 @@ struct World {
     /// The two addresses the cluster starts on; a cold restart reuses the first.
     addrs: (SocketAddr, SocketAddr),
     cold_restart_pending: bool,
+    /// Directed cuts in force: nothing from the first reaches the second.
+    cuts: BTreeSet<(Endpoint, Endpoint)>,
+    /// Per (connection, sending side), what arrived at a cut, in order, for after it heals.
+    held: BTreeMap<(usize, usize), VecDeque<Event>>,
+    partitions_left: u32,
 }
 
 impl World {
@@ -301,6 +339,9 @@ impl World {
                 SocketAddr::from(([10, 0, 0, 2], 7000)),
             ),
             cold_restart_pending: scenario.cold_restart,
+            cuts: BTreeSet::new(),
+            held: BTreeMap::new(),
+            partitions_left: scenario.partitions,
             scenario,
         };
         let (p_addr, b_addr) = world.addrs;
@@ -411,6 +452,13 @@ impl World {
             if self.cold_restart_pending && self.steady() && self.rng.chance(5, 10_000) {
                 self.cold_restart();
             }
+            if self.partitions_left > 0
+                && self.cuts.is_empty()
+                && self.steady()
+                && self.rng.chance(FAULT_CHANCE, 10_000)
+            {
+                self.partition();
+            }
             self.step_once()?;
             self.check_one_primary_per_view()?;
         }
@@ -505,6 +553,68 @@ impl World {
         }
     }
 
+    /// Cuts some links (primary-backup, or a server from some clients; one way or both)
+    /// and heals them after a while.
+    fn partition(&mut self) {
+        let primary = (0..self.servers.len())
+            .find(|&i| self.servers[i].alive && self.servers[i].node.is_acting_primary());
+        let Some(p) = primary else { return };
+        let p_addr = self.servers[p].addr;
+        let b_addr = self.servers[p]
+            .node
+            .view()
+            .backup
+            .unwrap_or(self.servers[p].backup_listen);
+        let (pe, be) = (Endpoint::Server(p_addr), Endpoint::Server(b_addr));
+        let mut pairs = Vec::new();
+        match self.rng.range(0, 4) {
+            0 => pairs.extend([(pe, be), (be, pe)]),
+            1 => pairs.push((pe, be)),
+            2 => pairs.push((be, pe)),
+            kind => {
+                let server = if kind == 3 { pe } else { be };
+                let count = self.rng.range(1, self.clients.len() as u64);
+                for c in 0..count as usize {
+                    let client = Endpoint::Client(c);
+                    if self.rng.chance(1, 2) {
+                        pairs.extend([(server, client), (client, server)]);
+                    } else if self.rng.chance(1, 2) {
+                        pairs.push((server, client));
+                    } else {
+                        pairs.push((client, server));
+                    }
+                }
+            }
+        }
+        let peer_timeout = self.scenario.heartbeat * self.scenario.miss_limit;
+        let ms = self.rng.range(10, 4 * peer_timeout.as_millis() as u64);
+        self.partitions_left -= 1;
+        self.faults_done += 1;
+        log::warn!(
+            "sim-partition t_ms={} cuts={pairs:?} for_ms={ms}",
+            self.now.as_millis()
+        );
+        for (from, to) in pairs {
+            self.cuts.insert((from, to));
+            self.schedule(
+                self.now + Duration::from_millis(ms),
+                Event::Heal { from, to },
+            );
+        }
+    }
+
+    fn endpoint(&self, proc: Proc) -> Endpoint {
+        match proc {
+            Proc::Server(i) => Endpoint::Server(self.servers[i].addr),
+            Proc::Client(i) => Endpoint::Client(i),
+        }
+    }
+
+    fn is_cut(&self, from: Proc, to: Proc) -> bool {
+        self.cuts
+            .contains(&(self.endpoint(from), self.endpoint(to)))
+    }
+
     /// Both servers die at once; a fresh primary starts later on the first address and
     /// rebuilds the results from the clients' logs.
     fn cold_restart(&mut self) {
@@ -593,11 +703,20 @@ impl World {
                 conn.dialer
             };
             let other_side = 1 - side;
+            let established = conn.established;
             self.conns[c].open[side] = false;
-            if self.conns[c].open[other_side] {
+            // A dial still in flight fails when its Connected event finds this.
+            if established && self.conns[c].open[other_side] {
                 let at = self.conns[c].last_arrival[side].max(self.now) + self.delay();
                 self.conns[c].last_arrival[side] = at;
-                self.schedule(at, Event::Closed { conn: c, to: other });
+                self.schedule(
+                    at,
+                    Event::Closed {
+                        conn: c,
+                        to: other,
+                        remote: true,
+                    },
+                );
             }
         }
     }
@@ -709,6 +828,42 @@ impl World {
         let Some(event) = self.events[id].take() else {
             return Ok(());
         };
+        self.dispatch(event)
+    }
+
+    /// Performs an event, unless a cut holds it back.
+    fn dispatch(&mut self, event: Event) -> Result<(), SimFailure> {
+        let leg = match &event {
+            Event::Deliver { conn, to, .. } => Some((*conn, *to)),
+            Event::Closed {
+                conn,
+                to,
+                remote: true,
+            } => Some((*conn, *to)),
+            _ => None,
+        };
+        if let Some((conn, to)) = leg {
+            let from = if self.conns[conn].dialer == to {
+                self.conns[conn].acceptor
+            } else {
+                self.conns[conn].dialer
+            };
+            let key = (conn, self.side(conn, from));
+            let queued = self.held.get(&key).is_some_and(|q| !q.is_empty());
+            if queued || self.is_cut(from, to) {
+                self.held.entry(key).or_default().push_back(event);
+                return Ok(());
+            }
+        }
+        if let Event::Connected { conn } = &event {
+            let (d, a) = (self.conns[*conn].dialer, self.conns[*conn].acceptor);
+            if self.is_cut(d, a) || self.is_cut(a, d) {
+                // The handshake is lost at the cut; TCP retries it.
+                let at = self.now + Duration::from_millis(200);
+                self.schedule(at, event);
+                return Ok(());
+            }
+        }
         if let Some(target) = event.target() {
             match self.deliverable(target, &event) {
                 Some(true) => {}
@@ -731,7 +886,7 @@ impl World {
                 if !self.conns[conn].open[0] {
                     return Ok(());
                 }
-                if !acceptor_up {
+                if !acceptor_up || !self.conns[conn].open[1] {
                     self.conns[conn].open = [false, false];
                     match dialer {
                         Proc::Server(i) => self.servers[i].node.handle_dial_failed(addr, now),
@@ -744,6 +899,7 @@ impl World {
                     return self.drain(dialer);
                 }
                 let id = conn_id(conn);
+                self.conns[conn].established = true;
                 match dialer {
                     Proc::Server(i) => self.servers[i].node.handle_connected(id, addr, now),
                     Proc::Client(i) => {
@@ -765,7 +921,7 @@ impl World {
                 }
                 self.drain(proc)
             }
-            Event::Closed { conn, to } => {
+            Event::Closed { conn, to, .. } => {
                 let side = self.side(conn, to);
                 if !self.conns[conn].open[side] {
                     return Ok(());
@@ -810,6 +966,38 @@ impl World {
             Event::ChildExited { parent } => {
                 self.servers[parent].node.handle_child_exit(now);
                 self.drain(Proc::Server(parent))
+            }
+            Event::Heal { from, to } => {
+                self.cuts.remove(&(from, to));
+                log::warn!(
+                    "sim-heal t_ms={} from={from:?} to={to:?}",
+                    self.now.as_millis()
+                );
+                let healed: Vec<(usize, usize)> = self
+                    .held
+                    .keys()
+                    .copied()
+                    .filter(|&(conn, side)| {
+                        let c = &self.conns[conn];
+                        let (f, t) = if side == 0 {
+                            (c.dialer, c.acceptor)
+                        } else {
+                            (c.acceptor, c.dialer)
+                        };
+                        (self.endpoint(f), self.endpoint(t)) == (from, to)
+                    })
+                    .collect();
+                for (conn, side) in healed {
+                    self.schedule(self.now, Event::Release { conn, side });
+                }
+                Ok(())
+            }
+            Event::Release { conn, side } => {
+                let held = self.held.remove(&(conn, side)).unwrap_or_default();
+                for event in held {
+                    self.dispatch(event)?;
+                }
+                Ok(())
             }
             Event::ColdStart => {
                 log::warn!("sim-cold-start t_ms={}", self.now.as_millis());
@@ -872,8 +1060,22 @@ impl World {
         // Data already sent still arrives, then the close.
         let at = self.conns[c].last_arrival[side].max(self.now) + self.delay();
         self.conns[c].last_arrival[side] = at;
-        self.schedule(self.now, Event::Closed { conn: c, to: from });
-        self.schedule(at, Event::Closed { conn: c, to: other });
+        self.schedule(
+            self.now,
+            Event::Closed {
+                conn: c,
+                to: from,
+                remote: false,
+            },
+        );
+        self.schedule(
+            at,
+            Event::Closed {
+                conn: c,
+                to: other,
+                remote: true,
+            },
+        );
     }
 
     fn dial(&mut self, from: Proc, addr: SocketAddr) {
@@ -886,6 +1088,7 @@ impl World {
                     acceptor: Proc::Server(target),
                     last_arrival: [at, at],
                     open: [true, true],
+                    established: false,
                 });
                 self.schedule(at, Event::Connected { conn });
             }
