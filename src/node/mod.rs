@@ -528,7 +528,12 @@ impl Node {
             return;
         }
         if let PeerMsg::Fence { view } = msg {
-            self.learn_view(view, "fenced-by-peer");
+            if self.role == Role::Joining {
+                // The primary we came to join was replaced; its successor spawns its own.
+                self.step_down(&format!("fenced while joining: view {view} is newer"));
+            } else {
+                self.learn_view(view, "fenced-by-peer");
+            }
             return;
         }
         if let PeerMsg::JoinRefused { view, reason } = &msg {
@@ -734,7 +739,10 @@ impl Node {
 
     /// Spawns (or, if it is too soon after the last spawn, schedules) a replacement backup.
     fn spawn_backup(&mut self, reason: &str, now: Instant) {
-        if self.role != Role::Primary {
+        // A backup already connected (joined, or joining) is the replacement: a pending
+        // respawn must not kill it.
+        if self.role != Role::Primary || self.peer.is_some() {
+            self.timers.respawn = None;
             return;
         }
         let earliest = self.last_spawn.map_or(now, |t| t + self.cfg.heartbeat);

@@ -90,7 +90,11 @@ pub fn read_promise(log: &Path) -> Result<View, String> {
 fn write_promise(path: &Path, view: View) -> io::Result<()> {
     let mut tmp = path.as_os_str().to_owned();
     tmp.push(".tmp");
-    std::fs::write(&tmp, format!("{}\n", view.0))?;
+    let mut file = File::create(&tmp)?;
+    file.write_all(format!("{}\n", view.0).as_bytes())?;
+    // The promise must outlive an OS crash too: two promises of one number could elect
+    // two primaries.
+    file.sync_all()?;
     std::fs::rename(&tmp, path)
 }
 
