@@ -88,6 +88,10 @@ fn client_msg() -> impl Strategy<Value = ClientMsg> {
                 }
             ),
         view_info().prop_map(|accepted| ClientMsg::Stale { accepted }),
+        (any::<u64>(), any::<u64>()).prop_map(|(v, round)| ClientMsg::LeaseAck {
+            view: View(v),
+            round
+        }),
     ]
 }
 
@@ -103,7 +107,10 @@ fn server_msg() -> impl Strategy<Value = ServerMsg> {
                 recovering,
             }
         }),
-        any::<u64>().prop_map(|v| ServerMsg::Lease { view: View(v) }),
+        (any::<u64>(), any::<u64>()).prop_map(|(v, round)| ServerMsg::Lease {
+            view: View(v),
+            round
+        }),
         (any::<u64>(), any::<u64>()).prop_map(|(v, s)| ServerMsg::VoteRequest {
             view: View(v),
             seq: Seq(s),

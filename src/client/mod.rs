@@ -139,6 +139,21 @@ impl Client {
         self.view
     }
 
+    /// One line on the state, for a simulator failure report.
+    pub fn describe(&self) -> String {
+        format!(
+            "logged={} view={:?} promised={} holder={:?} links={:?}",
+            self.last_logged,
+            self.view.map(|v| v.to_string()),
+            self.promised,
+            self.lease_holder,
+            self.links
+                .iter()
+                .map(|l| (l.addr, l.state))
+                .collect::<Vec<_>>()
+        )
+    }
+
     /// The log holds every ballot up to `--until`.
     pub fn is_done(&self) -> bool {
         self.cfg.until.is_some_and(|u| self.last_logged >= u)
@@ -263,8 +278,13 @@ impl Client {
                 base,
                 recovering,
             } => self.consider_proposal(conn, view, base, recovering, now),
-            ServerMsg::Lease { view } => {
-                self.current(conn, from, view, now);
+            ServerMsg::Lease { view, round } => {
+                if self.current(conn, from, view, now) {
+                    self.out.push_back(ClientOutput::Send(
+                        conn,
+                        ClientMsg::LeaseAck { view, round },
+                    ));
+                }
             }
             ServerMsg::VoteRequest { view, seq } => {
                 if self.current(conn, from, view, now) {

@@ -10,6 +10,8 @@ pub enum BallotState {
     Open,
     /// Every vote is in; the primary waits for the backup's `CommitAck`.
     Committing,
+    /// The backup has it (or the view has none): tell the clients, lease permitting.
+    Acked,
 }
 
 #[derive(Clone, Debug)]

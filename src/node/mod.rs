@@ -31,7 +31,7 @@ use crate::proto::{
 };
 use ballot::{Ballot, BallotState, VoteOutcome};
 use log::{debug, info, warn};
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -156,6 +156,9 @@ struct Peer {
 struct ClientRecord {
     id: ClientId,
     conn: Option<ConnId>,
+    /// When the newest lease renewal this client acknowledged was sent: the primary holds
+    /// its lease until then plus the lease time.
+    lease_from: Option<Instant>,
 }
 
 /// A client connection as a server knows it. A backup may hear from a client before the
@@ -172,6 +175,8 @@ struct Proposal {
     view: ViewInfo,
     /// `accepted[i]`: client i accepted.
     accepted: Vec<bool>,
+    /// When it was first sent: an accept grants the proposer the client's lease from then.
+    sent: Option<Instant>,
 }
 
 impl Proposal {
@@ -209,7 +214,7 @@ pub struct Node {
     /// Registered clients; the index is the client's number in ballots and on the peer link.
     clients: Vec<ClientRecord>,
     client_index: HashMap<ClientId, u32>,
-    client_conns: HashMap<ConnId, ClientConn>,
+    client_conns: BTreeMap<ConnId, ClientConn>,
     peer: Option<Peer>,
     /// Committed results: `results[i]` is ballot `results_first + i`. Only a primary
     /// rebuilt by a cold restart starts above 1.
@@ -225,6 +230,9 @@ pub struct Node {
     /// When the primary opened its latest ballot (spacing by `--ballot-interval-ms`).
     last_open: Option<Instant>,
     last_spawn: Option<Instant>,
+    /// Lease renewals sent and not yet too old to matter: (round, when sent).
+    lease_rounds: VecDeque<(u64, Instant)>,
+    next_lease_round: u64,
     timers: Timers,
     out: VecDeque<Output>,
     exited: bool,
@@ -257,7 +265,7 @@ impl Node {
             highest_seen: view.number,
             clients: Vec::new(),
             client_index: HashMap::new(),
-            client_conns: HashMap::new(),
+            client_conns: BTreeMap::new(),
             peer: None,
             results_first: 1,
             results: Vec::new(),
@@ -266,6 +274,8 @@ impl Node {
             ballots: VecDeque::new(),
             last_open: None,
             last_spawn: None,
+            lease_rounds: VecDeque::new(),
+            next_lease_round: 1,
             timers: Timers::default(),
             out: VecDeque::new(),
             exited: false,
@@ -335,6 +345,27 @@ impl Node {
             && self.results.is_empty()
             && self.ballots.is_empty()
             && self.last_open.is_none()
+    }
+
+    /// One line on the state, for a simulator failure report.
+    pub fn describe(&self, now: Instant) -> String {
+        format!(
+            "role={} view={} proposing={:?} committed={} ballots={:?} peer={:?} lease={} clients={} timers={:?} conns={:?} missing={:?}",
+            self.role,
+            self.view,
+            self.proposal.as_ref().map(|p| p.view.number.0),
+            self.committed(),
+            self.ballots
+                .iter()
+                .map(|b| (b.seq.0, b.state, b.complete()))
+                .collect::<Vec<_>>(),
+            self.peer.as_ref().map(|p| p.addr),
+            self.holds_lease(now),
+            self.clients.len(),
+            self.timers,
+            self.clients.iter().map(|c| c.conn.map(|c| c.slot)).collect::<Vec<_>>(),
+            self.ballots.front().map(|b| (0..b.voters).filter(|i| b.awaits(*i)).collect::<Vec<_>>())
+        )
     }
 
     pub fn has_exited(&self) -> bool {
@@ -519,6 +550,7 @@ impl Node {
                 promised,
                 retry_after_ms,
             } => self.on_reject(proposed, accepted, promised, retry_after_ms, now),
+            ClientMsg::LeaseAck { view: _, round } => self.on_lease_ack(idx, round, now),
             ClientMsg::Stale { .. } => {}
         }
     }
@@ -622,7 +654,7 @@ impl Node {
         }
         if due(self.timers.heartbeat) {
             self.timers.heartbeat = Some(now + self.cfg.heartbeat);
-            self.send_heartbeats();
+            self.send_heartbeats(now);
         }
         if due(self.timers.peer_dead) {
             self.timers.peer_dead = None;
@@ -664,7 +696,7 @@ impl Node {
     }
 
     /// Heartbeat to the peer; lease renewal to every client (primary only).
-    fn send_heartbeats(&mut self) {
+    fn send_heartbeats(&mut self, now: Instant) {
         if let Some(peer) = &self.peer {
             self.out.push_back(Output::ToPeer(
                 peer.conn,
@@ -674,17 +706,58 @@ impl Node {
             ));
         }
         if self.role == Role::Primary && !self.recovering {
+            let round = self.lease_round(now);
             for record in &self.clients {
                 if let Some(conn) = record.conn {
                     self.out.push_back(Output::ToClient(
                         conn,
                         ServerMsg::Lease {
                             view: self.view.number,
+                            round,
                         },
                     ));
                 }
             }
         }
+    }
+
+    /// A new lease renewal round, sent now.
+    fn lease_round(&mut self, now: Instant) -> u64 {
+        let round = self.next_lease_round;
+        self.next_lease_round += 1;
+        // Rounds older than a lease time cannot extend any lease; keep a few beyond that.
+        let keep = self.cfg.miss_limit as usize + 4;
+        while self.lease_rounds.len() >= keep {
+            self.lease_rounds.pop_front();
+        }
+        self.lease_rounds.push_back((round, now));
+        round
+    }
+
+    fn on_lease_ack(&mut self, idx: u32, round: u64, now: Instant) {
+        let Some(&(_, sent)) = self.lease_rounds.iter().find(|(r, _)| *r == round) else {
+            return;
+        };
+        let had = self.holds_lease(now);
+        let record = &mut self.clients[idx as usize];
+        record.lease_from = Some(record.lease_from.map_or(sent, |t| t.max(sent)));
+        if !had && self.holds_lease(now) {
+            // Back in charge: whatever waited for the lease may go on.
+            self.commit_ready(now);
+            self.arm_open_ballot(now);
+        }
+    }
+
+    /// A majority of the clients hold our lease: no one else can become primary before it
+    /// runs out, so we may open ballots and tell results.
+    fn holds_lease(&self, now: Instant) -> bool {
+        let lease = self.cfg.peer_timeout();
+        let held = self
+            .clients
+            .iter()
+            .filter(|c| c.lease_from.is_some_and(|t| t + lease > now))
+            .count();
+        held >= self.majority()
     }
 
     fn peer_lost(&mut self, why: PeerLoss, now: Instant) {
@@ -778,6 +851,7 @@ impl Node {
         self.proposal = Some(Proposal {
             view,
             accepted: vec![false; self.clients.len()],
+            sent: None,
         });
     }
 
@@ -806,9 +880,10 @@ impl Node {
         let Some(msg) = self.proposal_msg() else {
             return;
         };
-        let Some(p) = &self.proposal else {
+        let Some(p) = &mut self.proposal else {
             return;
         };
+        p.sent.get_or_insert(now);
         for (record, accepted) in self.clients.iter().zip(&p.accepted) {
             if let (Some(conn), false) = (record.conn, *accepted) {
                 self.out.push_back(Output::ToClient(conn, msg.clone()));
@@ -840,6 +915,10 @@ impl Node {
         p.accepted.resize(self.clients.len(), false);
         if let Some(slot) = p.accepted.get_mut(idx as usize) {
             *slot = true;
+        }
+        // Accepting, the client made us its lease holder (from when it heard us).
+        if let (Some(sent), Some(record)) = (p.sent, self.clients.get_mut(idx as usize)) {
+            record.lease_from = Some(record.lease_from.map_or(sent, |t| t.max(sent)));
         }
         let count = p.count();
         if self.recovering {
@@ -1009,10 +1088,7 @@ impl Node {
                     .push_back(Output::ToPeer(peer.conn, PeerMsg::Install { view }));
             }
         }
-        // Ballots that waited for a backup's ack wait for the one in this view, if any.
-        for ballot in &mut self.ballots {
-            ballot.state = BallotState::Open;
-        }
+        self.recommit();
         self.timers.heartbeat = Some(now);
         if took_over {
             // Finish the past: ask for every vote still missing.
@@ -1072,14 +1148,12 @@ impl Node {
             }
             Role::Backup => {
                 // Votes sent here are a second copy; the primary owns registration.
-                let entry = match self.client_index.get(&id) {
-                    Some(&idx) => {
-                        self.clients[idx as usize].conn = Some(conn);
-                        ClientConn::Known(idx)
+                match self.client_index.get(&id) {
+                    Some(&idx) => self.attach_client(idx, conn),
+                    None => {
+                        self.client_conns.insert(conn, ClientConn::Unregistered(id));
                     }
-                    None => ClientConn::Unregistered(id),
-                };
-                self.client_conns.insert(conn, entry);
+                }
                 self.out.push_back(Output::ToClient(conn, welcome));
                 if let Some(msg) = self.proposal_msg() {
                     self.out.push_back(Output::ToClient(conn, msg));
@@ -1112,12 +1186,7 @@ impl Node {
                         idx
                     }
                 };
-                if let Some(old) = self.clients[idx as usize].conn.replace(conn) {
-                    // A reconnect whose old connection we have not seen close yet.
-                    self.client_conns.remove(&old);
-                    self.out.push_back(Output::Close(old, "client reconnected"));
-                }
-                self.client_conns.insert(conn, ClientConn::Known(idx));
+                self.attach_client(idx, conn);
                 info!(
                     "client-registered client={id} idx={idx} conn={conn} last_seq={last_seq} client_view={view}"
                 );
@@ -1154,6 +1223,19 @@ impl Node {
         }
     }
 
+    /// Makes `conn` the connection of client `idx`. One the client had before is closed:
+    /// hellos on two connections may arrive in either order (a restarted client's old
+    /// one can come last), and closing the loser makes the client redial if it was wrong.
+    fn attach_client(&mut self, idx: u32, conn: ConnId) {
+        if let Some(old) = self.clients[idx as usize].conn.replace(conn) {
+            if old != conn {
+                self.client_conns.remove(&old);
+                self.out.push_back(Output::Close(old, "client reconnected"));
+            }
+        }
+        self.client_conns.insert(conn, ClientConn::Known(idx));
+    }
+
     fn refuse_client(&mut self, conn: ConnId, reason: String) {
         warn!("client-refused conn={conn} reason={reason}");
         self.out.push_back(Output::ToClient(
@@ -1181,7 +1263,11 @@ impl Node {
                 conn = Some(*c);
             }
         }
-        self.clients.push(ClientRecord { id, conn });
+        self.clients.push(ClientRecord {
+            id,
+            conn,
+            lease_from: None,
+        });
         idx
     }
 
@@ -1220,8 +1306,9 @@ impl Node {
 
     // ----- ballots -------------------------------------------------------------------
 
-    fn can_open(&self) -> bool {
-        self.role == Role::Primary
+    fn can_open(&self, now: Instant) -> bool {
+        self.holds_lease(now)
+            && self.role == Role::Primary
             && !self.recovering
             && self.clients.len() >= self.cfg.min_clients.max(1)
             && (self.ballots.len() as u64) < self.cfg.window.clamp(1, MAX_OPEN_BALLOTS)
@@ -1229,7 +1316,7 @@ impl Node {
     }
 
     fn open_ballots(&mut self, now: Instant) {
-        while self.can_open()
+        while self.can_open(now)
             && self
                 .last_open
                 .is_none_or(|t| t + self.cfg.ballot_interval <= now)
@@ -1276,7 +1363,7 @@ impl Node {
 
     /// Arms the ballot timer for the earliest moment the next ballot may open, if one may.
     fn arm_open_ballot(&mut self, now: Instant) {
-        self.timers.open_ballot = self.can_open().then(|| {
+        self.timers.open_ballot = self.can_open(now).then(|| {
             self.last_open
                 .map_or(now, |t| (t + self.cfg.ballot_interval).max(now))
         });
@@ -1322,40 +1409,42 @@ impl Node {
         self.ballots.get_mut(offset as usize)
     }
 
-    /// Commits the oldest ballot if all its votes are in. Results leave in seq order, so a
-    /// later ballot that completes first waits for the ones before it.
+    /// Commits the oldest ballot if all its votes are in, and tells its result once the
+    /// backup (if the view has one) acknowledged it and we hold a majority's lease. Results
+    /// leave in seq order, so a later ballot that completes first waits for the ones before.
     fn commit_ready(&mut self, now: Instant) {
         if self.role != Role::Primary {
             return;
         }
         loop {
+            let leased = self.holds_lease(now);
             let Some(front) = self.ballots.front_mut() else {
                 return;
             };
-            if front.state != BallotState::Open || !front.complete() {
-                return;
-            }
-            let (seq, tally) = (front.seq, front.tally());
-            // A joining peer gets every commit too: its copy must be whole when it is
-            // installed as backup.
-            if let Some(peer) = &self.peer {
-                self.out.push_back(Output::ToPeer(
-                    peer.conn,
-                    PeerMsg::Commit {
-                        view: self.view.number,
-                        seq,
-                        tally,
-                    },
-                ));
-            }
-            match self.view.backup {
-                None => self.publish(now),
-                // Commit before telling: the backup, who could take over, must know the
-                // result before any client sees it.
-                Some(_) => {
-                    front.state = BallotState::Committing;
-                    return;
+            match front.state {
+                BallotState::Open if front.complete() => {
+                    let (seq, tally) = (front.seq, front.tally());
+                    // A joining peer gets every commit too: its copy must be whole when it
+                    // is installed as backup.
+                    if let Some(peer) = &self.peer {
+                        self.out.push_back(Output::ToPeer(
+                            peer.conn,
+                            PeerMsg::Commit {
+                                view: self.view.number,
+                                seq,
+                                tally,
+                            },
+                        ));
+                    }
+                    // Commit before telling: the backup, who could take over, must know the
+                    // result before any client sees it.
+                    front.state = match self.view.backup {
+                        Some(_) => BallotState::Committing,
+                        None => BallotState::Acked,
+                    };
                 }
+                BallotState::Acked if leased => self.publish(now),
+                BallotState::Open | BallotState::Committing | BallotState::Acked => return,
             }
         }
     }
@@ -1365,11 +1454,11 @@ impl Node {
             .peer
             .as_ref()
             .is_some_and(|p| Some(p.addr) == self.view.backup);
-        match self.ballots.front() {
+        match self.ballots.front_mut() {
             Some(front)
                 if from_backup && front.seq == seq && front.state == BallotState::Committing =>
             {
-                self.publish(now);
+                front.state = BallotState::Acked;
                 self.commit_ready(now);
             }
             _ => debug!("commit-ack-ignored seq={seq}"),
@@ -1496,6 +1585,18 @@ impl Node {
         // backup is in sync from here on: propose the view that includes it.
         self.arm_peer_timers(now);
         self.propose(Some(listen), now);
+        self.recommit();
+        self.commit_ready(now);
+    }
+
+    /// The backup changed (joined, or a view installed): every complete ballot not yet
+    /// told is committed again, so the backup of the current view has acknowledged it.
+    fn recommit(&mut self) {
+        for ballot in &mut self.ballots {
+            if ballot.state != BallotState::Open {
+                ballot.state = BallotState::Open;
+            }
+        }
     }
 
     fn install_snapshot(&mut self, snapshot: Snapshot, now: Instant) {

@@ -81,6 +81,9 @@ pub enum ClientMsg {
     /// A reply to any message tagged with a view older than the client's: the sender has
     /// been replaced by `accepted` and must step down.
     Stale { accepted: ViewInfo },
+    /// "Your lease renewal `round` reached me": the primary holds this client's lease for
+    /// one lease time from when it sent that round.
+    LeaseAck { view: View, round: u64 },
 }
 
 /// Server to client.
@@ -101,8 +104,8 @@ pub enum ServerMsg {
         base: View,
         recovering: bool,
     },
-    /// The primary's lease renewal, every heartbeat interval.
-    Lease { view: View },
+    /// The primary's lease renewal, every heartbeat interval; answered with `LeaseAck`.
+    Lease { view: View, round: u64 },
     /// Ballot `seq` is open: please vote.
     VoteRequest { view: View, seq: Seq },
     /// The final tally of ballot `seq`.

@@ -441,8 +441,19 @@ impl World {
             self.step += 1;
             if self.now > TIME_LIMIT || self.step > STEP_LIMIT {
                 let logged: Vec<u64> = self.clients.iter().map(|c| c.log.len() as u64).collect();
+                let servers: Vec<String> = self
+                    .servers
+                    .iter()
+                    .filter(|s| s.alive)
+                    .map(|s| format!("{}: {}", s.addr, s.node.describe(self.instant())))
+                    .collect();
+                let clients: Vec<String> = self
+                    .clients
+                    .iter()
+                    .map(|c| c.core.as_ref().map_or("down".to_string(), |c| c.describe()))
+                    .collect();
                 return Err(self.fail(format!(
-                    "G5: no progress: logs hold {logged:?} of {} ballots",
+                    "G5: no progress: logs hold {logged:?} of {} ballots; servers {servers:#?}; clients {clients:#?}",
                     self.scenario.ballots
                 )));
             }
