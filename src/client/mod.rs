@@ -279,7 +279,9 @@ impl Client {
                 recovering,
             } => self.consider_proposal(conn, view, base, recovering, now),
             ServerMsg::Lease { view, round } => {
-                if self.current(conn, from, view, now) {
+                // The lease is exclusive: granted only to the holder (not, say, to a primary
+                // we have just promised to replace).
+                if self.current(conn, from, view, now) && self.lease_holder == Some(from) {
                     self.out.push_back(ClientOutput::Send(
                         conn,
                         ClientMsg::LeaseAck { view, round },

@@ -501,6 +501,8 @@ impl Node {
                 let record = &mut self.clients[idx as usize];
                 if record.conn == Some(conn) {
                     record.conn = None;
+                    // The client voids our lease when this connection closes: so do we.
+                    record.lease_from = None;
                     info!("client-gone client={} conn={conn}", record.id);
                 }
             }
@@ -750,7 +752,7 @@ impl Node {
 
     /// A majority of the clients hold our lease: no one else can become primary before it
     /// runs out, so we may open ballots and tell results.
-    fn holds_lease(&self, now: Instant) -> bool {
+    pub fn holds_lease(&self, now: Instant) -> bool {
         let lease = self.cfg.peer_timeout();
         let held = self
             .clients
@@ -1231,6 +1233,8 @@ impl Node {
             if old != conn {
                 self.client_conns.remove(&old);
                 self.out.push_back(Output::Close(old, "client reconnected"));
+                // A client voids our lease when a connection to us closes: so do we.
+                self.clients[idx as usize].lease_from = None;
             }
         }
         self.client_conns.insert(conn, ClientConn::Known(idx));

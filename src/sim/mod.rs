@@ -733,6 +733,20 @@ impl World {
     }
 
     fn check_one_primary_per_view(&mut self) -> Result<(), SimFailure> {
+        // In time, not only per view number: two servers may never both be in charge
+        // (acting primary with a majority's lease) at the same moment.
+        let now = self.instant();
+        let in_charge: Vec<SocketAddr> = self
+            .servers
+            .iter()
+            .filter(|s| s.alive && s.node.is_acting_primary() && s.node.holds_lease(now))
+            .map(|s| s.addr)
+            .collect();
+        if in_charge.len() > 1 {
+            return Err(self.fail(format!(
+                "G4: {in_charge:?} both act as primary with a majority's lease"
+            )));
+        }
         for i in 0..self.servers.len() {
             let s = &self.servers[i];
             if !s.alive || !s.node.is_acting_primary() {
