@@ -88,6 +88,11 @@ pub struct ServerArgs {
     /// Do not spawn a backup at start (one started by hand with --join joins instead).
     #[structopt(long)]
     pub no_spawn: bool,
+    /// Start spawned backups through this program: `PROGRAM LISTEN_ADDR PBVOTE ARGS...`,
+    /// which must exec the rest (e.g. into the network namespace that owns LISTEN_ADDR;
+    /// see scripts/netns-spawn.sh). Passed on to every spawned backup.
+    #[structopt(long)]
+    pub spawn_via: Option<PathBuf>,
     /// error, warn, info, debug or trace.
     #[structopt(long, default_value = "info")]
     pub log_level: String,
@@ -312,6 +317,7 @@ fn run_server(args: ServerArgs) -> Result<(), Failure> {
         window: args.window,
         min_clients: args.min_clients,
         log_level: args.log_level.clone(),
+        via: args.spawn_via.clone(),
     };
     server::run(args.listen, cfg, spawn)
         .map_err(|e| Failure::Runtime(format!("server on {}: {e}", args.listen)))

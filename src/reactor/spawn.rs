@@ -1,6 +1,7 @@
 //! fork/exec of a backup: the same binary, `server --role backup`, joining us.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::process::{Child, Command};
 use std::time::Duration;
 
@@ -17,6 +18,10 @@ pub struct SpawnSpec {
     pub window: u64,
     pub min_clients: usize,
     pub log_level: String,
+    /// `--spawn-via`: a program that starts the backup where its address lives (another
+    /// network namespace, another host), run as `PROGRAM LISTEN_ADDR PBVOTE ARGS...`; it
+    /// must exec the rest of its arguments so the child we wait for is the backup itself.
+    pub via: Option<PathBuf>,
 }
 
 /// Starts `pbvote server --role backup --join primary` as our child. It inherits our
@@ -26,7 +31,14 @@ pub fn spawn_backup(spec: &SpawnSpec, primary: SocketAddr) -> std::io::Result<Ch
     // Once primary itself, the backup respawns on our address: the pair keeps swapping
     // between the two addresses clients were given, so a restarted client finds it.
     let exe = std::env::current_exe()?;
-    let mut cmd = Command::new(exe);
+    let mut cmd = match &spec.via {
+        Some(via) => {
+            let mut cmd = Command::new(via);
+            cmd.arg(spec.listen.to_string()).arg(exe);
+            cmd
+        }
+        None => Command::new(exe),
+    };
     cmd.arg("server")
         .args(["--role", "backup"])
         .args(["--listen", &spec.listen.to_string()])
@@ -47,6 +59,9 @@ pub fn spawn_backup(spec: &SpawnSpec, primary: SocketAddr) -> std::io::Result<Ch
         .args(["--log-level", &spec.log_level]);
     if let Some(n) = spec.ballots {
         cmd.args(["--ballots", &n.to_string()]);
+    }
+    if let Some(via) = &spec.via {
+        cmd.arg("--spawn-via").arg(via);
     }
     cmd.spawn()
 }
