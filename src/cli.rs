@@ -1,6 +1,7 @@
 //! The command line (DESIGN.md section 6) and the wiring from flags to the reactor.
 //! Exit codes: 0 success, 2 bad usage, 1 anything else, with a one-line reason on stderr.
 
+use crate::bench;
 use crate::check::{self, ClientLog, Expect};
 use crate::client::policy::{splitmix64, Policy};
 use crate::client::{Client, ClientConfig};
@@ -31,6 +32,29 @@ pub enum Command {
     CheckLogs(CheckArgs),
     /// Run the deterministic simulator over many seeds, or replay one.
     Sim(SimArgs),
+    /// Measure: a real primary and backup on loopback, N clients on this process's loop.
+    Bench(BenchArgs),
+}
+
+#[derive(Debug, StructOpt)]
+pub struct BenchArgs {
+    /// Clients, all hosted on the bench's own event loop.
+    #[structopt(long, default_value = "100")]
+    pub clients: usize,
+    /// Ballots open at once (1: strictly one at a time).
+    #[structopt(long, default_value = "1")]
+    pub window: u64,
+    /// Measure for this long (seconds)...
+    #[structopt(long)]
+    pub duration: Option<f64>,
+    /// ...or until every client logged this many ballots.
+    #[structopt(long)]
+    pub ballots: Option<u64>,
+    #[structopt(long, default_value = "1000")]
+    pub heartbeat_ms: u64,
+    /// One JSON line instead of text.
+    #[structopt(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -180,6 +204,7 @@ pub fn main() -> i32 {
         Command::Status(args) => run_status(args),
         Command::CheckLogs(args) => run_check(args),
         Command::Sim(args) => run_sim(args),
+        Command::Bench(args) => run_bench(args),
     };
     match result {
         Ok(()) => 0,
@@ -450,6 +475,40 @@ fn run_check(args: CheckArgs) -> Result<(), Failure> {
     } else {
         Err(Failure::Runtime(format!("{} violations", violations.len())))
     }
+}
+
+fn run_bench(args: BenchArgs) -> Result<(), Failure> {
+    let duration = match (args.duration, args.ballots) {
+        (Some(s), None) if s > 0.0 => Some(Duration::from_secs_f64(s)),
+        (None, Some(n)) if n > 0 => None,
+        _ => {
+            return Err(Failure::Usage(
+                "give one of --duration SECONDS or --ballots K".into(),
+            ))
+        }
+    };
+    if args.clients == 0 || args.window == 0 || args.window > MAX_OPEN_BALLOTS {
+        return Err(Failure::Usage(format!(
+            "--clients must be positive and --window 1..={MAX_OPEN_BALLOTS}"
+        )));
+    }
+    init_logging("warn", "bench".to_string())?;
+    let cfg = bench::BenchConfig {
+        clients: args.clients,
+        window: args.window,
+        duration,
+        ballots: args.ballots,
+        heartbeat_ms: args.heartbeat_ms,
+        json: args.json,
+    };
+    let report = bench::run(&cfg).map_err(Failure::Runtime)?;
+    if args.json {
+        let line = serde_json::to_string(&report).map_err(|e| Failure::Runtime(e.to_string()))?;
+        println!("{line}");
+    } else {
+        bench::print_human(&report);
+    }
+    Ok(())
 }
 
 fn run_sim(args: SimArgs) -> Result<(), Failure> {

@@ -7,6 +7,7 @@
 //! - [`check`]: the log checker for G1-G3.
 
 pub mod ballot_log;
+pub mod bench;
 pub mod check;
 pub mod cli;
 pub mod client;

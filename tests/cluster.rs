@@ -65,3 +65,34 @@ fn status_reports_role_view_clients_and_peer() {
     assert_eq!(json["peer"]["connected"], true);
     assert!(json["view"]["backup"].is_string(), "{json}");
 }
+
+/// Not a speed test: the bench runs end to end, reports, and checks every client log.
+#[test]
+fn bench_completes_ballots_and_checks_its_logs() {
+    let out = std::process::Command::new(BIN)
+        .args([
+            "bench",
+            "--clients",
+            "10",
+            "--window",
+            "4",
+            "--ballots",
+            "30",
+        ])
+        .args(["--heartbeat-ms", "50", "--json"])
+        .output()
+        .expect("run bench");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(json["logs_exact"], true, "{json}");
+    assert_eq!(
+        json["votes"],
+        json["ballots"].as_u64().unwrap_or(0) * 10,
+        "{json}"
+    );
+    assert!(json["ballots"].as_u64().unwrap_or(0) > 0, "{json}");
+}

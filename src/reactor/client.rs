@@ -15,6 +15,7 @@ use mio::{Events, Interest, Poll, Token};
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook_mio::v1_0::Signals;
 use slab::Slab;
+use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
 use std::net::SocketAddr;
@@ -117,7 +118,41 @@ impl Hosted {
     }
 }
 
+/// What the bench watches on a host: when each ballot was first asked for, and when the
+/// last hosted client logged it.
+#[derive(Debug, Default)]
+pub struct Probe {
+    first_asked: HashMap<u64, Instant>,
+    logged: HashMap<u64, u32>,
+    /// Ballots every hosted client logged, with the votes counted in them.
+    pub ballots: u64,
+    pub votes: u64,
+    /// From the first `VoteRequest` any hosted client got to the last client's log line.
+    pub latencies: Vec<Duration>,
+}
+
+impl Probe {
+    fn asked(&mut self, seq: u64, now: Instant) {
+        self.first_asked.entry(seq).or_insert(now);
+    }
+
+    fn logged(&mut self, seq: u64, votes: u64, clients: u32, now: Instant) {
+        let count = self.logged.entry(seq).or_insert(0);
+        *count += 1;
+        if *count == clients {
+            self.logged.remove(&seq);
+            self.ballots += 1;
+            self.votes += votes;
+            if let Some(asked) = self.first_asked.remove(&seq) {
+                self.latencies.push(now.saturating_duration_since(asked));
+            }
+        }
+    }
+}
+
 pub struct ClientHost {
+    /// Set by the bench: counts ballots, votes and latencies.
+    pub probe: Option<Probe>,
     poll: Poll,
     signals: Signals,
     conns: Slab<Conn>,
@@ -152,6 +187,7 @@ impl ClientHost {
             logs_pending: Vec::new(),
             shutdown: false,
             fatal: None,
+            probe: None,
         };
         for i in 0..host.clients.len() {
             host.clients[i].core.handle_timeout(now);
@@ -284,6 +320,10 @@ impl ClientHost {
                     }
                 }
                 ClientOutput::Append(line) => {
+                    if let Some(probe) = &mut self.probe {
+                        let votes = u64::from(line.tally.yes + line.tally.no);
+                        probe.logged(line.seq.0, votes, self.clients.len() as u32, now);
+                    }
                     let hosted = &mut self.clients[i];
                     if hosted.pending.is_empty() {
                         self.logs_pending.push(i);
@@ -378,6 +418,11 @@ impl ClientHost {
                 };
                 match conn.next_frame::<ServerMsg>() {
                     Ok(Some(msg)) => {
+                        if let (Some(probe), ServerMsg::VoteRequest { seq, .. }) =
+                            (&mut self.probe, &msg)
+                        {
+                            probe.asked(seq.0, now);
+                        }
                         self.clients[owner].core.handle_msg(id, msg, now);
                         self.touched.push(owner);
                     }
