@@ -4,10 +4,10 @@
 # with `--window 1` and `--window 16`. Prints the four figures and the two ratios
 # (pbvote votes/s divided by Redis INCR/s). Installs Redis from Debian where missing.
 #
-#   scripts/bench-vs-redis.sh            # CLIENTS=100 SECONDS=10 REQUESTS=1000000
+#   scripts/bench-vs-redis.sh            # CLIENTS=100 DURATION=10 REQUESTS=1000000
 set -euo pipefail
 cd "$(dirname "$0")/.."
-CLIENTS=${CLIENTS:-100} SECONDS_=${SECONDS:-10} REQUESTS=${REQUESTS:-1000000}
+CLIENTS=${CLIENTS:-100} DURATION=${DURATION:-10} REQUESTS=${REQUESTS:-1000000}
 RPORT=${RPORT:-6390}
 
 if ! command -v redis-server >/dev/null || ! command -v redis-benchmark >/dev/null; then
@@ -36,7 +36,7 @@ redis_rps() { # PIPELINE
         | tr '\r' '\n' | grep -o 'INCR: [0-9.]*' | tail -n 1 | awk '{ print $2 }'
 }
 pbvote_vps() { # WINDOW
-    "$BIN" bench --clients "$CLIENTS" --window "$1" --duration "$SECONDS_" --json \
+    "$BIN" bench --clients "$CLIENTS" --window "$1" --duration "$DURATION" --json \
         | grep -o '"votes_per_s":[0-9.]*' | cut -d: -f2
 }
 
