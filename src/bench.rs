@@ -257,16 +257,24 @@ fn wait_listening(addr: SocketAddr, timeout: Duration) -> Result<(), String> {
     Ok(())
 }
 
-/// Each client holds two sockets (primary and backup); say so if the limit is too low.
+/// Each client holds its log file and two sockets (primary and backup). Raise the soft
+/// limit, and the hard one where we may (root); the servers inherit it.
 fn raise_fd_limit(clients: usize) {
-    let want = (clients as u64) * 2 + 64;
+    let want = (clients as u64) * 3 + 256;
     let mut lim = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
     };
     // SAFETY: getrlimit/setrlimit with a valid pointer to a local struct.
     unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < want {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 || lim.rlim_cur >= want {
+            return;
+        }
+        let raised = libc::rlimit {
+            rlim_cur: want,
+            rlim_max: lim.rlim_max.max(want),
+        };
+        if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) != 0 {
             lim.rlim_cur = want.min(lim.rlim_max);
             libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
         }

@@ -1,7 +1,7 @@
 //! The client process: one or more client cores (the bench hosts thousands) on one loop,
 //! each with its own connections and its own log file.
 
-use super::conn::{Conn, Expect, Fill};
+use super::conn::{Conn, Expect, Fill, READ_CHUNK};
 use super::timeout_until;
 use super::timer::TimerWheel;
 use crate::ballot_log;
@@ -153,6 +153,8 @@ impl Probe {
 pub struct ClientHost {
     /// Set by the bench: counts ballots, votes and latencies.
     pub probe: Option<Probe>,
+    /// Every `read` lands here first; connections keep only what arrived.
+    scratch: Vec<u8>,
     poll: Poll,
     signals: Signals,
     conns: Slab<Conn>,
@@ -188,6 +190,7 @@ impl ClientHost {
             shutdown: false,
             fatal: None,
             probe: None,
+            scratch: vec![0; READ_CHUNK],
         };
         for i in 0..host.clients.len() {
             host.clients[i].core.handle_timeout(now);
@@ -408,10 +411,14 @@ impl ClientHost {
 
     fn read_conn(&mut self, id: ConnId, owner: usize, now: Instant) {
         loop {
-            let Some(conn) = self.conn_mut(id) else {
+            let Some(conn) = self
+                .conns
+                .get_mut(id.slot as usize)
+                .filter(|c| c.gen == id.gen)
+            else {
                 return;
             };
-            let fill = conn.fill();
+            let fill = conn.fill(&mut self.scratch);
             loop {
                 let Some(conn) = self.conn_mut(id) else {
                     return;

@@ -8,8 +8,12 @@ use mio::net::TcpStream;
 use std::io::{self, Read, Write};
 use std::net::SocketAddr;
 
-/// Bytes asked of the kernel per `read`.
-const READ_CHUNK: usize = 16 * 1024;
+/// Bytes asked of the kernel per `read`, into the loop's one scratch buffer.
+pub const READ_CHUNK: usize = 64 * 1024;
+
+/// A connection's own buffers are given back when they empty above this size, so an idle
+/// connection costs a few hundred bytes, not the high-water mark of its busiest moment.
+const KEEP_BUFFER: usize = 4 * 1024;
 
 /// What the bytes read on a connection should decode as.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -102,37 +106,30 @@ impl Conn {
         }
     }
 
-    /// One `read` into the buffer. The caller decodes what arrived before reading again,
-    /// so a flood never buffers more than one maximal frame plus a chunk.
-    pub fn fill(&mut self) -> io::Result<Fill> {
+    /// One `read` through the loop's `scratch` buffer (shared by every connection); only
+    /// the bytes that arrived are kept here. The caller decodes what arrived before
+    /// reading again, so a flood never buffers more than one maximal frame plus a chunk.
+    pub fn fill(&mut self, scratch: &mut [u8]) -> io::Result<Fill> {
         if self.rpos > 0 && self.rpos == self.rbuf.len() {
             self.rbuf.clear();
             self.rpos = 0;
+            if self.rbuf.capacity() > KEEP_BUFFER {
+                self.rbuf = Vec::new();
+            }
         } else if self.rpos > MAX_FRAME_LEN / 4 {
             self.rbuf.drain(..self.rpos);
             self.rpos = 0;
         }
-        let old = self.rbuf.len();
-        self.rbuf.resize(old + READ_CHUNK, 0);
         loop {
-            match self.stream.read(&mut self.rbuf[old..]) {
-                Ok(0) => {
-                    self.rbuf.truncate(old);
-                    return Ok(Fill::Eof);
-                }
+            match self.stream.read(scratch) {
+                Ok(0) => return Ok(Fill::Eof),
                 Ok(n) => {
-                    self.rbuf.truncate(old + n);
+                    self.rbuf.extend_from_slice(&scratch[..n]);
                     return Ok(Fill::More);
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    self.rbuf.truncate(old);
-                    return Ok(Fill::Drained);
-                }
-                Err(e) => {
-                    self.rbuf.truncate(old);
-                    return Err(e);
-                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Fill::Drained),
+                Err(e) => return Err(e),
             }
         }
     }
@@ -188,6 +185,9 @@ impl Conn {
         if self.wpos == self.wbuf.len() {
             self.wbuf.clear();
             self.wpos = 0;
+            if self.wbuf.capacity() > KEEP_BUFFER {
+                self.wbuf = Vec::new();
+            }
         } else if self.wpos > 64 * 1024 {
             self.wbuf.drain(..self.wpos);
             self.wpos = 0;

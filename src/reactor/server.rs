@@ -1,7 +1,7 @@
 //! The server process: one listener, its connections, signals and the spawned backup,
 //! around one [`Node`].
 
-use super::conn::{Conn, Expect, Fill};
+use super::conn::{Conn, Expect, Fill, READ_CHUNK};
 use super::spawn::{spawn_backup, SpawnSpec};
 use super::timeout_until;
 use crate::link::ConnId;
@@ -35,6 +35,8 @@ pub struct Server {
     /// Connections with output queued this turn: each is written once per loop turn.
     dirty: Vec<ConnId>,
     shutdown: bool,
+    /// Every `read` lands here first; connections keep only what arrived.
+    scratch: Vec<u8>,
 }
 
 /// Binds `listen`, then runs the server until SIGTERM or SIGINT.
@@ -67,6 +69,7 @@ impl Server {
             child: None,
             dirty: Vec::new(),
             shutdown: false,
+            scratch: vec![0; READ_CHUNK],
         })
     }
 
@@ -234,10 +237,14 @@ impl Server {
     /// Reads until `WouldBlock`, handing every complete frame to the node as it arrives.
     fn read_conn(&mut self, id: ConnId, now: Instant) {
         loop {
-            let Some(conn) = self.conn_mut(id) else {
+            let Some(conn) = self
+                .conns
+                .get_mut(id.slot as usize)
+                .filter(|c| c.gen == id.gen)
+            else {
                 return;
             };
-            let fill = conn.fill();
+            let fill = conn.fill(&mut self.scratch);
             if let Err(e) = self.dispatch_frames(id, now) {
                 let addr = self.conn_mut(id).map(|c| c.addr);
                 warn!(
