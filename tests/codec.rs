@@ -100,13 +100,14 @@ fn server_msg() -> impl Strategy<Value = ServerMsg> {
         (view_info(), any::<u64>())
             .prop_map(|(view, lease_ms)| ServerMsg::Welcome { view, lease_ms }),
         view_info().prop_map(|view| ServerMsg::NewView { view }),
-        (view_info(), any::<u64>(), any::<bool>()).prop_map(|(view, b, recovering)| {
-            ServerMsg::Propose {
+        (view_info(), any::<u64>(), any::<bool>(), any::<u64>()).prop_map(
+            |(view, b, recovering, n)| ServerMsg::Propose {
                 view,
                 base: View(b),
                 recovering,
+                node: NodeId(n),
             }
-        }),
+        ),
         (any::<u64>(), any::<u64>()).prop_map(|(v, round)| ServerMsg::Lease {
             view: View(v),
             round

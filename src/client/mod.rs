@@ -10,7 +10,7 @@ pub mod policy;
 use crate::ballot_log::LogLine;
 use crate::link::ConnId;
 use crate::proto::limits::MAX_RECOVERY_TAIL;
-use crate::proto::{ClientId, ClientMsg, Hello, Seq, ServerMsg, Tally, View, ViewInfo};
+use crate::proto::{ClientId, ClientMsg, Hello, NodeId, Seq, ServerMsg, Tally, View, ViewInfo};
 use log::{debug, info, warn};
 use policy::Policy;
 use std::collections::{BTreeMap, VecDeque};
@@ -40,6 +40,15 @@ pub enum ClientOutput {
     /// Record that the client promised this view number, before the next output (the
     /// `Accept` it guards): a restarted client must never promise a number twice.
     Promise(View),
+}
+
+/// A `Propose` as the client weighs it.
+#[derive(Clone, Copy, Debug)]
+struct Proposal {
+    view: ViewInfo,
+    base: View,
+    recovering: bool,
+    node: NodeId,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -84,7 +93,9 @@ pub struct Client {
     recent: VecDeque<Tally>,
     /// A proposal refused only for the lease, to reconsider the moment the lease holder's
     /// connection closes (a crashed primary's lease is void at once).
-    deferred: Option<(ConnId, ViewInfo, View, bool)>,
+    deferred: Option<(ConnId, Proposal)>,
+    /// The process `promised` was given to: its re-sent proposal gets the same answer.
+    promised_to: Option<NodeId>,
     out: VecDeque<ClientOutput>,
 }
 
@@ -121,6 +132,7 @@ impl Client {
             resend_asked: None,
             recent,
             deferred: None,
+            promised_to: None,
             out: VecDeque::new(),
         }
     }
@@ -256,8 +268,8 @@ impl Client {
             };
             if self.lease_holder == Some(link.addr) {
                 self.heard_holder = None;
-                if let Some((c, view, base, recovering)) = self.deferred.take() {
-                    self.consider_proposal(c, view, base, recovering, now);
+                if let Some((c, proposal)) = self.deferred.take() {
+                    self.consider_proposal(c, proposal, now);
                 }
             }
         }
@@ -277,7 +289,17 @@ impl Client {
                 view,
                 base,
                 recovering,
-            } => self.consider_proposal(conn, view, base, recovering, now),
+                node,
+            } => self.consider_proposal(
+                conn,
+                Proposal {
+                    view,
+                    base,
+                    recovering,
+                    node,
+                },
+                now,
+            ),
             ServerMsg::Lease { view, round } => {
                 // The lease is exclusive: granted only to the holder (not, say, to a primary
                 // we have just promised to replace).
@@ -421,14 +443,13 @@ impl Client {
     }
 
     /// A server asks us to accept a view in which it is primary.
-    fn consider_proposal(
-        &mut self,
-        conn: ConnId,
-        view: ViewInfo,
-        base: View,
-        recovering: bool,
-        now: Instant,
-    ) {
+    fn consider_proposal(&mut self, conn: ConnId, proposal: Proposal, now: Instant) {
+        let Proposal {
+            view,
+            base,
+            recovering,
+            node,
+        } = proposal;
         // A client that follows no view yet can only help a recovering server (a cold
         // restart), which asks for its log, not for a view it follows.
         let ours = match (self.view, recovering) {
@@ -444,7 +465,8 @@ impl Client {
         };
         // A proposer whose state predates the view we follow was replaced: it may lack
         // results that view produced. A promise is never given twice for one number.
-        if view.number <= self.promised || (base < ours.number && !recovering) {
+        let resent = view.number == self.promised && self.promised_to == Some(node);
+        if (view.number <= self.promised && !resent) || (base < ours.number && !recovering) {
             debug!(
                 "proposal-rejected client={} view={view} base={base} promised={} ours={}",
                 self.cfg.id, self.promised, ours.number
@@ -464,12 +486,13 @@ impl Client {
                     );
                     self.out
                         .push_back(ClientOutput::Send(conn, reject(Some(wait))));
-                    self.deferred = Some((conn, view, base, recovering));
+                    self.deferred = Some((conn, proposal));
                     return;
                 }
             }
         }
         self.deferred = None;
+        self.promised_to = Some(node);
         // The proposer may act as primary as soon as a majority answered like this: from
         // now on it holds our lease.
         self.lease_holder = Some(view.primary);

@@ -862,6 +862,7 @@ impl Node {
             view: p.view,
             base: self.view.number,
             recovering: self.recovering,
+            node: self.cfg.node,
         })
     }
 

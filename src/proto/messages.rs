@@ -103,6 +103,9 @@ pub enum ServerMsg {
         view: ViewInfo,
         base: View,
         recovering: bool,
+        /// The proposing process: a re-sent proposal from the same process is accepted
+        /// again, not refused as a second use of the number.
+        node: NodeId,
     },
     /// The primary's lease renewal, every heartbeat interval; answered with `LeaseAck`.
     Lease { view: View, round: u64 },
