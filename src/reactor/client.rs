@@ -1,7 +1,8 @@
 //! The client process: one or more client cores (the bench hosts thousands) on one loop,
 //! each with its own connections and its own log file.
 
-use super::conn::{Conn, Expect, Fill, READ_CHUNK};
+use super::conn::{Expect, Fill};
+use super::conns::{Conns, Flushed};
 use super::timeout_until;
 use super::timer::TimerWheel;
 use crate::ballot_log;
@@ -10,11 +11,9 @@ use crate::link::ConnId;
 use crate::proto::limits::{MAX_CLIENT_OUTBUF, MAX_RECOVERY_TAIL};
 use crate::proto::{Seq, ServerMsg, Tally, View};
 use log::{debug, info, warn};
-use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token};
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook_mio::v1_0::Signals;
-use slab::Slab;
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
@@ -153,16 +152,12 @@ impl Probe {
 pub struct ClientHost {
     /// Set by the bench: counts ballots, votes and latencies.
     pub probe: Option<Probe>,
-    /// Every `read` lands here first; connections keep only what arrived.
-    scratch: Vec<u8>,
     poll: Poll,
     signals: Signals,
-    conns: Slab<Conn>,
-    next_gen: u32,
+    conns: Conns,
     pub clients: Vec<Hosted>,
     wheel: TimerWheel,
     touched: Vec<usize>,
-    dirty: Vec<ConnId>,
     logs_pending: Vec<usize>,
     shutdown: bool,
     /// A write that must not be skipped failed: stop before anything depending on it is
@@ -180,17 +175,14 @@ impl ClientHost {
         let mut host = ClientHost {
             poll,
             signals,
-            conns: Slab::new(),
-            next_gen: 0,
+            conns: Conns::default(),
             wheel: TimerWheel::new(now),
             touched: (0..clients.len()).collect(),
             clients,
-            dirty: Vec::new(),
             logs_pending: Vec::new(),
             shutdown: false,
             fatal: None,
             probe: None,
-            scratch: vec![0; READ_CHUNK],
         };
         for i in 0..host.clients.len() {
             host.clients[i].core.handle_timeout(now);
@@ -231,7 +223,7 @@ impl ClientHost {
                             self.shutdown = true;
                         }
                     }
-                    Token(slot) => self.on_conn_event(slot, event, now),
+                    token => self.on_conn_event(token, event, now),
                 }
             }
             expired.clear();
@@ -267,37 +259,17 @@ impl ClientHost {
             })?;
             hosted.pending.clear();
         }
-        let mut dirty = std::mem::take(&mut self.dirty);
-        dirty.sort_unstable();
-        dirty.dedup();
-        for id in dirty.drain(..) {
-            let Some(conn) = self.conn_mut(id) else {
-                continue;
-            };
-            if conn.connecting {
-                continue;
+        for (id, ended) in self.conns.flush_dirty() {
+            if let Flushed::Failed(e) = ended {
+                debug!("write-failed conn={id} error={e}");
             }
-            if let Err(e) = conn.flush() {
-                debug!("write-failed peer={} conn={id} error={e}", conn.addr);
-                self.close_now(id, now);
-                continue;
-            }
-            if conn.closing && !conn.has_output() {
-                self.remove(id);
-            }
+            self.close_now(id, now);
         }
-        self.dirty = dirty;
         if !self.touched.is_empty() {
             // Closing a connection touched its core; let it act before we sleep.
             return self.after_turn(now);
         }
         Ok(())
-    }
-
-    fn conn_mut(&mut self, id: ConnId) -> Option<&mut Conn> {
-        self.conns
-            .get_mut(id.slot as usize)
-            .filter(|c| c.gen == id.gen)
     }
 
     fn drain_outputs(&mut self, i: usize, now: Instant) {
@@ -307,10 +279,7 @@ impl ClientHost {
                 ClientOutput::Hello(id, hello) => self.queue(id, &hello, now),
                 ClientOutput::Send(id, msg) => self.queue(id, &msg, now),
                 ClientOutput::Close(id) => {
-                    if let Some(conn) = self.conn_mut(id) {
-                        conn.closing = true;
-                        self.dirty.push(id);
-                    }
+                    self.conns.close_after_flush(id);
                 }
                 ClientOutput::Promise(view) => {
                     // Before the Accept it guards leaves: written now, not batched.
@@ -338,49 +307,37 @@ impl ClientHost {
     }
 
     fn queue<T: crate::proto::codec::Wire>(&mut self, id: ConnId, msg: &T, now: Instant) {
-        let Some(conn) = self.conn_mut(id) else {
-            return;
-        };
-        if let Err(e) = conn.queue(msg) {
-            warn!("send-failed peer={} conn={id} error={e}", conn.addr);
+        if let Err(e) = self.conns.queue(id, msg) {
+            warn!("send-failed conn={id} error={e}");
             self.close_now(id, now);
-            return;
         }
-        self.dirty.push(id);
     }
 
     fn dial(&mut self, owner: usize, addr: SocketAddr, now: Instant) {
-        let result = TcpStream::connect(addr).and_then(|mut stream| {
-            let _ = stream.set_nodelay(true);
-            let gen = self.next_gen;
-            self.next_gen = self.next_gen.wrapping_add(1);
-            let entry = self.conns.vacant_entry();
-            let slot = entry.key();
-            self.poll.registry().register(
-                &mut stream,
-                Token(slot),
-                Interest::READABLE | Interest::WRITABLE,
-            )?;
-            let mut conn = Conn::new(stream, addr, gen, Expect::ServerMsgs, MAX_CLIENT_OUTBUF);
-            conn.owner = owner;
-            conn.connecting = true;
-            entry.insert(conn);
-            Ok(())
-        });
-        if let Err(e) = result {
-            debug!("dial-failed peer={addr} error={e}");
-            self.clients[owner].core.handle_dial_failed(addr, now);
-            self.touched.push(owner);
+        let registry = self.poll.registry();
+        match self
+            .conns
+            .dial(registry, addr, Expect::ServerMsgs, MAX_CLIENT_OUTBUF)
+        {
+            Ok(id) => {
+                if let Some(conn) = self.conns.get_mut(id) {
+                    conn.owner = owner;
+                }
+            }
+            Err(e) => {
+                debug!("dial-failed peer={addr} error={e}");
+                self.clients[owner].core.handle_dial_failed(addr, now);
+                self.touched.push(owner);
+            }
         }
     }
 
-    fn on_conn_event(&mut self, slot: usize, event: &mio::event::Event, now: Instant) {
-        let Some(conn) = self.conns.get_mut(slot) else {
+    fn on_conn_event(&mut self, token: Token, event: &mio::event::Event, now: Instant) {
+        let Some(id) = self.conns.id_of(token) else {
             return;
         };
-        let id = ConnId {
-            slot: slot as u32,
-            gen: conn.gen,
+        let Some(conn) = self.conns.get_mut(id) else {
+            return;
         };
         let owner = conn.owner;
         if conn.connecting {
@@ -394,7 +351,7 @@ impl ClientHost {
                 Err(e) => {
                     let addr = conn.addr;
                     debug!("dial-failed peer={addr} error={e}");
-                    self.remove(id);
+                    self.conns.remove(self.poll.registry(), id);
                     self.clients[owner].core.handle_dial_failed(addr, now);
                     self.touched.push(owner);
                     return;
@@ -402,7 +359,7 @@ impl ClientHost {
             }
         }
         if event.is_writable() {
-            self.dirty.push(id);
+            self.conns.mark_writable(id);
         }
         if event.is_readable() || event.is_read_closed() || event.is_error() {
             self.read_conn(id, owner, now);
@@ -411,16 +368,11 @@ impl ClientHost {
 
     fn read_conn(&mut self, id: ConnId, owner: usize, now: Instant) {
         loop {
-            let Some(conn) = self
-                .conns
-                .get_mut(id.slot as usize)
-                .filter(|c| c.gen == id.gen)
-            else {
+            let Some(fill) = self.conns.fill(id) else {
                 return;
             };
-            let fill = conn.fill(&mut self.scratch);
             loop {
-                let Some(conn) = self.conn_mut(id) else {
+                let Some(conn) = self.conns.get_mut(id) else {
                     return;
                 };
                 match conn.next_frame::<ServerMsg>() {
@@ -452,15 +404,8 @@ impl ClientHost {
         }
     }
 
-    fn remove(&mut self, id: ConnId) -> Option<Conn> {
-        self.conn_mut(id)?;
-        let mut conn = self.conns.remove(id.slot as usize);
-        let _ = self.poll.registry().deregister(&mut conn.stream);
-        Some(conn)
-    }
-
     fn close_now(&mut self, id: ConnId, now: Instant) {
-        if let Some(conn) = self.remove(id) {
+        if let Some(conn) = self.conns.remove(self.poll.registry(), id) {
             self.clients[conn.owner].core.handle_closed(id, now);
             self.touched.push(conn.owner);
         }

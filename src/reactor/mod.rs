@@ -6,6 +6,7 @@
 
 pub mod client;
 pub mod conn;
+pub mod conns;
 pub mod server;
 pub mod spawn;
 pub mod status;

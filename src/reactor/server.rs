@@ -1,7 +1,8 @@
 //! The server process: one listener, its connections, signals and the spawned backup,
 //! around one [`Node`].
 
-use super::conn::{Conn, Expect, Fill, READ_CHUNK};
+use super::conn::{Expect, Fill};
+use super::conns::{Conns, Flushed};
 use super::spawn::{spawn_backup, SpawnSpec};
 use super::timeout_until;
 use crate::link::ConnId;
@@ -10,11 +11,10 @@ use crate::proto::codec::DecodeError;
 use crate::proto::limits::{MAX_CLIENT_OUTBUF, MAX_PEER_OUTBUF};
 use crate::proto::{ClientMsg, Hello, LinkKind, PeerMsg};
 use log::{debug, error, info, warn};
-use mio::net::{TcpListener, TcpStream};
+use mio::net::TcpListener;
 use mio::{Events, Interest, Poll, Token};
 use signal_hook::consts::{SIGCHLD, SIGINT, SIGTERM};
 use signal_hook_mio::v1_0::Signals;
-use slab::Slab;
 use std::io;
 use std::net::SocketAddr;
 use std::process::Child;
@@ -27,16 +27,11 @@ pub struct Server {
     poll: Poll,
     listener: TcpListener,
     signals: Signals,
-    conns: Slab<Conn>,
-    next_gen: u32,
+    conns: Conns,
     node: Node,
     spawn: SpawnSpec,
     child: Option<Child>,
-    /// Connections with output queued this turn: each is written once per loop turn.
-    dirty: Vec<ConnId>,
     shutdown: bool,
-    /// Every `read` lands here first; connections keep only what arrived.
-    scratch: Vec<u8>,
 }
 
 /// Binds `listen`, then runs the server until SIGTERM or SIGINT.
@@ -62,14 +57,11 @@ impl Server {
             poll,
             listener,
             signals,
-            conns: Slab::new(),
-            next_gen: 0,
+            conns: Conns::default(),
             node,
             spawn,
             child: None,
-            dirty: Vec::new(),
             shutdown: false,
-            scratch: vec![0; READ_CHUNK],
         })
     }
 
@@ -91,7 +83,7 @@ impl Server {
                 match event.token() {
                     LISTENER => self.accept(now),
                     SIGNALS => self.on_signals(now),
-                    Token(slot) => self.on_conn_event(slot, event, now),
+                    token => self.on_conn_event(token, event, now),
                 }
             }
             if self.node.poll_timeout().is_some_and(|t| t <= now) {
@@ -104,51 +96,19 @@ impl Server {
         Ok(())
     }
 
-    fn conn_id(&self, slot: usize) -> Option<ConnId> {
-        self.conns.get(slot).map(|c| ConnId {
-            slot: slot as u32,
-            gen: c.gen,
-        })
-    }
-
-    fn conn_mut(&mut self, id: ConnId) -> Option<&mut Conn> {
-        self.conns
-            .get_mut(id.slot as usize)
-            .filter(|c| c.gen == id.gen)
-    }
-
-    fn insert(
-        &mut self,
-        mut stream: TcpStream,
-        addr: SocketAddr,
-        expect: Expect,
-    ) -> io::Result<ConnId> {
-        let gen = self.next_gen;
-        self.next_gen = self.next_gen.wrapping_add(1);
-        let entry = self.conns.vacant_entry();
-        let slot = entry.key();
-        self.poll.registry().register(
-            &mut stream,
-            Token(slot),
-            Interest::READABLE | Interest::WRITABLE,
-        )?;
-        let limit = match expect {
-            Expect::PeerMsgs => MAX_PEER_OUTBUF,
-            _ => MAX_CLIENT_OUTBUF,
-        };
-        entry.insert(Conn::new(stream, addr, gen, expect, limit));
-        Ok(ConnId {
-            slot: slot as u32,
-            gen,
-        })
-    }
-
     fn accept(&mut self, now: Instant) {
         loop {
             match self.listener.accept() {
                 Ok((stream, addr)) => {
-                    let _ = stream.set_nodelay(true);
-                    match self.insert(stream, addr, Expect::Hello) {
+                    // A client link until its hello says otherwise (a peer gets more room).
+                    let registry = self.poll.registry();
+                    match self.conns.insert(
+                        registry,
+                        stream,
+                        addr,
+                        Expect::Hello,
+                        MAX_CLIENT_OUTBUF,
+                    ) {
                         Ok(id) => debug!("conn-accepted peer={addr} conn={id}"),
                         Err(e) => warn!("conn-register-failed peer={addr} error={e}"),
                     }
@@ -204,11 +164,13 @@ impl Server {
         }
     }
 
-    fn on_conn_event(&mut self, slot: usize, event: &mio::event::Event, now: Instant) {
-        let Some(id) = self.conn_id(slot) else {
+    fn on_conn_event(&mut self, token: Token, event: &mio::event::Event, now: Instant) {
+        let Some(id) = self.conns.id_of(token) else {
             return;
         };
-        let conn = &mut self.conns[slot];
+        let Some(conn) = self.conns.get_mut(id) else {
+            return;
+        };
         if conn.connecting {
             match conn.finish_connect() {
                 Ok(true) => {
@@ -220,14 +182,14 @@ impl Server {
                 Err(e) => {
                     let addr = conn.addr;
                     info!("dial-failed peer={addr} error={e}");
-                    self.remove(id);
+                    self.conns.remove(self.poll.registry(), id);
                     self.node.handle_dial_failed(addr, now);
                     return;
                 }
             }
         }
         if event.is_writable() {
-            self.dirty.push(id);
+            self.conns.mark_writable(id);
         }
         if event.is_readable() || event.is_read_closed() || event.is_error() {
             self.read_conn(id, now);
@@ -237,16 +199,11 @@ impl Server {
     /// Reads until `WouldBlock`, handing every complete frame to the node as it arrives.
     fn read_conn(&mut self, id: ConnId, now: Instant) {
         loop {
-            let Some(conn) = self
-                .conns
-                .get_mut(id.slot as usize)
-                .filter(|c| c.gen == id.gen)
-            else {
+            let Some(fill) = self.conns.fill(id) else {
                 return;
             };
-            let fill = conn.fill(&mut self.scratch);
             if let Err(e) = self.dispatch_frames(id, now) {
-                let addr = self.conn_mut(id).map(|c| c.addr);
+                let addr = self.conns.get_mut(id).map(|c| c.addr);
                 warn!(
                     "bad-frame peer={} conn={id} error={e}",
                     addr.map(|a| a.to_string()).unwrap_or_default()
@@ -258,7 +215,7 @@ impl Server {
                 Ok(Fill::More) => continue,
                 Ok(Fill::Drained) => return,
                 Ok(Fill::Eof) => {
-                    if let Some(conn) = self.conn_mut(id) {
+                    if let Some(conn) = self.conns.get_mut(id) {
                         if conn.unread() > 0 {
                             warn!(
                                 "bad-frame peer={} conn={id} error=connection closed inside a frame ({} bytes unread)",
@@ -281,7 +238,7 @@ impl Server {
 
     fn dispatch_frames(&mut self, id: ConnId, now: Instant) -> Result<(), DecodeError> {
         loop {
-            let Some(conn) = self.conn_mut(id) else {
+            let Some(conn) = self.conns.get_mut(id) else {
                 return Ok(());
             };
             if conn.closing {
@@ -336,10 +293,8 @@ impl Server {
                 Output::ToPeer(id, msg) => self.queue(id, &msg, now),
                 Output::Status(id, reply) => self.queue(id, &*reply, now),
                 Output::Close(id, reason) => {
-                    if let Some(conn) = self.conn_mut(id) {
-                        info!("conn-closing peer={} conn={id} reason={reason}", conn.addr);
-                        conn.closing = true;
-                        self.dirty.push(id);
+                    if let Some(addr) = self.conns.close_after_flush(id) {
+                        info!("conn-closing peer={addr} conn={id} reason={reason}");
                     }
                 }
                 Output::SpawnBackup => self.spawn_backup(),
@@ -352,37 +307,20 @@ impl Server {
     }
 
     fn queue<T: crate::proto::codec::Wire>(&mut self, id: ConnId, msg: &T, now: Instant) {
-        let Some(conn) = self.conn_mut(id) else {
-            return;
-        };
-        if let Err(e) = conn.queue(msg) {
-            warn!("send-failed peer={} conn={id} error={e}", conn.addr);
+        if let Err(e) = self.conns.queue(id, msg) {
+            warn!("send-failed conn={id} error={e}");
             self.close_now(id, now);
-            return;
         }
-        self.dirty.push(id);
     }
 
     fn dial(&mut self, addr: SocketAddr, now: Instant) {
-        let stream = match TcpStream::connect(addr) {
-            Ok(s) => s,
-            Err(e) => {
-                info!("dial-failed peer={addr} error={e}");
-                self.node.handle_dial_failed(addr, now);
-                return;
-            }
-        };
-        let _ = stream.set_nodelay(true);
-        match self.insert(stream, addr, Expect::PeerMsgs) {
-            Ok(id) => {
-                if let Some(conn) = self.conn_mut(id) {
-                    conn.connecting = true;
-                }
-            }
-            Err(e) => {
-                info!("dial-failed peer={addr} error={e}");
-                self.node.handle_dial_failed(addr, now);
-            }
+        let registry = self.poll.registry();
+        if let Err(e) = self
+            .conns
+            .dial(registry, addr, Expect::PeerMsgs, MAX_PEER_OUTBUF)
+        {
+            info!("dial-failed peer={addr} error={e}");
+            self.node.handle_dial_failed(addr, now);
         }
     }
 
@@ -413,38 +351,17 @@ impl Server {
     }
 
     fn flush_dirty(&mut self, now: Instant) {
-        let mut dirty = std::mem::take(&mut self.dirty);
-        dirty.sort_unstable();
-        dirty.dedup();
-        for id in dirty.drain(..) {
-            let Some(conn) = self.conn_mut(id) else {
-                continue;
-            };
-            if conn.connecting {
-                continue;
+        for (id, ended) in self.conns.flush_dirty() {
+            if let Flushed::Failed(e) = ended {
+                debug!("write-failed conn={id} error={e}");
             }
-            if let Err(e) = conn.flush() {
-                debug!("write-failed peer={} conn={id} error={e}", conn.addr);
-                self.close_now(id, now);
-                continue;
-            }
-            if conn.closing && !conn.has_output() {
-                self.close_now(id, now);
-            }
+            self.close_now(id, now);
         }
-        self.dirty = dirty;
-    }
-
-    fn remove(&mut self, id: ConnId) -> Option<Conn> {
-        self.conn_mut(id)?;
-        let mut conn = self.conns.remove(id.slot as usize);
-        let _ = self.poll.registry().deregister(&mut conn.stream);
-        Some(conn)
     }
 
     /// Closes at once and tells the node.
     fn close_now(&mut self, id: ConnId, now: Instant) {
-        if let Some(conn) = self.remove(id) {
+        if let Some(conn) = self.conns.remove(self.poll.registry(), id) {
             debug!("conn-closed peer={} conn={id}", conn.addr);
             self.node.handle_closed(id, now);
         }

@@ -1,0 +1,163 @@
+//! The connections of one event loop: a slab whose key is the mio token, generation-checked
+//! handles, the loop's one read scratch buffer, and the list of connections to write at the
+//! end of the turn (each socket is written once per loop turn).
+
+use super::conn::{Conn, Expect, Fill, QueueError, READ_CHUNK};
+use crate::link::ConnId;
+use crate::proto::codec::Wire;
+use mio::net::TcpStream;
+use mio::{Interest, Registry, Token};
+use slab::Slab;
+use std::io;
+use std::net::SocketAddr;
+
+pub struct Conns {
+    slab: Slab<Conn>,
+    next_gen: u32,
+    /// Connections with output queued this turn.
+    dirty: Vec<ConnId>,
+    /// Every `read` lands here first; connections keep only what arrived.
+    scratch: Vec<u8>,
+}
+
+/// Why a connection must be closed after writing its queued output.
+pub enum Flushed {
+    /// It was closing and everything is written.
+    Done,
+    /// The write failed: close it now.
+    Failed(io::Error),
+}
+
+impl Default for Conns {
+    fn default() -> Self {
+        Conns {
+            slab: Slab::new(),
+            next_gen: 0,
+            dirty: Vec::new(),
+            scratch: vec![0; READ_CHUNK],
+        }
+    }
+}
+
+impl Conns {
+    pub fn get_mut(&mut self, id: ConnId) -> Option<&mut Conn> {
+        self.slab
+            .get_mut(id.slot as usize)
+            .filter(|c| c.gen == id.gen)
+    }
+
+    /// The handle of the connection behind a mio token.
+    pub fn id_of(&self, token: Token) -> Option<ConnId> {
+        self.slab.get(token.0).map(|c| ConnId {
+            slot: token.0 as u32,
+            gen: c.gen,
+        })
+    }
+
+    /// Registers `stream` with the loop and keeps it.
+    pub fn insert(
+        &mut self,
+        registry: &Registry,
+        mut stream: TcpStream,
+        addr: SocketAddr,
+        expect: Expect,
+        outbuf_limit: usize,
+    ) -> io::Result<ConnId> {
+        let _ = stream.set_nodelay(true);
+        let gen = self.next_gen;
+        self.next_gen = self.next_gen.wrapping_add(1);
+        let entry = self.slab.vacant_entry();
+        let slot = entry.key();
+        registry.register(
+            &mut stream,
+            Token(slot),
+            Interest::READABLE | Interest::WRITABLE,
+        )?;
+        entry.insert(Conn::new(stream, addr, gen, expect, outbuf_limit));
+        Ok(ConnId {
+            slot: slot as u32,
+            gen,
+        })
+    }
+
+    /// Starts a non-blocking connect; the connection is `connecting` until writable.
+    pub fn dial(
+        &mut self,
+        registry: &Registry,
+        addr: SocketAddr,
+        expect: Expect,
+        outbuf_limit: usize,
+    ) -> io::Result<ConnId> {
+        let stream = TcpStream::connect(addr)?;
+        let id = self.insert(registry, stream, addr, expect, outbuf_limit)?;
+        if let Some(conn) = self.get_mut(id) {
+            conn.connecting = true;
+        }
+        Ok(id)
+    }
+
+    pub fn remove(&mut self, registry: &Registry, id: ConnId) -> Option<Conn> {
+        self.get_mut(id)?;
+        let mut conn = self.slab.remove(id.slot as usize);
+        let _ = registry.deregister(&mut conn.stream);
+        Some(conn)
+    }
+
+    /// Encodes `msg` into the connection's output, to be written at the end of the turn.
+    /// An error means the connection must be closed (its reader is too slow, or the
+    /// message cannot be encoded); a gone connection is not an error.
+    pub fn queue<T: Wire>(&mut self, id: ConnId, msg: &T) -> Result<(), QueueError> {
+        let Some(conn) = self.get_mut(id) else {
+            return Ok(());
+        };
+        conn.queue(msg)?;
+        self.dirty.push(id);
+        Ok(())
+    }
+
+    /// Closes the connection once what is queued for it is written.
+    pub fn close_after_flush(&mut self, id: ConnId) -> Option<SocketAddr> {
+        let conn = self.get_mut(id)?;
+        conn.closing = true;
+        let addr = conn.addr;
+        self.dirty.push(id);
+        Some(addr)
+    }
+
+    pub fn mark_writable(&mut self, id: ConnId) {
+        self.dirty.push(id);
+    }
+
+    /// One `read` on the connection through the shared scratch buffer.
+    pub fn fill(&mut self, id: ConnId) -> Option<io::Result<Fill>> {
+        let conn = self
+            .slab
+            .get_mut(id.slot as usize)
+            .filter(|c| c.gen == id.gen)?;
+        Some(conn.fill(&mut self.scratch))
+    }
+
+    /// Writes every connection that has output, once; returns those to close now (the
+    /// caller removes them and tells their core).
+    pub fn flush_dirty(&mut self) -> Vec<(ConnId, Flushed)> {
+        let mut dirty = std::mem::take(&mut self.dirty);
+        dirty.sort_unstable();
+        dirty.dedup();
+        let mut ended = Vec::new();
+        for id in dirty.drain(..) {
+            let Some(conn) = self.get_mut(id) else {
+                continue;
+            };
+            if conn.connecting {
+                continue;
+            }
+            match conn.flush() {
+                Err(e) => ended.push((id, Flushed::Failed(e))),
+                Ok(()) if conn.closing && !conn.has_output() => ended.push((id, Flushed::Done)),
+                Ok(()) => {}
+            }
+        }
+        self.dirty = dirty;
+        ended
+    }
+}
