@@ -22,6 +22,8 @@ pub struct BenchConfig {
     pub ballots: Option<u64>,
     pub heartbeat_ms: u64,
     pub json: bool,
+    /// After the measured interval, SIGKILL the primary, then the new primary's backup.
+    pub failover: bool,
 }
 
 /// Every figure of one run.
@@ -42,6 +44,12 @@ pub struct BenchReport {
     pub primary_cpu_s: f64,
     pub backup_cpu_s: f64,
     pub logs_exact: bool,
+    /// SIGKILL of the primary to the first result of the new view at any client. A crash
+    /// is detected by the closed connection, not by missed heartbeats, so this is all
+    /// beyond detection.
+    pub failover_ms: Option<f64>,
+    /// SIGKILL of the (new) primary's spawned backup to its replacement process.
+    pub respawn_ms: Option<f64>,
 }
 
 /// The server process group: killed and reaped when the bench ends, however it ends.
@@ -166,6 +174,12 @@ pub fn run(cfg: &BenchConfig) -> Result<BenchReport, String> {
         cpu_seconds(primary_pid) - cpu_before.0,
         backup.map(cpu_seconds).unwrap_or(0.0) - backup_cpu_before,
     );
+    let (failover_ms, respawn_ms) = if cfg.failover {
+        let (f, r) = failover(&mut host, primary_pid)?;
+        (Some(f), Some(r))
+    } else {
+        (None, None)
+    };
     drop(host);
     drop(servers);
 
@@ -195,6 +209,8 @@ pub fn run(cfg: &BenchConfig) -> Result<BenchReport, String> {
         primary_cpu_s: report_base.2,
         backup_cpu_s: report_base.3,
         logs_exact: violations.is_empty(),
+        failover_ms,
+        respawn_ms,
     };
     if violations.is_empty() {
         let _ = fs::remove_dir_all(&dir);
@@ -206,6 +222,69 @@ pub fn run(cfg: &BenchConfig) -> Result<BenchReport, String> {
             dir.display()
         ))
     }
+}
+
+/// Under load: SIGKILL the primary and time the first result of the new view; then
+/// SIGKILL the new primary's spawned backup and time its replacement process.
+fn failover(host: &mut ClientHost, primary: u32) -> Result<(f64, f64), String> {
+    let turn = |host: &mut ClientHost, slice: Duration| {
+        host.run(Some(Instant::now() + slice))
+            .map_err(|e| e.to_string())
+    };
+    let old_view = host.clients[0].core.view().map_or(0, |v| v.number.0);
+    let successor = backup_pid(primary).ok_or("the primary has no backup to fail over to")?;
+    let probe = host.probe.get_or_insert_with(Probe::default);
+    probe.views_above = Some(old_view);
+    probe.first_result_above = None;
+    let killed = Instant::now();
+    // SAFETY: kill(2) on the primary we started.
+    unsafe {
+        libc::kill(primary as i32, libc::SIGKILL);
+    }
+    let deadline = killed + Duration::from_secs(10);
+    let first = loop {
+        turn(host, Duration::from_millis(1))?;
+        if let Some(t) = host.probe.as_ref().and_then(|p| p.first_result_above) {
+            break t;
+        }
+        if Instant::now() > deadline {
+            return Err("no result from a new view within 10 s of killing the primary".into());
+        }
+    };
+    let failover_ms = first.saturating_duration_since(killed).as_secs_f64() * 1000.0;
+
+    // The new primary spawns a backup; once it is in service, kill it.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let doomed = loop {
+        turn(host, Duration::from_millis(5))?;
+        let installed = host.clients.iter().all(|c| {
+            c.core
+                .view()
+                .is_some_and(|v| v.number.0 > old_view && v.backup.is_some())
+        });
+        if let (true, Some(pid)) = (installed, backup_pid(successor)) {
+            break pid;
+        }
+        if Instant::now() > deadline {
+            return Err("the new primary's backup was not in service within 30 s".into());
+        }
+    };
+    let killed = Instant::now();
+    // SAFETY: kill(2) on a process of our own server group.
+    unsafe {
+        libc::kill(doomed as i32, libc::SIGKILL);
+    }
+    let deadline = killed + Duration::from_secs(10);
+    loop {
+        turn(host, Duration::from_micros(200))?;
+        if backup_pid(successor).is_some_and(|pid| pid != doomed) {
+            break;
+        }
+        if Instant::now() > deadline {
+            return Err("no replacement backup within 10 s".into());
+        }
+    }
+    Ok((failover_ms, killed.elapsed().as_secs_f64() * 1000.0))
 }
 
 /// Half the clients vote yes, half no, so every tally is known in advance.
@@ -329,4 +408,10 @@ pub fn print_human(r: &BenchReport) {
         "primary rss {} KiB cpu {:.2} s  backup rss {} KiB cpu {:.2} s  logs exact: {}",
         r.primary_rss_kib, r.primary_cpu_s, r.backup_rss_kib, r.backup_cpu_s, r.logs_exact
     );
+    if let (Some(f), Some(s)) = (r.failover_ms, r.respawn_ms) {
+        println!(
+            "failover: SIGKILL of the primary to the first result of the new view {f:.2} ms; \
+             SIGKILL of the spawned backup to its respawn {s:.2} ms"
+        );
+    }
 }

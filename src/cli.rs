@@ -55,6 +55,10 @@ pub struct BenchArgs {
     /// One JSON line instead of text.
     #[structopt(long)]
     pub json: bool,
+    /// After the measured interval (needs --duration), SIGKILL the primary and time the
+    /// first result of the new view, then SIGKILL the spawned backup and time its respawn.
+    #[structopt(long)]
+    pub failover: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -487,6 +491,9 @@ fn run_bench(args: BenchArgs) -> Result<(), Failure> {
             ))
         }
     };
+    if args.failover && duration.is_none() {
+        return Err(Failure::Usage("--failover needs --duration".into()));
+    }
     if args.clients == 0 || args.window == 0 || args.window > MAX_OPEN_BALLOTS {
         return Err(Failure::Usage(format!(
             "--clients must be positive and --window 1..={MAX_OPEN_BALLOTS}"
@@ -500,6 +507,7 @@ fn run_bench(args: BenchArgs) -> Result<(), Failure> {
         ballots: args.ballots,
         heartbeat_ms: args.heartbeat_ms,
         json: args.json,
+        failover: args.failover,
     };
     let report = bench::run(&cfg).map_err(Failure::Runtime)?;
     if args.json {

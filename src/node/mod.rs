@@ -1564,6 +1564,9 @@ impl Node {
         }
         info!("join-request node={node} listen={listen} their_view={view}");
         self.timers.join_deadline = None;
+        // It came up and joined: if it dies, replace it at once (the spacing is for
+        // backups that die before they ever join).
+        self.last_spawn = None;
         self.peer = Some(Peer {
             conn,
             addr: listen,

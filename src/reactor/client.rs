@@ -128,11 +128,25 @@ pub struct Probe {
     pub votes: u64,
     /// From the first `VoteRequest` any hosted client got to the last client's log line.
     pub latencies: Vec<Duration>,
+    /// Watch for a result tagged with a view above this one (a failover)...
+    pub views_above: Option<u64>,
+    /// ...and note when the first one arrived.
+    pub first_result_above: Option<Instant>,
 }
 
 impl Probe {
-    fn asked(&mut self, seq: u64, now: Instant) {
-        self.first_asked.entry(seq).or_insert(now);
+    fn saw(&mut self, msg: &ServerMsg, now: Instant) {
+        match msg {
+            ServerMsg::VoteRequest { seq, .. } => {
+                self.first_asked.entry(seq.0).or_insert(now);
+            }
+            ServerMsg::Result { view, .. } | ServerMsg::Results { view, .. }
+                if self.views_above.is_some_and(|v| view.0 > v) =>
+            {
+                self.first_result_above.get_or_insert(now);
+            }
+            _ => {}
+        }
     }
 
     fn logged(&mut self, seq: u64, votes: u64, clients: u32, now: Instant) {
@@ -377,10 +391,8 @@ impl ClientHost {
                 };
                 match conn.next_frame::<ServerMsg>() {
                     Ok(Some(msg)) => {
-                        if let (Some(probe), ServerMsg::VoteRequest { seq, .. }) =
-                            (&mut self.probe, &msg)
-                        {
-                            probe.asked(seq.0, now);
+                        if let Some(probe) = &mut self.probe {
+                            probe.saw(&msg, now);
                         }
                         self.clients[owner].core.handle_msg(id, msg, now);
                         self.touched.push(owner);
