@@ -12,32 +12,19 @@ const T: Duration = Duration::from_secs(30);
 
 #[test]
 fn primary_killed_mid_ballot_loses_no_vote() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let ballots = 60;
-    let (primary, addr) = start_primary(dir.path(), &["--ballots", "60", "--min-clients", "5"]);
-    let clients = three_yes_two_no();
-    let mut procs = start_clients(dir.path(), &clients, &addr, ballots);
-    let err = dir.path().join("primary.err");
-    wait_line(&err, "view-change role=backup", T);
-    wait_line(&err, "ballot-open seq=15 ", T);
-    signal(primary.pid(), libc::SIGKILL);
-    wait_line(&err, "took_over=true", T);
-    finish_and_check(dir.path(), &mut procs, &clients, ballots);
-    let expected: String = (1..=ballots).map(|k| format!("{k} 3 2\n")).collect();
-    for (id, _) in &clients {
-        let log = std::fs::read_to_string(dir.path().join(format!("{id}.log"))).expect("log");
-        assert_eq!(log, expected, "log of {id}");
-    }
+    let mut c = Cluster::start(60, &[]);
+    wait_line(&c.err, "view-change role=backup", T);
+    wait_line(&c.err, "ballot-open seq=15 ", T);
+    signal(c.primary.pid(), libc::SIGKILL);
+    wait_line(&c.err, "took_over=true", T);
+    c.finish_and_check();
+    c.assert_every_log_is_3_yes_2_no();
 }
 
 #[test]
 fn spawned_backup_killed_is_noticed_through_sigchld_and_replaced() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let ballots = 50;
-    let (_primary, addr) = start_primary(dir.path(), &["--ballots", "50", "--min-clients", "5"]);
-    let clients = three_yes_two_no();
-    let mut procs = start_clients(dir.path(), &clients, &addr, ballots);
-    let err = dir.path().join("primary.err");
+    let mut c = Cluster::start(50, &[]);
+    let err = c.err.clone();
     let backup = pid_of_line(&err, "view-change role=backup", T);
     wait_line(&err, "ballot-open seq=10 ", T);
     signal(backup, libc::SIGKILL);
@@ -48,29 +35,15 @@ fn spawned_backup_killed_is_noticed_through_sigchld_and_replaced() {
     assert!(!noticed.contains("missed-heartbeats"), "{noticed}");
     // A second backup process joins and is installed.
     wait_count(&err, "view-change role=backup", 2, T);
-    finish_and_check(dir.path(), &mut procs, &clients, ballots);
+    c.finish_and_check();
 }
 
 #[test]
 fn backup_killed_while_joining_is_respawned() {
-    let dir = tempfile::tempdir().expect("tempdir");
     // Enough ballots that the clients, the witnesses every view change needs, are still
     // there when the third backup joins.
-    let ballots = 200;
-    let (_primary, addr) = start_primary(
-        dir.path(),
-        &[
-            "--ballots",
-            "200",
-            "--min-clients",
-            "5",
-            "--backup-start-delay-ms",
-            "300",
-        ],
-    );
-    let clients = three_yes_two_no();
-    let mut procs = start_clients(dir.path(), &clients, &addr, ballots);
-    let err = dir.path().join("primary.err");
+    let mut c = Cluster::start(200, &["--backup-start-delay-ms", "300"]);
+    let err = c.err.clone();
     // Killed in its start delay, before it dialed.
     let first = pid_of_line(&err, "started role=joining", T);
     signal(first, libc::SIGKILL);
@@ -83,47 +56,36 @@ fn backup_killed_while_joining_is_respawned() {
     wait_line(&err, &format!("backup-exited pid={second}"), T);
     wait_count(&err, "started role=joining", 3, T);
     wait_line(&err, "view-change role=backup", T);
-    finish_and_check(dir.path(), &mut procs, &clients, ballots);
+    c.finish_and_check();
 }
 
 #[test]
 fn primary_paused_past_detection_is_fenced_when_it_resumes() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let ballots = 50;
-    let (primary, addr) = start_primary(dir.path(), &["--ballots", "50", "--min-clients", "5"]);
-    let clients = three_yes_two_no();
-    let mut procs = start_clients(dir.path(), &clients, &addr, ballots);
-    let err = dir.path().join("primary.err");
+    let mut c = Cluster::start(50, &[]);
+    let (err, pid) = (c.err.clone(), c.primary.pid());
     wait_line(&err, "view-change role=backup", T);
     wait_line(&err, "ballot-open seq=10 ", T);
-    signal(primary.pid(), libc::SIGSTOP);
+    signal(pid, libc::SIGSTOP);
     wait_line(&err, "took_over=true", T);
     // The new primary completes ballots while the old one sleeps.
     let results = lines_with(&err, "ballot-result").len();
     wait_count(&err, "ballot-result", results + 5, T);
-    signal(primary.pid(), libc::SIGCONT);
+    signal(pid, libc::SIGCONT);
     let stepped = wait_line(&err, "stepped-down", T);
-    assert!(
-        stepped.starts_with(&format!("primary[{}]", primary.pid())),
-        "{stepped}"
-    );
-    finish_and_check(dir.path(), &mut procs, &clients, ballots);
+    assert!(stepped.starts_with(&format!("primary[{pid}]")), "{stepped}");
+    c.finish_and_check();
 }
 
 #[test]
 fn client_killed_and_restarted_resumes_from_its_log() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let ballots = 50;
-    let (_primary, addr) = start_primary(dir.path(), &["--ballots", "50", "--min-clients", "5"]);
-    let clients = three_yes_two_no();
-    let mut procs = start_clients(dir.path(), &clients, &addr, ballots);
-    let err = dir.path().join("primary.err");
+    let mut c = Cluster::start(50, &[]);
+    let err = c.err.clone();
     wait_line(&err, "view-change role=backup", T);
     wait_line(&err, "ballot-open seq=10 ", T);
-    procs[3].kill_group();
+    c.procs[3].kill_group();
     wait_line(&err, "client-gone client=n1", T);
-    let before = std::fs::read_to_string(dir.path().join("n1.log")).expect("log");
-    procs[3] = start_client(dir.path(), "n1", &addr, "no", ballots);
+    let before = std::fs::read_to_string(c.dir.path().join("n1.log")).expect("log");
+    c.procs[3] = start_client(c.dir.path(), "n1", &c.addr, "no", c.ballots);
     wait_count(&err, "client-registered client=n1 ", 2, T);
     let again = lines_with(&err, "client-registered client=n1 ")
         .pop()
@@ -132,7 +94,7 @@ fn client_killed_and_restarted_resumes_from_its_log() {
         again.contains(&format!("last_seq={}", before.lines().count())),
         "the restarted client did not report its last logged seq: {again}"
     );
-    finish_and_check(dir.path(), &mut procs, &clients, ballots);
+    c.finish_and_check();
 }
 
 #[test]
@@ -180,25 +142,11 @@ fn cold_restart_rebuilds_from_client_logs_and_continues() {
 /// random replica, each after the previous replacement joined.
 #[test]
 fn six_kills_of_random_replicas_leave_every_log_exact() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let ballots = 80;
-    let (primary, addr) = start_primary(
-        dir.path(),
-        &[
-            "--ballots",
-            "80",
-            "--min-clients",
-            "5",
-            "--ballot-interval-ms",
-            "60",
-        ],
-    );
-    let clients = three_yes_two_no();
-    let mut procs = start_clients(dir.path(), &clients, &addr, ballots);
-    let err = dir.path().join("primary.err");
+    let mut c = Cluster::start(80, &["--ballot-interval-ms", "60"]);
+    let (err, ballots) = (c.err.clone(), c.ballots);
     // A fixed pattern that a seed would pick: P B P P B P.
     let kill_primary = [true, false, true, true, false, true];
-    let mut primary_pid = primary.pid();
+    let mut primary_pid = c.primary.pid();
     for (round, &kill_p) in kill_primary.iter().enumerate() {
         wait_count(&err, "view-change role=backup", round + 1, T);
         let backup_pid = pid_of_line(&err, "view-change role=backup", T);
@@ -223,10 +171,6 @@ fn six_kills_of_random_replicas_leave_every_log_exact() {
             wait_line(&err, &format!("backup-exited pid={backup_pid}"), T);
         }
     }
-    finish_and_check(dir.path(), &mut procs, &clients, ballots);
-    let expected: String = (1..=ballots).map(|k| format!("{k} 3 2\n")).collect();
-    for (id, _) in &clients {
-        let log = std::fs::read_to_string(dir.path().join(format!("{id}.log"))).expect("log");
-        assert_eq!(log, expected, "log of {id}");
-    }
+    c.finish_and_check();
+    c.assert_every_log_is_3_yes_2_no();
 }

@@ -316,3 +316,57 @@ pub fn probe_port() -> u16 {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind probe");
     listener.local_addr().expect("probe addr").port()
 }
+
+/// The usual scenario: a primary (which spawns its backup) with test timings, and the five
+/// clients of [`three_yes_two_no`] voting until `ballots`. Every server logs to `err`.
+pub struct Cluster {
+    pub dir: tempfile::TempDir,
+    pub primary: Proc,
+    pub addr: String,
+    pub clients: Vec<(&'static str, Policy)>,
+    pub procs: Vec<Proc>,
+    pub err: PathBuf,
+    pub ballots: u64,
+}
+
+impl Cluster {
+    /// `extra` flags go to the primary, after `--ballots N --min-clients 5`.
+    pub fn start(ballots: u64, extra: &[&str]) -> Cluster {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let n = ballots.to_string();
+        let mut args = vec!["--ballots", n.as_str(), "--min-clients", "5"];
+        args.extend_from_slice(extra);
+        let (primary, addr) = start_primary(dir.path(), &args);
+        let clients = three_yes_two_no();
+        let procs = start_clients(dir.path(), &clients, &addr, ballots);
+        let err = dir.path().join("primary.err");
+        Cluster {
+            dir,
+            primary,
+            addr,
+            clients,
+            procs,
+            err,
+            ballots,
+        }
+    }
+
+    pub fn finish_and_check(&mut self) {
+        finish_and_check(
+            self.dir.path(),
+            &mut self.procs,
+            &self.clients,
+            self.ballots,
+        );
+    }
+
+    /// With three yes and two no voters, every line is `k 3 2`.
+    pub fn assert_every_log_is_3_yes_2_no(&self) {
+        let expected: String = (1..=self.ballots).map(|k| format!("{k} 3 2\n")).collect();
+        for (id, _) in &self.clients {
+            let path = self.dir.path().join(format!("{id}.log"));
+            let log = fs::read_to_string(path).expect("log");
+            assert_eq!(log, expected, "log of {id}");
+        }
+    }
+}
