@@ -526,7 +526,10 @@ impl Node {
             return;
         }
         if let ClientMsg::Stale { accepted } = &msg {
-            self.learn_view(*accepted, "client-says-stale");
+            // Only from a client that said hello here: a refused connection is nobody.
+            if self.client_conns.contains_key(&conn) {
+                self.learn_view(*accepted, "client-says-stale");
+            }
             return;
         }
         let Some(idx) = self.resolve_client(conn) else {
@@ -562,6 +565,12 @@ impl Node {
             return;
         }
         if let PeerMsg::Fence { view } = msg {
+            // Only on our own peer link: any connection could claim anything.
+            if self.peer.as_ref().is_none_or(|p| p.conn != conn) {
+                self.out
+                    .push_back(Output::Close(conn, "fence off the peer link"));
+                return;
+            }
             if self.role == Role::Joining {
                 // The primary we came to join was replaced; its successor spawns its own.
                 self.step_down(&format!("fenced while joining: view {view} is newer"));
@@ -842,7 +851,13 @@ impl Node {
     }
 
     fn new_proposal(&mut self, backup: Option<SocketAddr>) {
-        let number = View(self.highest_seen.0.max(self.view.number.0) + 1);
+        // Saturating: `highest_seen` comes from the network.
+        let number = View(
+            self.highest_seen
+                .0
+                .max(self.view.number.0)
+                .saturating_add(1),
+        );
         self.highest_seen = number;
         let view = ViewInfo {
             number,

@@ -15,8 +15,9 @@ pub struct View(pub u64);
 pub struct Seq(pub u64);
 
 impl Seq {
+    /// The following seq (saturating: a seq from the network may be anything).
     pub fn next(self) -> Seq {
-        Seq(self.0 + 1)
+        Seq(self.0.saturating_add(1))
     }
 }
 

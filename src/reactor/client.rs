@@ -140,12 +140,16 @@ impl Probe {
             ServerMsg::VoteRequest { seq, .. } => {
                 self.first_asked.entry(seq.0).or_insert(now);
             }
-            ServerMsg::Result { view, .. } | ServerMsg::Results { view, .. }
-                if self.views_above.is_some_and(|v| view.0 > v) =>
-            {
-                self.first_result_above.get_or_insert(now);
+            ServerMsg::Result { view, .. } | ServerMsg::Results { view, .. } => {
+                if self.views_above.is_some_and(|v| view.0 > v) {
+                    self.first_result_above.get_or_insert(now);
+                }
             }
-            _ => {}
+            ServerMsg::Welcome { .. }
+            | ServerMsg::NewView { .. }
+            | ServerMsg::Propose { .. }
+            | ServerMsg::Lease { .. }
+            | ServerMsg::Refused { .. } => {}
         }
     }
 
