@@ -174,6 +174,7 @@ fn peer_msg() -> impl Strategy<Value = PeerMsg> {
     prop_oneof![
         snapshot().prop_map(|s| PeerMsg::Snapshot(Box::new(s))),
         view_info().prop_map(|view| PeerMsg::Install { view }),
+        any::<u64>().prop_map(|v| PeerMsg::InstallAck { view: View(v) }),
         v.clone().prop_map(|view| PeerMsg::Heartbeat { view }),
         (v.clone(), client_id()).prop_map(|(view, client)| PeerMsg::Register { view, client }),
         (v.clone(), s.clone(), any::<u32>()).prop_map(|(view, seq, voters)| PeerMsg::Open {

@@ -209,6 +209,9 @@ pub struct Node {
     /// The installed view: the one this server acts in.
     view: ViewInfo,
     proposal: Option<Proposal>,
+    /// A view with a joiner that a majority accepted, sent to the joiner as `Install`:
+    /// installed here when the joiner acknowledges it.
+    pending_install: Option<ViewInfo>,
     /// The highest view number heard of anywhere; proposals go above it.
     highest_seen: View,
     /// Registered clients; the index is the client's number in ballots and on the peer link.
@@ -262,6 +265,7 @@ impl Node {
             role,
             view,
             proposal: None,
+            pending_install: None,
             highest_seen: view.number,
             clients: Vec::new(),
             client_index: HashMap::new(),
@@ -620,8 +624,20 @@ impl Node {
                     self.view = view;
                     self.highest_seen = self.highest_seen.max(view.number);
                     self.role = Role::Backup;
+                    self.out.push_back(Output::ToPeer(
+                        conn,
+                        PeerMsg::InstallAck { view: view.number },
+                    ));
                 }
             }
+            PeerMsg::InstallAck { view } => match self.pending_install {
+                Some(pending) if pending.number == view && self.role == Role::Primary => {
+                    self.pending_install = None;
+                    let accepted = self.clients.len() / 2 + 1;
+                    self.install(pending, accepted, now);
+                }
+                _ => debug!("install-ack-ignored view={view}"),
+            },
             PeerMsg::Register { view: _, client } => {
                 self.register(client);
             }
@@ -808,6 +824,13 @@ impl Node {
     /// a view that a majority installed without that backup. Until then this primary may
     /// itself be the stale one, and the "dead" backup its successor.
     fn backup_lost(&mut self, why: PeerLoss, now: Instant) {
+        if let Some(view) = self.pending_install.take() {
+            // The joiner may have acted on its Install (and told clients of the view in
+            // its Welcome): the view is real, so install it and lose its backup like any
+            // other. Proposals then build on it.
+            let accepted = self.majority();
+            self.install(view, accepted, now);
+        }
         // The configuration we are heading for: the pending proposal's, else the installed.
         let target_backup = match &self.proposal {
             Some(p) => p.view.backup,
@@ -1060,10 +1083,31 @@ impl Node {
         };
         self.timers.propose = None;
         let view = p.view;
+        // A view adding a joiner: the joiner first, the clients after its ack.
+        if let (Some(backup), Some(peer), Role::Primary) = (view.backup, &self.peer, self.role) {
+            if peer.addr == backup {
+                info!(
+                    "view-accepted view={view} accepted={}/{} waiting=install-ack",
+                    p.count(),
+                    self.clients.len()
+                );
+                self.out
+                    .push_back(Output::ToPeer(peer.conn, PeerMsg::Install { view }));
+                self.pending_install = Some(view);
+                // From now on what we tell clients must be known to the joiner too.
+                self.recommit();
+                self.commit_ready(now);
+                return;
+            }
+        }
+        self.install(view, p.count(), now);
+    }
+
+    /// Acts in `view` from now on and tells every client.
+    fn install(&mut self, view: ViewInfo, accepted: usize, now: Instant) {
         let took_over = self.role != Role::Primary;
         info!(
-            "view-change role=primary view={view} accepted={}/{} took_over={took_over}",
-            p.count(),
+            "view-change role=primary view={view} accepted={accepted}/{} took_over={took_over}",
             self.clients.len()
         );
         self.role = Role::Primary;
@@ -1098,12 +1142,6 @@ impl Node {
             if let Some(conn) = record.conn {
                 self.out
                     .push_back(Output::ToClient(conn, ServerMsg::NewView { view }));
-            }
-        }
-        if let (Some(backup), Some(peer)) = (view.backup, &self.peer) {
-            if peer.addr == backup {
-                self.out
-                    .push_back(Output::ToPeer(peer.conn, PeerMsg::Install { view }));
             }
         }
         self.recommit();
@@ -1438,6 +1476,7 @@ impl Node {
         }
         loop {
             let leased = self.holds_lease(now);
+            let needs_ack = self.commit_backup().is_some();
             let Some(front) = self.ballots.front_mut() else {
                 return;
             };
@@ -1458,9 +1497,10 @@ impl Node {
                     }
                     // Commit before telling: the backup, who could take over, must know the
                     // result before any client sees it.
-                    front.state = match self.view.backup {
-                        Some(_) => BallotState::Committing,
-                        None => BallotState::Acked,
+                    front.state = if needs_ack {
+                        BallotState::Committing
+                    } else {
+                        BallotState::Acked
                     };
                 }
                 BallotState::Acked if leased => self.publish(now),
@@ -1469,11 +1509,19 @@ impl Node {
         }
     }
 
+    /// The backup whose ack a result needs before any client sees it: the installed
+    /// view's, or the joiner's while its view waits for `InstallAck`.
+    fn commit_backup(&self) -> Option<SocketAddr> {
+        self.pending_install
+            .and_then(|v| v.backup)
+            .or(self.view.backup)
+    }
+
     fn commit_acked(&mut self, seq: Seq, now: Instant) {
         let from_backup = self
             .peer
             .as_ref()
-            .is_some_and(|p| Some(p.addr) == self.view.backup);
+            .is_some_and(|p| Some(p.addr) == self.commit_backup());
         match self.ballots.front_mut() {
             Some(front)
                 if from_backup && front.seq == seq && front.state == BallotState::Committing =>
@@ -1693,6 +1741,7 @@ impl PeerMsg {
             | PeerMsg::Forward { view, .. }
             | PeerMsg::Commit { view, .. }
             | PeerMsg::CommitAck { view, .. }
+            | PeerMsg::InstallAck { view }
             | PeerMsg::JoinRefused { view, .. } => *view,
         }
     }
@@ -1708,7 +1757,9 @@ impl PeerMsg {
             | PeerMsg::Commit { .. }
             | PeerMsg::JoinRefused { .. }
             | PeerMsg::Fence { .. } => true,
-            PeerMsg::Heartbeat { .. } | PeerMsg::CommitAck { .. } => false,
+            PeerMsg::Heartbeat { .. } | PeerMsg::CommitAck { .. } | PeerMsg::InstallAck { .. } => {
+                false
+            }
         }
     }
 }

@@ -129,8 +129,12 @@ pub enum PeerMsg {
     /// Primary to joining backup: the whole replicated state, then the live stream follows
     /// on the same connection.
     Snapshot(Box<Snapshot>),
-    /// Primary to backup: the view that includes you is installed.
+    /// Primary to joining backup: a majority accepted the view that includes you; act as
+    /// its backup. The primary installs it (and tells the clients) only on `InstallAck`,
+    /// so no client can follow a view whose backup could not take over.
     Install { view: ViewInfo },
+    /// Backup to primary: `Install` applied; everything sent before it has arrived.
+    InstallAck { view: View },
     /// Both ways, every heartbeat interval.
     Heartbeat { view: View },
     /// Primary to backup: a client registered and got the next client index.
