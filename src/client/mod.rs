@@ -281,7 +281,10 @@ impl Client {
         };
         match msg {
             ServerMsg::Welcome { view, lease_ms } => {
-                self.lease = Duration::from_millis(lease_ms);
+                // The lease length is the primary's: a backup's own flags may differ.
+                if from == view.primary || self.lease.is_zero() {
+                    self.lease = Duration::from_millis(lease_ms);
+                }
                 self.adopt_view(conn, from, view, now);
             }
             ServerMsg::NewView { view } => self.adopt_view(conn, from, view, now),
@@ -401,9 +404,13 @@ impl Client {
         }
         info!("view-accepted client={} view={view}", self.cfg.id);
         self.view = Some(view);
+        // A view below our promise does not take the lease from the proposer we promised
+        // (it may be acting on it already).
+        if view.number >= self.promised {
+            self.lease_holder = Some(view.primary);
+            self.heard_holder = (from == view.primary).then_some(now);
+        }
         self.promise(view.number);
-        self.lease_holder = Some(view.primary);
-        self.heard_holder = (from == view.primary).then_some(now);
         // Follow the view: talk to its servers; tell anyone else they were replaced.
         let wanted: Vec<SocketAddr> = view.servers().collect();
         self.links.retain(|link| {

@@ -519,7 +519,9 @@ impl Node {
 
     /// The backup this server spawned has exited (SIGCHLD).
     pub fn handle_child_exit(&mut self, now: Instant) {
-        if self.exited || self.role != Role::Primary {
+        // With a peer linked, the exited child may not be that peer (a backup started by
+        // hand can be in service); if it is, its connection's close tells us too.
+        if self.exited || self.role != Role::Primary || self.peer.is_some() {
             return;
         }
         self.peer_lost(PeerLoss::ChildExited, now);

@@ -95,7 +95,12 @@ fn write_promise(path: &Path, view: View) -> io::Result<()> {
     // The promise must outlive an OS crash too: two promises of one number could elect
     // two primaries.
     file.sync_all()?;
-    std::fs::rename(&tmp, path)
+    std::fs::rename(&tmp, path)?;
+    // The rename itself must be durable too.
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        File::open(dir)?.sync_all()?;
+    }
+    Ok(())
 }
 
 pub struct Hosted {

@@ -277,7 +277,11 @@ impl Server {
                     }
                     return Err(DecodeError::Malformed {
                         expected: "nothing",
-                        detail: format!("{} unexpected bytes on a status link", conn.unread()),
+                        detail: format!(
+                            "{} unexpected bytes on a link that expects none ({:?})",
+                            conn.unread(),
+                            conn.expect
+                        ),
                     });
                 }
             }
