@@ -7,26 +7,16 @@
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 
-make_dir kill-backup
-start_primary
-start_clients
-
-echo "== waiting for the spawned backup to join"
-wait_for "$ERR" 'view-change role=backup'
-BACKUP=$(tag_pid)
-echo "== waiting for a few results (ballot 10 in a.log)"
-wait_for "$DIR/a.log" '^10 '
-
-mark=$(wc -l <"$ERR")
+start_cluster kill-backup
 echo "== SIGKILL the backup (pid $BACKUP)"
 t0=$(now_s)
 kill -KILL "$BACKUP"
 echo "== the primary declares its peer dead and reaps it"
-wait_for "$ERR" 'peer-dead role=primary .*reason=' "$mark"
+wait_for "$ERR" 'peer-dead role=primary .*reason=' "$MARK"
 echo "== noticed $(ms_since "$t0") ms after the SIGKILL"
-wait_for "$ERR" "backup-exited pid=$BACKUP " "$mark"
+wait_for "$ERR" "backup-exited pid=$BACKUP " "$MARK"
 echo "== the primary spawns a new backup, which joins"
-wait_for "$ERR" 'spawned-backup' "$mark"
+wait_for "$ERR" 'spawned-backup' "$MARK"
 echo "== respawned $(ms_since "$t0") ms after the SIGKILL"
 wait_for "$ERR" 'view-change role=backup' "$LINE"
 

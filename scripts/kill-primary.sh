@@ -7,22 +7,13 @@
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 
-make_dir kill-primary
-start_primary
-start_clients
-
-echo "== waiting for the spawned backup to join"
-wait_for "$ERR" 'view-change role=backup'
-echo "== waiting for a few results (ballot 10 in a.log)"
-wait_for "$DIR/a.log" '^10 '
-
-mark=$(wc -l <"$ERR")
+start_cluster kill-primary
 echo "== SIGKILL the primary (pid $PRIMARY)"
 t0=$(now_s)
 kill -KILL "$PRIMARY"
 wait "$PRIMARY" 2>/dev/null || true # reap it, without bash's "Killed" notice
 echo "== the backup takes over"
-wait_for "$ERR" 'took_over=true' "$mark"
+wait_for "$ERR" 'took_over=true' "$MARK"
 took=$LINE new=$(tag_pid)
 wait_for "$ERR" "^backup\\[$new\\].*ballot-result" "$took"
 echo "== first result of the new view $(ms_since "$t0") ms after the SIGKILL"

@@ -92,3 +92,17 @@ ms_since() { # T0
     local ts=${HIT#* } && ts=${ts%% *}
     awk -v a="$1" -v b="$(date -d "$ts" +%s.%N)" 'BEGIN { printf "%.1f", (b - a) * 1000 }'
 }
+
+# The common first act of every scenario: a cluster in service and a few results logged.
+# Sets BACKUP (the joined backup's pid) and MARK (the servers' log length before the fault).
+start_cluster() { # NAME
+    make_dir "$1"
+    start_primary
+    start_clients
+    echo "== waiting for the spawned backup to join"
+    wait_for "$ERR" 'view-change role=backup'
+    BACKUP=$(tag_pid)
+    echo "== waiting for a few results (ballot 10 in a.log)"
+    wait_for "$DIR/a.log" '^10 '
+    MARK=$(wc -l <"$ERR")
+}

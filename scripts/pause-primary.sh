@@ -7,29 +7,19 @@
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 
-make_dir pause-primary
-start_primary
-start_clients
-
-echo "== waiting for the spawned backup to join"
-wait_for "$ERR" 'view-change role=backup'
-BACKUP=$(tag_pid)
-echo "== waiting for a few results (ballot 10 in a.log)"
-wait_for "$DIR/a.log" '^10 '
-
-mark=$(wc -l <"$ERR")
+start_cluster pause-primary
 echo "== SIGSTOP the primary (pid $PRIMARY)"
 kill -STOP "$PRIMARY"
 echo "== the backup (pid $BACKUP) misses its heartbeats and takes over"
-wait_for "$ERR" 'peer-dead role=backup .*reason=missed-heartbeats' "$mark"
+wait_for "$ERR" 'peer-dead role=backup .*reason=missed-heartbeats' "$MARK"
 wait_for "$ERR" 'took_over=true' "$LINE"
 echo "== results from the new primary"
 for _ in 1 2 3; do wait_for "$ERR" "^backup\[$BACKUP\].*ballot-result" "$LINE"; done
 
-mark=$(wc -l <"$ERR")
+MARK=$(wc -l <"$ERR")
 echo "== SIGCONT the old primary (pid $PRIMARY), which steps down"
 kill -CONT "$PRIMARY"
-wait_for "$ERR" "^primary\[$PRIMARY\].*stepped-down" "$mark"
+wait_for "$ERR" "^primary\[$PRIMARY\].*stepped-down" "$MARK"
 
 wait_clients
 check_logs

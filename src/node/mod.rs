@@ -736,17 +736,11 @@ impl Node {
         }
         if self.role == Role::Primary && !self.recovering {
             let round = self.lease_round(now);
-            for record in &self.clients {
-                if let Some(conn) = record.conn {
-                    self.out.push_back(Output::ToClient(
-                        conn,
-                        ServerMsg::Lease {
-                            view: self.view.number,
-                            round,
-                        },
-                    ));
-                }
-            }
+            let lease = ServerMsg::Lease {
+                view: self.view.number,
+                round,
+            };
+            self.send_to_clients(self.clients.len(), &lease);
         }
     }
 
@@ -1140,12 +1134,7 @@ impl Node {
             info!("client-registered client={id} at=takeover");
             self.register(id);
         }
-        for record in &self.clients {
-            if let Some(conn) = record.conn {
-                self.out
-                    .push_back(Output::ToClient(conn, ServerMsg::NewView { view }));
-            }
-        }
+        self.send_to_clients(self.clients.len(), &ServerMsg::NewView { view });
         self.recommit();
         self.timers.heartbeat = Some(now);
         if took_over {
@@ -1296,6 +1285,15 @@ impl Node {
         self.client_conns.insert(conn, ClientConn::Known(idx));
     }
 
+    /// Sends `msg` to every connected client among the first `count` registered.
+    fn send_to_clients(&mut self, count: usize, msg: &ServerMsg) {
+        for record in &self.clients[..count.min(self.clients.len())] {
+            if let Some(conn) = record.conn {
+                self.out.push_back(Output::ToClient(conn, msg.clone()));
+            }
+        }
+    }
+
     fn refuse_client(&mut self, conn: ConnId, reason: String) {
         warn!("client-refused conn={conn} reason={reason}");
         self.out.push_back(Output::ToClient(
@@ -1403,17 +1401,11 @@ impl Node {
                 },
             ));
         }
-        for record in &self.clients[..voters as usize] {
-            if let Some(conn) = record.conn {
-                self.out.push_back(Output::ToClient(
-                    conn,
-                    ServerMsg::VoteRequest {
-                        view: self.view.number,
-                        seq,
-                    },
-                ));
-            }
-        }
+        let request = ServerMsg::VoteRequest {
+            view: self.view.number,
+            seq,
+        };
+        self.send_to_clients(voters as usize, &request);
         self.ballots.push_back(Ballot::new(seq, voters, now));
         self.timers
             .reask
@@ -1550,18 +1542,12 @@ impl Node {
             self.view.number,
             now.saturating_duration_since(ballot.opened).as_millis()
         );
-        for record in &self.clients {
-            if let Some(conn) = record.conn {
-                self.out.push_back(Output::ToClient(
-                    conn,
-                    ServerMsg::Result {
-                        view: self.view.number,
-                        seq: ballot.seq,
-                        tally,
-                    },
-                ));
-            }
-        }
+        let result = ServerMsg::Result {
+            view: self.view.number,
+            seq: ballot.seq,
+            tally,
+        };
+        self.send_to_clients(self.clients.len(), &result);
         if self.ballots.is_empty() {
             self.timers.reask = None;
         }
