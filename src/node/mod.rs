@@ -1373,13 +1373,26 @@ impl Node {
             && self.cfg.ballots.is_none_or(|n| self.next_seq().0 <= n)
     }
 
+    /// Ballots open in groups: once half the window is free, the primary fills all of it.
+    /// The ballots of one group then ride together in one frame per client, their votes
+    /// come back in one frame, and they complete in the same turn, so the group stays
+    /// together. Refilling one slot per result instead keeps the ballots staggered, and
+    /// every socket carries one ballot per write (measured: ~1 ballot per loop turn).
+    fn may_refill(&self, now: Instant) -> bool {
+        let window = self.cfg.window.clamp(1, MAX_OPEN_BALLOTS);
+        let free = window.saturating_sub(self.ballots.len() as u64);
+        self.can_open(now) && free >= window.div_ceil(2)
+    }
+
     fn open_ballots(&mut self, now: Instant) {
-        while self.can_open(now)
-            && self
-                .last_open
-                .is_none_or(|t| t + self.cfg.ballot_interval <= now)
-        {
-            self.open_one_ballot(now);
+        if self.may_refill(now) {
+            while self.can_open(now)
+                && self
+                    .last_open
+                    .is_none_or(|t| t + self.cfg.ballot_interval <= now)
+            {
+                self.open_one_ballot(now);
+            }
         }
         self.arm_open_ballot(now);
     }
@@ -1415,7 +1428,7 @@ impl Node {
 
     /// Arms the ballot timer for the earliest moment the next ballot may open, if one may.
     fn arm_open_ballot(&mut self, now: Instant) {
-        self.timers.open_ballot = self.can_open(now).then(|| {
+        self.timers.open_ballot = self.may_refill(now).then(|| {
             self.last_open
                 .map_or(now, |t| (t + self.cfg.ballot_interval).max(now))
         });
@@ -1461,45 +1474,51 @@ impl Node {
         self.ballots.get_mut(offset as usize)
     }
 
-    /// Commits the oldest ballot if all its votes are in, and tells its result once the
-    /// backup (if the view has one) acknowledged it and we hold a majority's lease. Results
-    /// leave in seq order, so a later ballot that completes first waits for the ones before.
+    /// Commits every complete ballot in seq order (up to the first one still collecting
+    /// votes), and tells results from the front once the backup (if the view has one)
+    /// acknowledged them and we hold a majority's lease. Results leave in seq order, so a
+    /// later ballot that completes first waits for the ones before. Several commits are in
+    /// flight at once: one round trip to the backup per group of ballots, not per ballot.
     fn commit_ready(&mut self, now: Instant) {
         if self.role != Role::Primary {
             return;
         }
-        loop {
-            let leased = self.holds_lease(now);
-            let needs_ack = self.commit_backup().is_some();
-            let Some(front) = self.ballots.front_mut() else {
-                return;
-            };
-            match front.state {
-                BallotState::Open if front.complete() => {
-                    let (seq, tally) = (front.seq, front.tally());
+        let needs_ack = self.commit_backup().is_some();
+        let view = self.view.number;
+        for ballot in &mut self.ballots {
+            match ballot.state {
+                BallotState::Open if ballot.complete() => {
                     // A joining peer gets every commit too: its copy must be whole when it
                     // is installed as backup.
                     if let Some(peer) = &self.peer {
                         self.out.push_back(Output::ToPeer(
                             peer.conn,
                             PeerMsg::Commit {
-                                view: self.view.number,
-                                seq,
-                                tally,
+                                view,
+                                seq: ballot.seq,
+                                tally: ballot.tally(),
                             },
                         ));
                     }
                     // Commit before telling: the backup, who could take over, must know the
                     // result before any client sees it.
-                    front.state = if needs_ack {
+                    ballot.state = if needs_ack {
                         BallotState::Committing
                     } else {
                         BallotState::Acked
                     };
                 }
-                BallotState::Acked if leased => self.publish(now),
-                BallotState::Open | BallotState::Committing | BallotState::Acked => return,
+                BallotState::Open => break,
+                BallotState::Committing | BallotState::Acked => {}
             }
+        }
+        while self
+            .ballots
+            .front()
+            .is_some_and(|b| b.state == BallotState::Acked)
+            && self.holds_lease(now)
+        {
+            self.publish(now);
         }
     }
 
@@ -1516,11 +1535,9 @@ impl Node {
             .peer
             .as_ref()
             .is_some_and(|p| Some(p.addr) == self.commit_backup());
-        match self.ballots.front_mut() {
-            Some(front)
-                if from_backup && front.seq == seq && front.state == BallotState::Committing =>
-            {
-                front.state = BallotState::Acked;
+        match self.ballot_mut(seq) {
+            Some(ballot) if from_backup && ballot.state == BallotState::Committing => {
+                ballot.state = BallotState::Acked;
                 self.commit_ready(now);
             }
             _ => debug!("commit-ack-ignored seq={seq}"),

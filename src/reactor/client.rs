@@ -384,14 +384,15 @@ impl ClientHost {
         if event.is_writable() {
             self.conns.mark_writable(id);
         }
-        if event.is_readable() || event.is_read_closed() || event.is_error() {
-            self.read_conn(id, owner, now);
+        let peer_closed = event.is_read_closed() || event.is_error();
+        if event.is_readable() || peer_closed {
+            self.read_conn(id, owner, peer_closed, now);
         }
     }
 
-    fn read_conn(&mut self, id: ConnId, owner: usize, now: Instant) {
+    fn read_conn(&mut self, id: ConnId, owner: usize, peer_closed: bool, now: Instant) {
         loop {
-            let Some(fill) = self.conns.fill(id) else {
+            let Some(fill) = self.conns.fill(id, peer_closed) else {
                 return;
             };
             loop {

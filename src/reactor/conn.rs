@@ -1,6 +1,6 @@
 //! One TCP connection: its socket, read and write buffers, and where it is in its life.
-//! Edge-triggered discipline (mio's tcp_server example): read until `WouldBlock`, write
-//! until the buffer drains or `WouldBlock`.
+//! Edge-triggered discipline (mio's tcp_server example): read until `WouldBlock` or a short
+//! read, write until the buffer drains or `WouldBlock`.
 
 use crate::proto::codec::{self, DecodeError, EncodeError, Wire};
 use crate::proto::limits::MAX_FRAME_LEN;
@@ -52,7 +52,7 @@ pub struct Conn {
 pub enum Fill {
     /// Read some bytes; call again.
     More,
-    /// Nothing more to read now.
+    /// Nothing more to read now (possibly after reading some bytes).
     Drained,
     /// The peer closed its side.
     Eof,
@@ -109,7 +109,14 @@ impl Conn {
     /// One `read` through the loop's `scratch` buffer (shared by every connection); only
     /// the bytes that arrived are kept here. The caller decodes what arrived before
     /// reading again, so a flood never buffers more than one maximal frame plus a chunk.
-    pub fn fill(&mut self, scratch: &mut [u8]) -> io::Result<Fill> {
+    ///
+    /// A read shorter than the scratch buffer emptied the socket (epoll(7), "for
+    /// stream-oriented files ... read(2) returns a lower number of bytes"), so it ends the
+    /// turn's reading without the extra `read` that would only say `EAGAIN`: that saves
+    /// one syscall per readable socket per turn. Unless `peer_closed` (the event also
+    /// reported a hang-up or error): then we read on to the EOF that follows the data, as
+    /// no later edge would report it.
+    pub fn fill(&mut self, scratch: &mut [u8], peer_closed: bool) -> io::Result<Fill> {
         if self.rpos > 0 && self.rpos == self.rbuf.len() {
             self.rbuf.clear();
             self.rpos = 0;
@@ -125,7 +132,11 @@ impl Conn {
                 Ok(0) => return Ok(Fill::Eof),
                 Ok(n) => {
                     self.rbuf.extend_from_slice(&scratch[..n]);
-                    return Ok(Fill::More);
+                    return Ok(if n < scratch.len() && !peer_closed {
+                        Fill::Drained
+                    } else {
+                        Fill::More
+                    });
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Fill::Drained),

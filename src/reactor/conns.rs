@@ -128,13 +128,14 @@ impl Conns {
         self.dirty.push(id);
     }
 
-    /// One `read` on the connection through the shared scratch buffer.
-    pub fn fill(&mut self, id: ConnId) -> Option<io::Result<Fill>> {
+    /// One `read` on the connection through the shared scratch buffer; `peer_closed`:
+    /// the readiness event reported a hang-up or error too.
+    pub fn fill(&mut self, id: ConnId, peer_closed: bool) -> Option<io::Result<Fill>> {
         let conn = self
             .slab
             .get_mut(id.slot as usize)
             .filter(|c| c.gen == id.gen)?;
-        Some(conn.fill(&mut self.scratch))
+        Some(conn.fill(&mut self.scratch, peer_closed))
     }
 
     /// Writes every connection that has output, once; returns those to close now (the

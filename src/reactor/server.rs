@@ -191,15 +191,17 @@ impl Server {
         if event.is_writable() {
             self.conns.mark_writable(id);
         }
-        if event.is_readable() || event.is_read_closed() || event.is_error() {
-            self.read_conn(id, now);
+        let peer_closed = event.is_read_closed() || event.is_error();
+        if event.is_readable() || peer_closed {
+            self.read_conn(id, peer_closed, now);
         }
     }
 
-    /// Reads until `WouldBlock`, handing every complete frame to the node as it arrives.
-    fn read_conn(&mut self, id: ConnId, now: Instant) {
+    /// Reads until `WouldBlock` or a short read, handing every complete frame to the node as
+    /// it arrives.
+    fn read_conn(&mut self, id: ConnId, peer_closed: bool, now: Instant) {
         loop {
-            let Some(fill) = self.conns.fill(id) else {
+            let Some(fill) = self.conns.fill(id, peer_closed) else {
                 return;
             };
             if let Err(e) = self.dispatch_frames(id, now) {
