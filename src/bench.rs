@@ -7,7 +7,8 @@ use crate::check::{self, ClientLog, Expect};
 use crate::client::policy::Policy;
 use crate::client::{Client, ClientConfig};
 use crate::proto::{ClientId, Seq, View};
-use crate::reactor::client::{open_log, ClientHost, Hosted, Probe};
+use crate::reactor::client::{open_log, BallotSeen, ClientHost, Hosted, Probe};
+use std::collections::HashMap;
 use std::fs;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -24,6 +25,8 @@ pub struct BenchConfig {
     pub json: bool,
     /// After the measured interval, SIGKILL the primary, then the new primary's backup.
     pub failover: bool,
+    /// At most this many clients per process (default: the descriptor limit's share).
+    pub clients_per_process: Option<usize>,
 }
 
 /// Every figure of one run.
@@ -50,6 +53,9 @@ pub struct BenchReport {
     pub failover_ms: Option<f64>,
     /// SIGKILL of the (new) primary's spawned backup to its replacement process.
     pub respawn_ms: Option<f64>,
+    /// Processes hosting the clients: this one, plus workers when one process may not
+    /// open enough descriptors.
+    pub processes: usize,
 }
 
 /// The server process group: killed and reaped when the bench ends, however it ends.
@@ -74,9 +80,32 @@ fn free_port() -> Result<u16, String> {
         .map_err(|e| format!("probe a port: {e}"))
 }
 
+/// Processes started by the bench (the primary's group, client workers): killed and
+/// reaped when the bench ends, however it ends.
+struct Workers(Vec<Child>);
+
+impl Drop for Workers {
+    fn drop(&mut self) {
+        for child in &mut self.0 {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
 pub fn run(cfg: &BenchConfig) -> Result<BenchReport, String> {
     use std::os::unix::process::CommandExt;
-    raise_fd_limit(cfg.clients);
+    let per_process = clients_per_process()
+        .min(cfg.clients_per_process.unwrap_or(usize::MAX))
+        .max(1);
+    let processes = cfg.clients.div_ceil(per_process);
+    let chunk = cfg.clients.div_ceil(processes);
+    if processes > 1 && cfg.failover {
+        return Err(format!(
+            "--failover hosts every client on one loop: at most {per_process} clients here"
+        ));
+    }
+    raise_fd_limit(chunk);
     let dir = scratch_dir()?;
     let (p, b): (SocketAddr, SocketAddr) = (
         SocketAddr::from(([127, 0, 0, 1], free_port()?)),
@@ -84,7 +113,7 @@ pub fn run(cfg: &BenchConfig) -> Result<BenchReport, String> {
     );
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
     let err = fs::File::create(dir.join("servers.err")).map_err(|e| e.to_string())?;
-    let mut cmd = Command::new(exe);
+    let mut cmd = Command::new(&exe);
     cmd.args(["server", "--role", "primary"])
         .args([
             "--listen",
@@ -114,30 +143,34 @@ pub fn run(cfg: &BenchConfig) -> Result<BenchReport, String> {
     };
     wait_listening(p, Duration::from_secs(10))?;
 
-    let mut hosted = Vec::with_capacity(cfg.clients);
-    let now = Instant::now();
-    for i in 0..cfg.clients {
-        let path = dir.join(format!("c{i}.log"));
-        let (log, last, recent) = open_log(&path)?;
-        let core = Client::new(
-            ClientConfig {
-                id: ClientId(format!("c{i}")),
-                servers: vec![p, b],
-                policy: policy(i),
-                until: cfg.ballots.map(Seq),
-                redial: Duration::from_millis(200),
-            },
-            last,
-            &recent,
-            View(0),
-            now,
+    // Descriptors are per process: clients beyond what one process may open are hosted
+    // by worker processes, each its own event loop like this one.
+    let mut workers = Workers(Vec::new());
+    for first in (chunk..cfg.clients).step_by(chunk) {
+        let count = chunk.min(cfg.clients - first);
+        let err =
+            fs::File::create(dir.join(format!("worker-{first}.err"))).map_err(|e| e.to_string())?;
+        let mut cmd = Command::new(&exe);
+        cmd.args(["bench-worker", "--servers", &format!("{p},{b}")])
+            .arg("--dir")
+            .arg(&dir)
+            .args(["--first", &first.to_string(), "--count", &count.to_string()])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(err);
+        if let Some(n) = cfg.ballots {
+            cmd.args(["--until", &n.to_string()]);
+        }
+        workers.0.push(
+            cmd.spawn()
+                .map_err(|e| format!("start a bench worker: {e}"))?,
         );
-        hosted.push(Hosted::new(core, log, &path));
     }
-    let mut host = ClientHost::new(hosted).map_err(|e| format!("client host: {e}"))?;
+    let mut host = ClientHost::new(host_clients(&dir, 0..chunk, [p, b], cfg.ballots)?)
+        .map_err(|e| format!("client host: {e}"))?;
 
-    // With --duration, measure with the backup in service: every client follows a view
-    // that has one. With --ballots the count starts at ballot 1, whatever serves it.
+    // With --duration, measure with the backup in service: every client here follows a
+    // view that has one. With --ballots the count starts at ballot 1, whatever serves it.
     let warmup = Instant::now() + Duration::from_secs(30);
     while cfg.duration.is_some()
         && !host
@@ -163,8 +196,14 @@ pub fn run(cfg: &BenchConfig) -> Result<BenchReport, String> {
     let start = Instant::now();
     let deadline = cfg.duration.map(|d| start + d);
     host.run(deadline).map_err(|e| e.to_string())?;
-    let seconds = start.elapsed().as_secs_f64();
     let probe = host.probe.take().unwrap_or_default();
+    // With --ballots the run ends when the last worker's clients are done too.
+    let others = stop_workers(&mut workers, &dir, cfg.duration.is_some())?;
+    let end = Instant::now();
+    let seconds = end.duration_since(start).as_secs_f64();
+    let anchor = (Instant::now(), monotonic_ns());
+    let mut seen: Vec<Vec<Seen>> = vec![probe.done.iter().map(|b| Seen::of(b, anchor)).collect()];
+    seen.extend(others);
 
     let primary_pid = servers.primary.id();
     let backup = backup_pid(primary_pid);
@@ -187,23 +226,27 @@ pub fn run(cfg: &BenchConfig) -> Result<BenchReport, String> {
     for v in &violations {
         eprintln!("VIOLATION {v}");
     }
-    let mut lat = probe.latencies.clone();
+    let window_ns = (
+        Seen::ns(start, anchor),
+        Seen::ns(end, anchor).max(Seen::ns(start, anchor)),
+    );
+    let (ballots, votes, mut lat) = merge_seen(&seen, window_ns);
     lat.sort_unstable();
     let pct = |p: f64| -> f64 {
         lat.get(((lat.len() as f64 * p).ceil() as usize).saturating_sub(1))
-            .map_or(0.0, |d| d.as_secs_f64() * 1000.0)
+            .map_or(0.0, |&ns| ns as f64 / 1e6)
     };
     let report = BenchReport {
         clients: cfg.clients,
         window: cfg.window,
         seconds,
-        ballots: probe.ballots,
-        votes: probe.votes,
-        votes_per_s: probe.votes as f64 / seconds,
-        ballots_per_s: probe.ballots as f64 / seconds,
+        ballots,
+        votes,
+        votes_per_s: votes as f64 / seconds,
+        ballots_per_s: ballots as f64 / seconds,
         latency_p50_ms: pct(0.50),
         latency_p99_ms: pct(0.99),
-        latency_max_ms: lat.last().map_or(0.0, |d| d.as_secs_f64() * 1000.0),
+        latency_max_ms: lat.last().map_or(0.0, |&ns| ns as f64 / 1e6),
         primary_rss_kib: report_base.0,
         backup_rss_kib: report_base.1,
         primary_cpu_s: report_base.2,
@@ -211,6 +254,7 @@ pub fn run(cfg: &BenchConfig) -> Result<BenchReport, String> {
         logs_exact: violations.is_empty(),
         failover_ms,
         respawn_ms,
+        processes,
     };
     if violations.is_empty() {
         let _ = fs::remove_dir_all(&dir);
@@ -222,6 +266,177 @@ pub fn run(cfg: &BenchConfig) -> Result<BenchReport, String> {
             dir.display()
         ))
     }
+}
+
+/// The client cores `c{first}..c{first + count}`, each with its log in `dir`.
+fn host_clients(
+    dir: &Path,
+    range: std::ops::Range<usize>,
+    servers: [SocketAddr; 2],
+    until: Option<u64>,
+) -> Result<Vec<Hosted>, String> {
+    let mut hosted = Vec::with_capacity(range.len());
+    let now = Instant::now();
+    for i in range {
+        let path = dir.join(format!("c{i}.log"));
+        let (log, last, recent) = open_log(&path)?;
+        let core = Client::new(
+            ClientConfig {
+                id: ClientId(format!("c{i}")),
+                servers: servers.to_vec(),
+                policy: policy(i),
+                until: until.map(Seq),
+                redial: Duration::from_millis(200),
+            },
+            last,
+            &recent,
+            View(0),
+            now,
+        );
+        hosted.push(Hosted::new(core, log, &path));
+    }
+    Ok(hosted)
+}
+
+/// `pbvote bench-worker`: hosts clients `first..first + count` for a bench that has more
+/// clients than one process may hold descriptors for. Runs until SIGTERM (the bench's
+/// --duration is over) or until every client logged `until`, then writes what it saw to
+/// `<dir>/worker-<first>.seen` for the bench to merge.
+pub fn run_worker(
+    servers: [SocketAddr; 2],
+    dir: &Path,
+    first: usize,
+    count: usize,
+    until: Option<u64>,
+) -> Result<(), String> {
+    raise_fd_limit(count);
+    let mut host = ClientHost::new(host_clients(dir, first..first + count, servers, until)?)
+        .map_err(|e| format!("client host: {e}"))?;
+    host.probe = Some(Probe::default());
+    host.run(None).map_err(|e| e.to_string())?;
+    let anchor = (Instant::now(), monotonic_ns());
+    let mut text = String::new();
+    for b in host.probe.take().unwrap_or_default().done {
+        let seen = Seen::of(&b, anchor);
+        text.push_str(&format!(
+            "{} {} {} {}\n",
+            seen.seq, seen.asked_ns, seen.done_ns, seen.votes
+        ));
+    }
+    let path = dir.join(format!("worker-{first}.seen"));
+    fs::write(&path, text).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// One ballot as one process saw it, on the machine's monotonic clock (comparable across
+/// processes, unlike `Instant`).
+#[derive(Clone, Copy, Debug)]
+struct Seen {
+    seq: u64,
+    /// 0: not seen asked.
+    asked_ns: u64,
+    done_ns: u64,
+    votes: u64,
+}
+
+impl Seen {
+    fn ns(t: Instant, anchor: (Instant, u64)) -> u64 {
+        let ago = anchor.0.saturating_duration_since(t).as_nanos() as u64;
+        anchor.1.saturating_sub(ago)
+    }
+
+    fn of(b: &BallotSeen, anchor: (Instant, u64)) -> Seen {
+        Seen {
+            seq: b.seq,
+            asked_ns: b.asked.map_or(0, |t| Seen::ns(t, anchor)),
+            done_ns: Seen::ns(b.done, anchor),
+            votes: b.votes,
+        }
+    }
+
+    fn parse(line: &str) -> Option<Seen> {
+        let mut f = line.split(' ').map(|x| x.parse::<u64>().ok());
+        Some(Seen {
+            seq: f.next()??,
+            asked_ns: f.next()??,
+            done_ns: f.next()??,
+            votes: f.next()??,
+        })
+    }
+}
+
+fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime with a valid pointer to a local struct.
+    unsafe {
+        libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts);
+    }
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// Ends the workers (SIGTERM with --duration; with --ballots they end by themselves) and
+/// reads what each saw.
+fn stop_workers(workers: &mut Workers, dir: &Path, signal: bool) -> Result<Vec<Vec<Seen>>, String> {
+    let mut all = Vec::new();
+    for child in &mut workers.0 {
+        if signal {
+            // SAFETY: kill(2) on a worker we started and have not reaped.
+            unsafe {
+                libc::kill(child.id() as i32, libc::SIGTERM);
+            }
+        }
+        let status = child
+            .wait()
+            .map_err(|e| format!("wait for a worker: {e}"))?;
+        if !status.success() {
+            return Err(format!(
+                "a bench worker failed ({status}); see {}/worker-*.err",
+                dir.display()
+            ));
+        }
+    }
+    for entry in fs::read_dir(dir).map_err(|e| e.to_string())? {
+        let path = entry.map_err(|e| e.to_string())?.path();
+        if path.extension().is_some_and(|e| e == "seen") {
+            let text = fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+            all.push(text.lines().filter_map(Seen::parse).collect());
+        }
+    }
+    Ok(all)
+}
+
+/// Ballots every process saw complete within `window` (ns): how many, their votes, and
+/// each one's latency (first asked anywhere to last logged anywhere).
+fn merge_seen(per_process: &[Vec<Seen>], window: (u64, u64)) -> (u64, u64, Vec<u64>) {
+    let mut by_seq: HashMap<u64, (usize, Seen)> = HashMap::new();
+    for seen in per_process {
+        for s in seen {
+            let entry = by_seq.entry(s.seq).or_insert((0, *s));
+            entry.0 += 1;
+            let m = &mut entry.1;
+            m.done_ns = m.done_ns.max(s.done_ns);
+            if s.asked_ns != 0 {
+                m.asked_ns = if m.asked_ns == 0 {
+                    s.asked_ns
+                } else {
+                    m.asked_ns.min(s.asked_ns)
+                };
+            }
+        }
+    }
+    let (mut ballots, mut votes, mut lat) = (0, 0, Vec::new());
+    for (count, s) in by_seq.values() {
+        if *count == per_process.len() && s.done_ns >= window.0 && s.done_ns <= window.1 {
+            ballots += 1;
+            votes += s.votes;
+            if s.asked_ns != 0 {
+                lat.push(s.done_ns.saturating_sub(s.asked_ns));
+            }
+        }
+    }
+    (ballots, votes, lat)
 }
 
 /// Under load: SIGKILL the primary and time the first result of the new view; then
@@ -336,10 +551,55 @@ fn wait_listening(addr: SocketAddr, timeout: Duration) -> Result<(), String> {
     Ok(())
 }
 
-/// Each client holds its log file and two sockets (primary and backup). Raise the soft
-/// limit, and the hard one where we may (root); the servers inherit it.
+/// Descriptors a hosted client needs: its log and two sockets (primary and backup).
+const FDS_PER_CLIENT: u64 = 3;
+/// The loop's own (epoll, signal pipe, stdio) and room for the odd file.
+const FDS_SPARE: u64 = 256;
+
+/// The most clients one process can host under its hard descriptor limit.
+fn clients_per_process() -> usize {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit with a valid pointer to a local struct.
+    let hard = if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } == 0 {
+        lim.rlim_max
+    } else {
+        1024
+    };
+    // Root with CAP_SYS_RESOURCE may raise the hard limit; try before settling for it.
+    let hard = if hard < 1 << 20 && can_raise_hard_limit() {
+        1 << 20
+    } else {
+        hard
+    };
+    (hard.saturating_sub(FDS_SPARE) / FDS_PER_CLIENT).max(1) as usize
+}
+
+fn can_raise_hard_limit() -> bool {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit with valid pointers to local structs; the raise is
+    // kept, which is what the bench wants anyway.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            return false;
+        }
+        let raised = libc::rlimit {
+            rlim_cur: lim.rlim_cur,
+            rlim_max: lim.rlim_max.max(1 << 20),
+        };
+        libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0
+    }
+}
+
+/// Raise the soft limit for `clients` hosted here (the servers, started by this process,
+/// inherit it: they need about one descriptor per client).
 fn raise_fd_limit(clients: usize) {
-    let want = (clients as u64) * 3 + 256;
+    let want = (clients as u64) * FDS_PER_CLIENT + FDS_SPARE;
     let mut lim = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
@@ -349,14 +609,8 @@ fn raise_fd_limit(clients: usize) {
         if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 || lim.rlim_cur >= want {
             return;
         }
-        let raised = libc::rlimit {
-            rlim_cur: want,
-            rlim_max: lim.rlim_max.max(want),
-        };
-        if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) != 0 {
-            lim.rlim_cur = want.min(lim.rlim_max);
-            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
-        }
+        lim.rlim_cur = want.min(lim.rlim_max);
+        libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
     }
 }
 
@@ -397,8 +651,17 @@ fn backup_pid(primary: u32) -> Option<u32> {
 
 pub fn print_human(r: &BenchReport) {
     println!(
-        "clients {}  window {}  {:.2} s: {} ballots, {} votes",
-        r.clients, r.window, r.seconds, r.ballots, r.votes
+        "clients {}  window {}  {:.2} s: {} ballots, {} votes{}",
+        r.clients,
+        r.window,
+        r.seconds,
+        r.ballots,
+        r.votes,
+        if r.processes > 1 {
+            format!("  (clients hosted by {} processes)", r.processes)
+        } else {
+            String::new()
+        }
     );
     println!(
         "votes/s {:.0}  ballots/s {:.0}  latency ms p50 {:.2} p99 {:.2} max {:.2}",

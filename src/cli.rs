@@ -34,11 +34,30 @@ pub enum Command {
     Sim(SimArgs),
     /// Measure: a real primary and backup on loopback, N clients on this process's loop.
     Bench(BenchArgs),
+    /// Internal to `bench`: hosts a share of its clients when one process may not open
+    /// enough descriptors for all of them.
+    #[structopt(setting(structopt::clap::AppSettings::Hidden))]
+    BenchWorker(BenchWorkerArgs),
+}
+
+#[derive(Debug, StructOpt)]
+pub struct BenchWorkerArgs {
+    #[structopt(long, use_delimiter = true)]
+    pub servers: Vec<SocketAddr>,
+    #[structopt(long, parse(from_os_str))]
+    pub dir: std::path::PathBuf,
+    #[structopt(long)]
+    pub first: usize,
+    #[structopt(long)]
+    pub count: usize,
+    #[structopt(long)]
+    pub until: Option<u64>,
 }
 
 #[derive(Debug, StructOpt)]
 pub struct BenchArgs {
-    /// Clients, all hosted on the bench's own event loop.
+    /// Clients, hosted on the bench's own event loop (and on worker processes beyond what
+    /// one process may open descriptors for: 3 per client).
     #[structopt(long, default_value = "100")]
     pub clients: usize,
     /// Ballots open at once (1: strictly one at a time).
@@ -55,6 +74,10 @@ pub struct BenchArgs {
     /// One JSON line instead of text.
     #[structopt(long)]
     pub json: bool,
+    /// Host at most this many clients per process (default: what the descriptor limit
+    /// allows, 3 per client); the rest go to worker processes.
+    #[structopt(long)]
+    pub clients_per_process: Option<usize>,
     /// After the measured interval (needs --duration), SIGKILL the primary and time the
     /// first result of the new view, then SIGKILL the spawned backup and time its respawn.
     #[structopt(long)]
@@ -209,6 +232,7 @@ pub fn main() -> i32 {
         Command::CheckLogs(args) => run_check(args),
         Command::Sim(args) => run_sim(args),
         Command::Bench(args) => run_bench(args),
+        Command::BenchWorker(args) => run_bench_worker(args),
     };
     match result {
         Ok(()) => 0,
@@ -508,6 +532,7 @@ fn run_bench(args: BenchArgs) -> Result<(), Failure> {
         heartbeat_ms: args.heartbeat_ms,
         json: args.json,
         failover: args.failover,
+        clients_per_process: args.clients_per_process,
     };
     let report = bench::run(&cfg).map_err(Failure::Runtime)?;
     if args.json {
@@ -517,6 +542,15 @@ fn run_bench(args: BenchArgs) -> Result<(), Failure> {
         bench::print_human(&report);
     }
     Ok(())
+}
+
+fn run_bench_worker(args: BenchWorkerArgs) -> Result<(), Failure> {
+    let [p, b] = args.servers[..] else {
+        return Err(Failure::Usage("--servers takes two addresses".into()));
+    };
+    init_logging("warn", format!("bench-worker-{}", args.first))?;
+    bench::run_worker([p, b], &args.dir, args.first, args.count, args.until)
+        .map_err(Failure::Runtime)
 }
 
 fn run_sim(args: SimArgs) -> Result<(), Failure> {

@@ -66,19 +66,10 @@ fn status_reports_role_view_clients_and_peer() {
     assert!(json["view"]["backup"].is_string(), "{json}");
 }
 
-/// Not a speed test: the bench runs end to end, reports, and checks every client log.
-#[test]
-fn bench_completes_ballots_and_checks_its_logs() {
+fn bench(args: &[&str]) -> serde_json::Value {
     let out = std::process::Command::new(BIN)
-        .args([
-            "bench",
-            "--clients",
-            "10",
-            "--window",
-            "4",
-            "--ballots",
-            "30",
-        ])
+        .arg("bench")
+        .args(args)
         .args(["--heartbeat-ms", "50", "--json"])
         .output()
         .expect("run bench");
@@ -87,12 +78,40 @@ fn bench_completes_ballots_and_checks_its_logs() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    serde_json::from_slice(&out.stdout).expect("json")
+}
+
+/// Not a speed test: the bench runs end to end, reports, and checks every client log.
+#[test]
+fn bench_completes_ballots_and_checks_its_logs() {
+    let json = bench(&["--clients", "10", "--window", "4", "--ballots", "30"]);
     assert_eq!(json["logs_exact"], true, "{json}");
-    assert_eq!(
-        json["votes"],
-        json["ballots"].as_u64().unwrap_or(0) * 10,
+    assert_eq!(json["processes"], 1, "{json}");
+    // With --ballots every ballot counts: 30 ballots, 10 votes each.
+    assert_eq!(json["ballots"], 30, "{json}");
+    assert_eq!(json["votes"], 300, "{json}");
+}
+
+/// The clients split over worker processes (as when one process may not open enough
+/// descriptors): every ballot is counted once, from all of them, and every log checked.
+#[test]
+fn bench_with_worker_processes_merges_what_each_saw() {
+    let json = bench(&[
+        "--clients",
+        "7",
+        "--clients-per-process",
+        "3",
+        "--window",
+        "4",
+        "--ballots",
+        "25",
+    ]);
+    assert_eq!(json["processes"], 3, "{json}");
+    assert_eq!(json["logs_exact"], true, "{json}");
+    assert_eq!(json["ballots"], 25, "{json}");
+    assert_eq!(json["votes"], 175, "{json}");
+    assert!(
+        json["latency_max_ms"].as_f64().unwrap_or(0.0) > 0.0,
         "{json}"
     );
-    assert!(json["ballots"].as_u64().unwrap_or(0) > 0, "{json}");
 }

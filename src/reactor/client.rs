@@ -128,15 +128,25 @@ impl Hosted {
 pub struct Probe {
     first_asked: HashMap<u64, Instant>,
     logged: HashMap<u64, u32>,
-    /// Ballots every hosted client logged, with the votes counted in them.
-    pub ballots: u64,
-    pub votes: u64,
-    /// From the first `VoteRequest` any hosted client got to the last client's log line.
-    pub latencies: Vec<Duration>,
+    /// Every ballot all hosted clients logged, in the order they completed.
+    pub done: Vec<BallotSeen>,
     /// Watch for a result tagged with a view above this one (a failover)...
     pub views_above: Option<u64>,
     /// ...and note when the first one arrived.
     pub first_result_above: Option<Instant>,
+}
+
+/// One ballot as one host saw it.
+#[derive(Clone, Copy, Debug)]
+pub struct BallotSeen {
+    pub seq: u64,
+    /// The first `VoteRequest` for it that any hosted client got (none: asked before the
+    /// probe was set).
+    pub asked: Option<Instant>,
+    /// The last hosted client's log line.
+    pub done: Instant,
+    /// Votes counted in its result.
+    pub votes: u64,
 }
 
 impl Probe {
@@ -163,11 +173,12 @@ impl Probe {
         *count += 1;
         if *count == clients {
             self.logged.remove(&seq);
-            self.ballots += 1;
-            self.votes += votes;
-            if let Some(asked) = self.first_asked.remove(&seq) {
-                self.latencies.push(now.saturating_duration_since(asked));
-            }
+            self.done.push(BallotSeen {
+                seq,
+                asked: self.first_asked.remove(&seq),
+                done: now,
+                votes,
+            });
         }
     }
 }
