@@ -81,10 +81,9 @@ fn bad_frames_close_only_their_connection_and_lose_no_vote() {
         ),
         (
             "client message as hello",
-            frame(&ClientMsg::Vote {
+            frame(&ClientMsg::Votes {
                 view: View(1),
-                seq: Seq(1),
-                yes: true,
+                votes: vec![(Seq(1), true)],
             })
             .expect("encode"),
             false,
@@ -144,10 +143,9 @@ fn client_message_on_the_peer_link_closes_that_link() {
     })
     .expect("encode");
     bytes.extend(
-        frame(&ClientMsg::Vote {
+        frame(&ClientMsg::Votes {
             view: View(1),
-            seq: Seq(1),
-            yes: true,
+            votes: vec![(Seq(1), true)],
         })
         .expect("encode"),
     );

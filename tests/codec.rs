@@ -52,11 +52,14 @@ fn hello() -> impl Strategy<Value = Hello> {
 
 fn client_msg() -> impl Strategy<Value = ClientMsg> {
     prop_oneof![
-        (any::<u64>(), any::<u64>(), any::<bool>()).prop_map(|(v, s, yes)| ClientMsg::Vote {
-            view: View(v),
-            seq: Seq(s),
-            yes,
-        }),
+        (
+            any::<u64>(),
+            proptest::collection::vec((any::<u64>(), any::<bool>()), 0..20)
+        )
+            .prop_map(|(v, votes)| ClientMsg::Votes {
+                view: View(v),
+                votes: votes.into_iter().map(|(s, yes)| (Seq(s), yes)).collect(),
+            }),
         (any::<u64>(), any::<u64>()).prop_map(|(v, s)| ClientMsg::Resend {
             view: View(v),
             from: Seq(s),
@@ -112,14 +115,12 @@ fn server_msg() -> impl Strategy<Value = ServerMsg> {
             view: View(v),
             round
         }),
-        (any::<u64>(), any::<u64>()).prop_map(|(v, s)| ServerMsg::VoteRequest {
-            view: View(v),
-            seq: Seq(s),
-        }),
-        (any::<u64>(), any::<u64>(), tally()).prop_map(|(v, s, tally)| ServerMsg::Result {
-            view: View(v),
-            seq: Seq(s),
-            tally,
+        (any::<u64>(), any::<u64>(), any::<u32>()).prop_map(|(v, s, count)| {
+            ServerMsg::VoteRequest {
+                view: View(v),
+                first: Seq(s),
+                count,
+            }
         }),
         (
             any::<u64>(),
@@ -182,14 +183,17 @@ fn peer_msg() -> impl Strategy<Value = PeerMsg> {
             seq,
             voters
         }),
-        (v.clone(), s.clone(), any::<u32>(), any::<bool>()).prop_map(|(view, seq, client, yes)| {
-            PeerMsg::Forward {
+        (
+            v.clone(),
+            proptest::collection::vec((any::<u64>(), any::<u32>(), any::<bool>()), 0..20)
+        )
+            .prop_map(|(view, votes)| PeerMsg::Forward {
                 view,
-                seq,
-                client,
-                yes,
-            }
-        }),
+                votes: votes
+                    .into_iter()
+                    .map(|(s, client, yes)| (Seq(s), client, yes))
+                    .collect(),
+            }),
         (v.clone(), s.clone(), tally()).prop_map(|(view, seq, tally)| PeerMsg::Commit {
             view,
             seq,

@@ -9,7 +9,7 @@ pub mod policy;
 
 use crate::ballot_log::LogLine;
 use crate::link::ConnId;
-use crate::proto::limits::MAX_RECOVERY_TAIL;
+use crate::proto::limits::{MAX_OPEN_BALLOTS, MAX_RECOVERY_TAIL};
 use crate::proto::{ClientId, ClientMsg, Hello, NodeId, Seq, ServerMsg, Tally, View, ViewInfo};
 use log::{debug, info, warn};
 use policy::Policy;
@@ -313,14 +313,9 @@ impl Client {
                     ));
                 }
             }
-            ServerMsg::VoteRequest { view, seq } => {
+            ServerMsg::VoteRequest { view, first, count } => {
                 if self.current(conn, from, view, now) {
-                    self.vote(view, seq);
-                }
-            }
-            ServerMsg::Result { view, seq, tally } => {
-                if self.current(conn, from, view, now) {
-                    self.deliver(conn, seq, tally);
+                    self.vote(view, first, count);
                 }
             }
             ServerMsg::Results {
@@ -526,29 +521,58 @@ impl Client {
         ));
     }
 
-    fn vote(&mut self, view: View, seq: Seq) {
-        if seq <= self.last_logged {
-            return;
-        }
-        let policy = self.cfg.policy;
-        let yes = *self.cast.entry(seq).or_insert_with(|| policy.vote(seq.0));
+    /// Votes on ballots `first .. first + count` (those not logged yet), to every server
+    /// it is linked to: one `Votes` per server for everything asked in one loop turn.
+    fn vote(&mut self, view: View, first: Seq, count: u32) {
         let Some(current) = self.view else {
             return;
         };
+        // No server has more ballots open than this; a larger count is not honoured.
+        let count = u64::from(count).min(MAX_OPEN_BALLOTS);
+        let policy = self.cfg.policy;
+        let mut votes = Vec::new();
+        for seq in (first.0.max(self.last_logged.0 + 1)..first.0.saturating_add(count)).map(Seq) {
+            let yes = *self.cast.entry(seq).or_insert_with(|| policy.vote(seq.0));
+            votes.push((seq, yes));
+        }
+        if votes.is_empty() {
+            return;
+        }
         debug!(
-            "vote client={} seq={seq} yes={yes} view={view}",
-            self.cfg.id
+            "vote client={} first={} count={} view={view}",
+            self.cfg.id,
+            votes[0].0,
+            votes.len()
         );
         for link in &self.links {
-            if let LinkState::Up(conn) = link.state {
-                self.out.push_back(ClientOutput::Send(
-                    conn,
-                    ClientMsg::Vote {
-                        view: current.number,
-                        seq,
-                        yes,
+            let LinkState::Up(conn) = link.state else {
+                continue;
+            };
+            // Fold into this turn's Votes to that server if it is the last thing queued
+            // for that connection (never past another message: order is kept).
+            let last_to_conn = self.out.iter_mut().rev().find(|o| match o {
+                ClientOutput::Send(to, _)
+                | ClientOutput::Hello(to, _)
+                | ClientOutput::Close(to) => *to == conn,
+                ClientOutput::Dial(_) | ClientOutput::Promise(_) | ClientOutput::Append(_) => false,
+            });
+            match last_to_conn {
+                Some(ClientOutput::Send(
+                    _,
+                    ClientMsg::Votes {
+                        view,
+                        votes: pending,
                     },
-                ));
+                )) if *view == current.number => {
+                    pending.extend_from_slice(&votes);
+                }
+                _ => self.out.push_back(ClientOutput::Send(
+                    conn,
+                    ClientMsg::Votes {
+                        view: current.number,
+                        votes: votes.clone(),
+                    },
+                )),
             }
         }
     }

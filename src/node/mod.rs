@@ -543,7 +543,11 @@ impl Node {
             return;
         };
         match msg {
-            ClientMsg::Vote { view: _, seq, yes } => self.count_vote(idx, seq, yes, now),
+            ClientMsg::Votes { view: _, votes } => {
+                for (seq, yes) in votes {
+                    self.count_vote(idx, seq, yes, now);
+                }
+            }
             ClientMsg::Resend { view: _, from } => {
                 if self.role == Role::Primary {
                     self.send_results_from(conn, from);
@@ -657,13 +661,10 @@ impl Node {
                 }
                 self.ballots.push_back(Ballot::new(seq, voters, now));
             }
-            PeerMsg::Forward {
-                view: _,
-                seq,
-                client,
-                yes,
-            } => {
-                self.count_vote(client, seq, yes, now);
+            PeerMsg::Forward { view: _, votes } => {
+                for (seq, client, yes) in votes {
+                    self.count_vote(client, seq, yes, now);
+                }
             }
             PeerMsg::Commit { view, seq, tally } => self.apply_commit(conn, view, seq, tally),
             PeerMsg::CommitAck { view: _, seq } => self.commit_acked(seq, now),
@@ -1254,17 +1255,7 @@ impl Node {
                     );
                 }
                 self.send_results_from(conn, last_seq.next());
-                for ballot in &self.ballots {
-                    if ballot.awaits(idx) {
-                        self.out.push_back(Output::ToClient(
-                            conn,
-                            ServerMsg::VoteRequest {
-                                view: self.view.number,
-                                seq: ballot.seq,
-                            },
-                        ));
-                    }
-                }
+                self.ask_missing_votes(idx, conn);
                 self.arm_open_ballot(now);
             }
         }
@@ -1283,6 +1274,41 @@ impl Node {
             }
         }
         self.client_conns.insert(conn, ClientConn::Known(idx));
+    }
+
+    /// Asks client `idx` for every vote of its that an open ballot still lacks: one
+    /// `VoteRequest` per run of consecutive ballots.
+    fn ask_missing_votes(&mut self, idx: u32, conn: ConnId) {
+        let view = self.view.number;
+        let mut run: Option<(Seq, u32)> = None;
+        for ballot in &self.ballots {
+            if !ballot.awaits(idx) {
+                continue;
+            }
+            match &mut run {
+                Some((first, count)) if first.0 + u64::from(*count) == ballot.seq.0 => {
+                    *count += 1;
+                }
+                _ => {
+                    if let Some((first, count)) = run.replace((ballot.seq, 1)) {
+                        self.out.push_back(Output::ToClient(
+                            conn,
+                            ServerMsg::VoteRequest { view, first, count },
+                        ));
+                    }
+                }
+            }
+        }
+        if let Some((first, count)) = run {
+            debug!(
+                "vote-ask client={} first={first} count={count}",
+                self.clients[idx as usize].id
+            );
+            self.out.push_back(Output::ToClient(
+                conn,
+                ServerMsg::VoteRequest { view, first, count },
+            ));
+        }
     }
 
     /// Sends `msg` to every connected client among the first `count` registered.
@@ -1386,6 +1412,7 @@ impl Node {
 
     fn open_ballots(&mut self, now: Instant) {
         if self.may_refill(now) {
+            let first = self.next_seq();
             while self.can_open(now)
                 && self
                     .last_open
@@ -1393,10 +1420,20 @@ impl Node {
             {
                 self.open_one_ballot(now);
             }
+            let count = self.next_seq().0.saturating_sub(first.0) as u32;
+            if count > 0 {
+                let request = ServerMsg::VoteRequest {
+                    view: self.view.number,
+                    first,
+                    count,
+                };
+                self.send_to_clients(self.clients.len(), &request);
+            }
         }
         self.arm_open_ballot(now);
     }
 
+    /// Opens the next ballot; the caller asks the clients for the votes of all it opened.
     fn open_one_ballot(&mut self, now: Instant) {
         let seq = self.next_seq();
         let voters = self.clients.len() as u32;
@@ -1414,11 +1451,6 @@ impl Node {
                 },
             ));
         }
-        let request = ServerMsg::VoteRequest {
-            view: self.view.number,
-            seq,
-        };
-        self.send_to_clients(voters as usize, &request);
         self.ballots.push_back(Ballot::new(seq, voters, now));
         self.timers
             .reask
@@ -1455,15 +1487,22 @@ impl Node {
             return;
         }
         if let Some(peer) = &self.peer {
-            self.out.push_back(Output::ToPeer(
-                peer.conn,
-                PeerMsg::Forward {
-                    view: self.view.number,
-                    seq,
-                    client,
-                    yes,
-                },
-            ));
+            // Votes counted in a row ride in one Forward.
+            let view = self.view.number;
+            match self.out.back_mut() {
+                Some(Output::ToPeer(to, PeerMsg::Forward { view: v, votes }))
+                    if *to == peer.conn && *v == view =>
+                {
+                    votes.push((seq, client, yes));
+                }
+                _ => self.out.push_back(Output::ToPeer(
+                    peer.conn,
+                    PeerMsg::Forward {
+                        view,
+                        votes: vec![(seq, client, yes)],
+                    },
+                )),
+            }
         }
         self.commit_ready(now);
     }
@@ -1512,13 +1551,28 @@ impl Node {
                 BallotState::Committing | BallotState::Acked => {}
             }
         }
+        let first = self.committed().next();
+        let mut tallies = Vec::new();
         while self
             .ballots
             .front()
             .is_some_and(|b| b.state == BallotState::Acked)
             && self.holds_lease(now)
         {
-            self.publish(now);
+            tallies.push(self.publish_one(now));
+        }
+        if !tallies.is_empty() {
+            // Results published together ride in one frame.
+            let results = ServerMsg::Results {
+                view: self.view.number,
+                first,
+                tallies,
+            };
+            self.send_to_clients(self.clients.len(), &results);
+            if self.ballots.is_empty() {
+                self.timers.reask = None;
+            }
+            self.arm_open_ballot(now);
         }
     }
 
@@ -1544,10 +1598,11 @@ impl Node {
         }
     }
 
-    /// The front ballot's result is final and known to the backup: tell every client.
-    fn publish(&mut self, now: Instant) {
+    /// The front ballot's result is final and known to the backup: record it as published
+    /// (the caller tells every client).
+    fn publish_one(&mut self, now: Instant) -> Tally {
         let Some(ballot) = self.ballots.pop_front() else {
-            return;
+            return Tally::default();
         };
         let tally = ballot.tally();
         self.results.push(tally);
@@ -1559,34 +1614,16 @@ impl Node {
             self.view.number,
             now.saturating_duration_since(ballot.opened).as_millis()
         );
-        let result = ServerMsg::Result {
-            view: self.view.number,
-            seq: ballot.seq,
-            tally,
-        };
-        self.send_to_clients(self.clients.len(), &result);
-        if self.ballots.is_empty() {
-            self.timers.reask = None;
-        }
-        self.arm_open_ballot(now);
+        tally
     }
 
     fn reask_missing_voters(&mut self, now: Instant) {
         if self.role != Role::Primary {
             return;
         }
-        for ballot in &self.ballots {
-            for (idx, record) in self.clients.iter().enumerate().take(ballot.voters as usize) {
-                if let (true, Some(conn)) = (ballot.awaits(idx as u32), record.conn) {
-                    debug!("vote-reask client={} seq={}", record.id, ballot.seq);
-                    self.out.push_back(Output::ToClient(
-                        conn,
-                        ServerMsg::VoteRequest {
-                            view: self.view.number,
-                            seq: ballot.seq,
-                        },
-                    ));
-                }
+        for idx in 0..self.clients.len() {
+            if let Some(conn) = self.clients[idx].conn {
+                self.ask_missing_votes(idx as u32, conn);
             }
         }
         if !self.ballots.is_empty() {

@@ -53,8 +53,9 @@ impl Hello {
 /// Client to server.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum ClientMsg {
-    /// The client's vote on ballot `seq`, sent to every server of the view it accepted.
-    Vote { view: View, seq: Seq, yes: bool },
+    /// The client's votes, `(seq, yes)`, sent to every server of the view it accepted.
+    /// Votes on ballots asked for together travel together.
+    Votes { view: View, votes: Vec<(Seq, bool)> },
     /// "Send me every result from `from` on": the client saw a result past a gap.
     Resend { view: View, from: Seq },
     /// The client accepted the proposed `view`. It reports what the proposer needs to
@@ -109,11 +110,10 @@ pub enum ServerMsg {
     },
     /// The primary's lease renewal, every heartbeat interval; answered with `LeaseAck`.
     Lease { view: View, round: u64 },
-    /// Ballot `seq` is open: please vote.
-    VoteRequest { view: View, seq: Seq },
-    /// The final tally of ballot `seq`.
-    Result { view: View, seq: Seq, tally: Tally },
-    /// Catch-up: the tallies of `first`, `first + 1`, ... in order.
+    /// Ballots `first .. first + count` are open: please vote on each.
+    VoteRequest { view: View, first: Seq, count: u32 },
+    /// The final tallies of ballots `first`, `first + 1`, ... in order: the results
+    /// published together, or a catch-up.
     Results {
         view: View,
         first: Seq,
@@ -141,12 +141,10 @@ pub enum PeerMsg {
     Register { view: View, client: ClientId },
     /// Primary to backup: ballot `seq` opened; its electorate is client indexes `0..voters`.
     Open { view: View, seq: Seq, voters: u32 },
-    /// Primary to backup: a vote the primary received.
+    /// Primary to backup: votes the primary counted, `(seq, client index, yes)`.
     Forward {
         view: View,
-        seq: Seq,
-        client: u32,
-        yes: bool,
+        votes: Vec<(Seq, u32, bool)>,
     },
     /// Primary to backup: ballot `seq` is final with this tally; acknowledge before the
     /// primary tells any client.

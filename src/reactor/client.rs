@@ -152,10 +152,12 @@ pub struct BallotSeen {
 impl Probe {
     fn saw(&mut self, msg: &ServerMsg, now: Instant) {
         match msg {
-            ServerMsg::VoteRequest { seq, .. } => {
-                self.first_asked.entry(seq.0).or_insert(now);
+            ServerMsg::VoteRequest { first, count, .. } => {
+                for seq in first.0..first.0.saturating_add(u64::from(*count)) {
+                    self.first_asked.entry(seq).or_insert(now);
+                }
             }
-            ServerMsg::Result { view, .. } | ServerMsg::Results { view, .. } => {
+            ServerMsg::Results { view, .. } => {
                 if self.views_above.is_some_and(|v| view.0 > v) {
                     self.first_result_above.get_or_insert(now);
                 }
