@@ -169,18 +169,15 @@ pub fn run(cfg: &BenchConfig) -> Result<BenchReport, String> {
     let mut host = ClientHost::new(host_clients(&dir, 0..chunk, [p, b], cfg.ballots)?)
         .map_err(|e| format!("client host: {e}"))?;
 
-    // With --duration, measure with the backup in service: every client here follows a
-    // view that has one. With --ballots the count starts at ballot 1, whatever serves it.
-    let warmup = Instant::now() + Duration::from_secs(30);
-    while cfg.duration.is_some()
-        && !host
-            .clients
-            .iter()
-            .all(|c| c.core.view().is_some_and(|v| v.backup.is_some()))
-    {
+    // With --duration, measure with the backup in service: every client, here and in the
+    // workers, follows a view that has one (with 10,000 clients each view change costs
+    // 20,000 fsyncs of promises, seconds of settling). With --ballots the count starts at
+    // ballot 1, whatever serves it.
+    let warmup = Instant::now() + Duration::from_secs(60);
+    while cfg.duration.is_some() && !(host.all_paired() && workers_ready(&dir, workers.0.len())) {
         if Instant::now() > warmup {
             return Err(format!(
-                "the backup did not join within 30 s; see {}",
+                "the backup did not join within 60 s; see {}",
                 dir.join("servers.err").display()
             ));
         }
@@ -313,7 +310,16 @@ pub fn run_worker(
     let mut host = ClientHost::new(host_clients(dir, first..first + count, servers, until)?)
         .map_err(|e| format!("client host: {e}"))?;
     host.probe = Some(Probe::default());
-    host.run(None).map_err(|e| e.to_string())?;
+    let mut ready = false;
+    while !host.stopped() && !host.all_done() {
+        host.run(Some(Instant::now() + Duration::from_millis(10)))
+            .map_err(|e| e.to_string())?;
+        if !ready && host.all_paired() {
+            ready = true;
+            let path = dir.join(format!("worker-{first}.ready"));
+            fs::write(&path, "").map_err(|e| format!("{}: {e}", path.display()))?;
+        }
+    }
     let anchor = (Instant::now(), monotonic_ns());
     let mut text = String::new();
     for b in host.probe.take().unwrap_or_default().done {
@@ -325,6 +331,17 @@ pub fn run_worker(
     }
     let path = dir.join(format!("worker-{first}.seen"));
     fs::write(&path, text).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// Every worker said all its clients follow a view with a backup.
+fn workers_ready(dir: &Path, workers: usize) -> bool {
+    fs::read_dir(dir).is_ok_and(|entries| {
+        entries
+            .filter_map(|e| e.ok())
+            .filter(|e| e.path().extension().is_some_and(|x| x == "ready"))
+            .count()
+            == workers
+    })
 }
 
 /// One ballot as one process saw it, on the machine's monotonic clock (comparable across

@@ -31,6 +31,7 @@ use crate::proto::{
 };
 use ballot::{Ballot, BallotState, VoteOutcome};
 use log::{debug, info, warn};
+use std::cell::Cell;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -161,6 +162,19 @@ struct ClientRecord {
     lease_from: Option<Instant>,
 }
 
+/// The answer to "until when does a majority of the clients hold our lease?", so that
+/// asking costs O(1) instead of a pass over every client: with 10,000 clients each
+/// `LeaseAck` asking twice was quadratic per heartbeat (64 % of the primary's time).
+#[derive(Clone, Copy, Debug, Default)]
+struct LeaseCache {
+    /// A majority's leases run at least until then (None: not held, or not known).
+    held_until: Option<Instant>,
+    /// No lease changed since `held_until` was computed. An extension (an ack, an accept)
+    /// keeps `held_until` as a lower bound but makes the cache not fresh; a voided lease or
+    /// a new client (a larger majority) forgets it.
+    fresh: bool,
+}
+
 /// A client connection as a server knows it. A backup may hear from a client before the
 /// primary's `Register` for it arrives; until then it knows only the name.
 #[derive(Clone, Debug)]
@@ -216,6 +230,8 @@ pub struct Node {
     highest_seen: View,
     /// Registered clients; the index is the client's number in ballots and on the peer link.
     clients: Vec<ClientRecord>,
+    /// What [`Node::holds_lease`] last computed; see [`LeaseCache`].
+    lease_cache: Cell<LeaseCache>,
     client_index: HashMap<ClientId, u32>,
     client_conns: BTreeMap<ConnId, ClientConn>,
     peer: Option<Peer>,
@@ -268,6 +284,7 @@ impl Node {
             pending_install: None,
             highest_seen: view.number,
             clients: Vec::new(),
+            lease_cache: Cell::default(),
             client_index: HashMap::new(),
             client_conns: BTreeMap::new(),
             peer: None,
@@ -508,6 +525,7 @@ impl Node {
                     // The client voids our lease when this connection closes: so do we.
                     record.lease_from = None;
                     info!("client-gone client={} conn={conn}", record.id);
+                    self.lease_cache.set(LeaseCache::default());
                 }
             }
             return;
@@ -763,8 +781,7 @@ impl Node {
             return;
         };
         let had = self.holds_lease(now);
-        let record = &mut self.clients[idx as usize];
-        record.lease_from = Some(record.lease_from.map_or(sent, |t| t.max(sent)));
+        self.extend_lease(idx, sent);
         if !had && self.holds_lease(now) {
             // Back in charge: whatever waited for the lease may go on.
             self.commit_ready(now);
@@ -772,16 +789,51 @@ impl Node {
         }
     }
 
+    /// Client `idx` acknowledged a lease renewal (or accepted our proposal) sent at `sent`.
+    fn extend_lease(&mut self, idx: u32, sent: Instant) {
+        if let Some(record) = self.clients.get_mut(idx as usize) {
+            record.lease_from = Some(record.lease_from.map_or(sent, |t| t.max(sent)));
+            let mut cache = self.lease_cache.get();
+            cache.fresh = false;
+            self.lease_cache.set(cache);
+        }
+    }
+
     /// A majority of the clients hold our lease: no one else can become primary before it
     /// runs out, so we may open ballots and tell results.
     pub fn holds_lease(&self, now: Instant) -> bool {
+        let cache = self.lease_cache.get();
+        let held = if cache.held_until.is_some_and(|t| now < t) {
+            true
+        } else if cache.fresh {
+            false
+        } else {
+            let held_until = self.majority_lease_end();
+            self.lease_cache.set(LeaseCache {
+                held_until,
+                fresh: true,
+            });
+            held_until.is_some_and(|t| now < t)
+        };
+        debug_assert_eq!(held, self.majority_lease_end().is_some_and(|t| now < t));
+        held
+    }
+
+    /// When the lease of a majority of the clients ends: the majority-th latest lease end.
+    fn majority_lease_end(&self) -> Option<Instant> {
         let lease = self.cfg.peer_timeout();
-        let held = self
+        let mut ends: Vec<Instant> = self
             .clients
             .iter()
-            .filter(|c| c.lease_from.is_some_and(|t| t + lease > now))
-            .count();
-        held >= self.majority()
+            .filter_map(|c| c.lease_from.map(|t| t + lease))
+            .collect();
+        let k = self.majority();
+        if ends.len() < k {
+            return None;
+        }
+        // The k-th latest end: k leases (a majority) run until then.
+        let (_, kth, _) = ends.select_nth_unstable_by(k - 1, |a, b| b.cmp(a));
+        Some(*kth)
     }
 
     fn peer_lost(&mut self, why: PeerLoss, now: Instant) {
@@ -954,11 +1006,11 @@ impl Node {
         if let Some(slot) = p.accepted.get_mut(idx as usize) {
             *slot = true;
         }
+        let (sent, count) = (p.sent, p.count());
         // Accepting, the client made us its lease holder (from when it heard us).
-        if let (Some(sent), Some(record)) = (p.sent, self.clients.get_mut(idx as usize)) {
-            record.lease_from = Some(record.lease_from.map_or(sent, |t| t.max(sent)));
+        if let Some(sent) = sent {
+            self.extend_lease(idx, sent);
         }
-        let count = p.count();
         if self.recovering {
             self.recover_tail(last_seq, tail);
             // Every client must have answered: a result that reached only one of them
@@ -1271,6 +1323,7 @@ impl Node {
                 self.out.push_back(Output::Close(old, "client reconnected"));
                 // A client voids our lease when a connection to us closes: so do we.
                 self.clients[idx as usize].lease_from = None;
+                self.lease_cache.set(LeaseCache::default());
             }
         }
         self.client_conns.insert(conn, ClientConn::Known(idx));
@@ -1352,6 +1405,8 @@ impl Node {
             conn,
             lease_from: None,
         });
+        // One more client: the majority may be larger.
+        self.lease_cache.set(LeaseCache::default());
         idx
     }
 
@@ -1718,6 +1773,7 @@ impl Node {
             return;
         }
         self.clients.clear();
+        self.lease_cache.set(LeaseCache::default());
         self.client_index.clear();
         for id in snapshot.clients {
             self.register(id);

@@ -86,21 +86,77 @@ pub fn read_promise(log: &Path) -> Result<View, String> {
     }
 }
 
-/// Replaces the promise file atomically (write, then rename over the old one).
-fn write_promise(path: &Path, view: View) -> io::Result<()> {
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(".tmp");
-    let mut file = File::create(&tmp)?;
-    file.write_all(format!("{}\n", view.0).as_bytes())?;
-    // The promise must outlive an OS crash too: two promises of one number could elect
-    // two primaries.
-    file.sync_all()?;
-    std::fs::rename(&tmp, path)?;
-    // The rename itself must be durable too.
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        File::open(dir)?.sync_all()?;
+/// Makes the promises of this turn durable, before anything that depends on them (the
+/// `Accept`s) is written to a socket: each file is written beside its final name, made
+/// durable, then renamed over the old one, and the rename made durable too. Two promises
+/// of one number could elect two primaries, so a promise must outlive an OS crash.
+///
+/// One promise (`pbvote client`): fsync of the file, then of its folder. Several (the bench
+/// hosts hundreds of clients on one file system): one `syncfs` for all the files and one
+/// for all the renames, instead of two fsyncs per client, serialised on one disk (measured:
+/// 100 clients, 75 ms of a failover spent in fsync; TMPDIR on tmpfs, 2.5 ms).
+fn write_promises(promises: &[(PathBuf, View)]) -> Result<(), (PathBuf, io::Error)> {
+    let tmp_of = |path: &Path| {
+        let mut tmp = path.as_os_str().to_owned();
+        tmp.push(".tmp");
+        PathBuf::from(tmp)
+    };
+    let batch = promises.len() > 1;
+    let mut last = None;
+    for (path, view) in promises {
+        let fail = |e: io::Error| (path.clone(), e);
+        let mut file = File::create(tmp_of(path)).map_err(fail)?;
+        file.write_all(format!("{}\n", view.0).as_bytes())
+            .map_err(fail)?;
+        if !batch {
+            file.sync_all().map_err(fail)?;
+        }
+        last = Some((path, file));
+    }
+    let Some((any_path, any_file)) = last else {
+        return Ok(());
+    };
+    if batch {
+        sync_file_system(&any_file).map_err(|e| (any_path.clone(), e))?;
+    }
+    for (path, _) in promises {
+        std::fs::rename(tmp_of(path), path).map_err(|e| (path.clone(), e))?;
+        if !batch {
+            if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                File::open(dir)
+                    .and_then(|d| d.sync_all())
+                    .map_err(|e| (path.clone(), e))?;
+            }
+        }
+    }
+    if batch {
+        // Every promise file of one host lives on one file system in practice; where the
+        // folders differ, each one's file system is synced.
+        let mut dirs: Vec<&Path> = promises.iter().filter_map(|(p, _)| p.parent()).collect();
+        dirs.sort_unstable();
+        dirs.dedup();
+        for dir in dirs {
+            let dir = if dir.as_os_str().is_empty() {
+                Path::new(".")
+            } else {
+                dir
+            };
+            File::open(dir)
+                .and_then(|d| sync_file_system(&d))
+                .map_err(|e| (dir.to_path_buf(), e))?;
+        }
     }
     Ok(())
+}
+
+fn sync_file_system(file: &File) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: syncfs(2) on a descriptor we own for the duration of the call.
+    if unsafe { libc::syncfs(file.as_raw_fd()) } == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
 }
 
 pub struct Hosted {
@@ -195,10 +251,9 @@ pub struct ClientHost {
     wheel: TimerWheel,
     touched: Vec<usize>,
     logs_pending: Vec<usize>,
+    /// Promises made this turn: `(<log>.view, view)`.
+    promises: Vec<(PathBuf, View)>,
     shutdown: bool,
-    /// A write that must not be skipped failed: stop before anything depending on it is
-    /// sent.
-    fatal: Option<io::Error>,
 }
 
 impl ClientHost {
@@ -216,14 +271,26 @@ impl ClientHost {
             touched: (0..clients.len()).collect(),
             clients,
             logs_pending: Vec::new(),
+            promises: Vec::new(),
             shutdown: false,
-            fatal: None,
             probe: None,
         };
         for i in 0..host.clients.len() {
             host.clients[i].core.handle_timeout(now);
         }
         Ok(host)
+    }
+
+    /// A signal asked the host to stop.
+    pub fn stopped(&self) -> bool {
+        self.shutdown
+    }
+
+    /// Every hosted client follows a view that has a backup.
+    pub fn all_paired(&self) -> bool {
+        self.clients
+            .iter()
+            .all(|c| c.core.view().is_some_and(|v| v.backup.is_some()))
     }
 
     pub fn all_done(&self) -> bool {
@@ -278,8 +345,11 @@ impl ClientHost {
             let deadline = self.clients[i].core.poll_timeout();
             self.wheel.set(i, deadline);
         }
-        if let Some(e) = self.fatal.take() {
-            return Err(e);
+        if !self.promises.is_empty() {
+            write_promises(&self.promises).map_err(|(path, e)| {
+                io::Error::new(e.kind(), format!("{}: {e}", path.display()))
+            })?;
+            self.promises.clear();
         }
         for i in self.logs_pending.drain(..) {
             let hosted = &mut self.clients[i];
@@ -318,13 +388,12 @@ impl ClientHost {
                     self.conns.close_after_flush(id);
                 }
                 ClientOutput::Promise(view) => {
-                    // Before the Accept it guards leaves: written now, not batched.
-                    let hosted = &self.clients[i];
-                    if let Err(e) = write_promise(&hosted.promise_path, view) {
-                        self.fatal.get_or_insert(io::Error::new(
-                            e.kind(),
-                            format!("{}: {e}", hosted.promise_path.display()),
-                        ));
+                    // Made durable at the end of the turn, before any socket is written:
+                    // before the Accept it guards leaves.
+                    let path = self.clients[i].promise_path.clone();
+                    match self.promises.iter_mut().find(|(p, _)| *p == path) {
+                        Some((_, v)) => *v = (*v).max(view),
+                        None => self.promises.push((path, view)),
                     }
                 }
                 ClientOutput::Append(line) => {
@@ -449,3 +518,30 @@ impl ClientHost {
 
 /// How long `pbvote client` waits between redials of a server that is down.
 pub const REDIAL: Duration = Duration::from_millis(200);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn promises_are_written_alone_and_in_a_batch() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let log = |name: &str| dir.path().join(name);
+        // One promise: the fsync path. Then a batch over it and a new one: the syncfs path.
+        write_promises(&[(promise_path(&log("a.log")), View(3))]).expect("one");
+        assert_eq!(read_promise(&log("a.log")), Ok(View(3)));
+        write_promises(&[
+            (promise_path(&log("a.log")), View(7)),
+            (promise_path(&log("b.log")), View(7)),
+        ])
+        .expect("batch");
+        assert_eq!(read_promise(&log("a.log")), Ok(View(7)));
+        assert_eq!(read_promise(&log("b.log")), Ok(View(7)));
+        let leftovers: Vec<_> = std::fs::read_dir(dir.path())
+            .expect("read dir")
+            .filter_map(|e| e.ok())
+            .filter(|e| e.path().extension().is_some_and(|x| x == "tmp"))
+            .collect();
+        assert!(leftovers.is_empty(), "{leftovers:?}");
+    }
+}

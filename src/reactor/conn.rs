@@ -13,7 +13,7 @@ pub const READ_CHUNK: usize = 64 * 1024;
 
 /// A connection's own buffers are given back when they empty above this size, so an idle
 /// connection costs a few hundred bytes, not the high-water mark of its busiest moment.
-const KEEP_BUFFER: usize = 4 * 1024;
+const KEEP_BUFFER: usize = 1024;
 
 /// What the bytes read on a connection should decode as.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
