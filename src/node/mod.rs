@@ -93,6 +93,8 @@ pub enum Output {
     /// Send the first frame on a connection this node dialed.
     Hello(ConnId, Hello),
     ToClient(ConnId, ServerMsg),
+    /// The same message to each of these client connections: encoded once, not per client.
+    ToClients(Vec<ConnId>, ServerMsg),
     ToPeer(ConnId, PeerMsg),
     /// Answer a status connection; close it once written.
     Status(ConnId, Box<StatusReply>),
@@ -974,10 +976,14 @@ impl Node {
             return;
         };
         p.sent.get_or_insert(now);
-        for (record, accepted) in self.clients.iter().zip(&p.accepted) {
-            if let (Some(conn), false) = (record.conn, *accepted) {
-                self.out.push_back(Output::ToClient(conn, msg.clone()));
-            }
+        let conns: Vec<ConnId> = self
+            .clients
+            .iter()
+            .zip(&p.accepted)
+            .filter_map(|(record, accepted)| record.conn.filter(|_| !accepted))
+            .collect();
+        if !conns.is_empty() {
+            self.out.push_back(Output::ToClients(conns, msg));
         }
         self.timers.propose = Some(now + self.cfg.heartbeat);
     }
@@ -1366,10 +1372,12 @@ impl Node {
 
     /// Sends `msg` to every connected client among the first `count` registered.
     fn send_to_clients(&mut self, count: usize, msg: &ServerMsg) {
-        for record in &self.clients[..count.min(self.clients.len())] {
-            if let Some(conn) = record.conn {
-                self.out.push_back(Output::ToClient(conn, msg.clone()));
-            }
+        let conns: Vec<ConnId> = self.clients[..count.min(self.clients.len())]
+            .iter()
+            .filter_map(|record| record.conn)
+            .collect();
+        if !conns.is_empty() {
+            self.out.push_back(Output::ToClients(conns, msg.clone()));
         }
     }
 

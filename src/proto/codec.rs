@@ -66,7 +66,7 @@ impl fmt::Display for DecodeError {
 
 impl std::error::Error for DecodeError {}
 
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub enum EncodeError {
     TooLarge { len: usize, max: usize },
     Cbor(String),

@@ -182,14 +182,42 @@ impl Hosted {
 /// last hosted client logged it.
 #[derive(Debug, Default)]
 pub struct Probe {
-    first_asked: HashMap<u64, Instant>,
-    logged: HashMap<u64, u32>,
+    first_asked: HashMap<u64, Instant, SeqHash>,
+    logged: HashMap<u64, u32, SeqHash>,
     /// Every ballot all hosted clients logged, in the order they completed.
     pub done: Vec<BallotSeen>,
     /// Watch for a result tagged with a view above this one (a failover)...
     pub views_above: Option<u64>,
     /// ...and note when the first one arrived.
     pub first_result_above: Option<Instant>,
+}
+
+/// The probe looks up a seq for every client on every ballot: a multiply-shift hash of
+/// the number instead of SipHash (these keys are ours, not an attacker's).
+#[derive(Clone, Copy, Debug, Default)]
+struct SeqHash;
+
+impl std::hash::BuildHasher for SeqHash {
+    type Hasher = SeqHasher;
+    fn build_hasher(&self) -> SeqHasher {
+        SeqHasher(0)
+    }
+}
+
+struct SeqHasher(u64);
+
+impl std::hash::Hasher for SeqHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.write_u64(u64::from(b));
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = (self.0.rotate_left(5) ^ n).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
 }
 
 /// One ballot as one host saw it.

@@ -58,7 +58,7 @@ pub enum Fill {
     Eof,
 }
 
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub enum QueueError {
     /// The peer does not read fast enough (Redis' client-output-buffer-limit).
     OutbufFull {
@@ -162,6 +162,18 @@ impl Conn {
     }
 
     pub fn queue<T: Wire>(&mut self, msg: &T) -> Result<(), QueueError> {
+        self.check_room()?;
+        codec::encode_frame(msg, &mut self.wbuf).map_err(QueueError::Encode)
+    }
+
+    /// Queues frames already encoded (a message sent to many connections, encoded once).
+    pub fn queue_encoded(&mut self, frames: &[u8]) -> Result<(), QueueError> {
+        self.check_room()?;
+        self.wbuf.extend_from_slice(frames);
+        Ok(())
+    }
+
+    fn check_room(&self) -> Result<(), QueueError> {
         let queued = self.wbuf.len() - self.wpos;
         if queued > self.outbuf_limit {
             return Err(QueueError::OutbufFull {
@@ -169,7 +181,7 @@ impl Conn {
                 limit: self.outbuf_limit,
             });
         }
-        codec::encode_frame(msg, &mut self.wbuf).map_err(QueueError::Encode)
+        Ok(())
     }
 
     /// A server learns from the first frame that a connection is a peer link, which

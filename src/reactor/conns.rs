@@ -18,6 +18,8 @@ pub struct Conns {
     dirty: Vec<ConnId>,
     /// Every `read` lands here first; connections keep only what arrived.
     scratch: Vec<u8>,
+    /// A message for many connections is encoded here once.
+    encoded: Vec<u8>,
 }
 
 /// Why a connection must be closed after writing its queued output.
@@ -35,6 +37,7 @@ impl Default for Conns {
             next_gen: 0,
             dirty: Vec::new(),
             scratch: vec![0; READ_CHUNK],
+            encoded: Vec::new(),
         }
     }
 }
@@ -113,6 +116,34 @@ impl Conns {
         conn.queue(msg)?;
         self.dirty.push(id);
         Ok(())
+    }
+
+    /// Encodes `msg` once and queues it on each of `ids`; returns the connections that
+    /// must be closed, with why (as [`Conns::queue`]).
+    pub fn queue_to_all<T: Wire>(&mut self, ids: &[ConnId], msg: &T) -> Vec<(ConnId, QueueError)> {
+        let mut failed = Vec::new();
+        self.encoded.clear();
+        if let Err(e) = crate::proto::codec::encode_frame(msg, &mut self.encoded) {
+            let e = QueueError::Encode(e);
+            return ids.iter().map(|&id| (id, e.clone())).collect();
+        }
+        for &id in ids {
+            let Some(conn) = self
+                .slab
+                .get_mut(id.slot as usize)
+                .filter(|c| c.gen == id.gen)
+            else {
+                continue;
+            };
+            match conn.queue_encoded(&self.encoded) {
+                Ok(()) => self.dirty.push(id),
+                Err(e) => failed.push((id, e)),
+            }
+        }
+        if self.encoded.capacity() > 64 * 1024 {
+            self.encoded = Vec::new();
+        }
+        failed
     }
 
     /// Closes the connection once what is queued for it is written.

@@ -9,7 +9,7 @@ use crate::link::ConnId;
 use crate::node::{Node, NodeConfig, Output};
 use crate::proto::codec::DecodeError;
 use crate::proto::limits::{MAX_CLIENT_OUTBUF, MAX_PEER_OUTBUF};
-use crate::proto::{ClientMsg, Hello, LinkKind, PeerMsg};
+use crate::proto::{ClientMsg, Hello, LinkKind, PeerMsg, ServerMsg};
 use log::{debug, error, info, warn};
 use mio::net::TcpListener;
 use mio::{Events, Interest, Poll, Token};
@@ -296,6 +296,7 @@ impl Server {
                 Output::Dial(addr) => self.dial(addr, now),
                 Output::Hello(id, msg) => self.queue(id, &msg, now),
                 Output::ToClient(id, msg) => self.queue(id, &msg, now),
+                Output::ToClients(ids, msg) => self.queue_to_all(&ids, &msg, now),
                 Output::ToPeer(id, msg) => self.queue(id, &msg, now),
                 Output::Status(id, reply) => self.queue(id, &*reply, now),
                 Output::Close(id, reason) => {
@@ -314,6 +315,13 @@ impl Server {
 
     fn queue<T: crate::proto::codec::Wire>(&mut self, id: ConnId, msg: &T, now: Instant) {
         if let Err(e) = self.conns.queue(id, msg) {
+            warn!("send-failed conn={id} error={e}");
+            self.close_now(id, now);
+        }
+    }
+
+    fn queue_to_all(&mut self, ids: &[ConnId], msg: &ServerMsg, now: Instant) {
+        for (id, e) in self.conns.queue_to_all(ids, msg) {
             warn!("send-failed conn={id} error={e}");
             self.close_now(id, now);
         }

@@ -1138,6 +1138,11 @@ impl World {
                 Output::Dial(addr) => self.dial(proc, addr),
                 Output::Hello(c, hello) => self.send(proc, c, Payload::Hello(hello)),
                 Output::ToClient(c, msg) => self.send(proc, c, Payload::Server(msg)),
+                Output::ToClients(conns, msg) => {
+                    for c in conns {
+                        self.send(proc, c, Payload::Server(msg.clone()));
+                    }
+                }
                 Output::ToPeer(c, msg) => self.send(proc, c, Payload::Peer(msg)),
                 Output::Status(_, _) => {}
                 Output::Close(c, _) => self.close(proc, c),
