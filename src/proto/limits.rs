@@ -30,3 +30,7 @@ pub const MAX_CLIENTS: usize = 100_000;
 /// restart. A cold restart rebuilds every result within this many ballots of the most
 /// advanced client's log; a client further behind cannot be caught up.
 pub const MAX_RECOVERY_TAIL: usize = 64;
+
+/// Most votes the primary holds back before it forwards them to the backup (they also
+/// leave with every `Commit` and heartbeat).
+pub const MAX_FORWARD_BATCH: usize = 4096;
