@@ -22,7 +22,8 @@ mod ballot;
 
 use crate::link::ConnId;
 use crate::proto::limits::{
-    MAX_CLIENTS, MAX_CLIENT_ID_LEN, MAX_FORWARD_BATCH, MAX_OPEN_BALLOTS, MAX_RESULTS_PER_FRAME,
+    CATCHUP_BURST, MAX_CLIENTS, MAX_CLIENT_ID_LEN, MAX_FORWARD_BATCH, MAX_OPEN_BALLOTS,
+    MAX_RESULTS_HELD, MAX_RESULTS_PER_FRAME,
 };
 use crate::proto::messages::OpenBallot;
 use crate::proto::{
@@ -105,6 +106,9 @@ pub enum Output {
     SpawnBackup,
     /// Step down: flush what is queued, then exit. This server was replaced.
     Exit(String),
+    /// Call [`Node::handle_drained`] once everything queued for this connection is written
+    /// (a catch-up goes out a burst at a time, not all into one output buffer).
+    WhenDrained(ConnId),
 }
 
 /// Every deadline of a node. `None`: not armed.
@@ -236,6 +240,8 @@ pub struct Node {
     lease_cache: Cell<LeaseCache>,
     /// Votes counted and not yet forwarded to the peer: `(seq, client, yes)`.
     pending_forward: Vec<(Seq, u32, bool)>,
+    /// Client connections being caught up: the next seq to send each.
+    catching_up: HashMap<ConnId, Seq>,
     client_index: HashMap<ClientId, u32>,
     client_conns: BTreeMap<ConnId, ClientConn>,
     peer: Option<Peer>,
@@ -290,6 +296,7 @@ impl Node {
             clients: Vec::new(),
             lease_cache: Cell::default(),
             pending_forward: Vec::new(),
+            catching_up: HashMap::new(),
             client_index: HashMap::new(),
             client_conns: BTreeMap::new(),
             peer: None,
@@ -522,6 +529,7 @@ impl Node {
 
     /// A connection closed (by either side, or by the reactor after a bad frame).
     pub fn handle_closed(&mut self, conn: ConnId, now: Instant) {
+        self.catching_up.remove(&conn);
         if let Some(client) = self.client_conns.remove(&conn) {
             if let ClientConn::Known(idx) = client {
                 let record = &mut self.clients[idx as usize];
@@ -1431,9 +1439,17 @@ impl Node {
         }
     }
 
+    /// Starts (or moves on) the catch-up of a client that lacks results from `from` on.
     fn send_results_from(&mut self, conn: ConnId, from: Seq) {
         if self.role != Role::Primary || self.recovering {
             return;
+        }
+        let from = Seq(from.0.max(1));
+        match self.catching_up.get(&conn) {
+            // Already under way and past `from`: those results are on their way (a client
+            // asks again on every gap it sees meanwhile).
+            Some(&next) if next >= from => return,
+            _ => {}
         }
         if from.0 < self.results_first && from <= self.committed() {
             warn!(
@@ -1441,9 +1457,35 @@ impl Node {
                 self.results_first
             );
         }
-        let mut start = from.0.max(self.results_first) - self.results_first;
+        self.catching_up.insert(conn, from);
+        self.continue_catch_up(conn);
+    }
+
+    /// Everything queued for `conn` is written (after [`Output::WhenDrained`]).
+    pub fn handle_drained(&mut self, conn: ConnId) {
+        if self.exited {
+            return;
+        }
+        self.continue_catch_up(conn);
+    }
+
+    /// Sends the next burst of a catch-up: at most `CATCHUP_BURST` frames, then waits for
+    /// the connection to drain. All at once, a client far behind overflowed its output
+    /// buffer (4 MiB, ~400,000 results), was cut, reconnected and started over.
+    fn continue_catch_up(&mut self, conn: ConnId) {
+        let Some(&next) = self.catching_up.get(&conn) else {
+            return;
+        };
+        if self.role != Role::Primary {
+            self.catching_up.remove(&conn);
+            return;
+        }
+        let mut start = next.0.max(self.results_first) - self.results_first;
         let held = self.results.len() as u64;
-        while start < held {
+        for _ in 0..CATCHUP_BURST {
+            if start >= held {
+                break;
+            }
             let end = (start + MAX_RESULTS_PER_FRAME as u64).min(held);
             self.out.push_back(Output::ToClient(
                 conn,
@@ -1454,6 +1496,25 @@ impl Node {
                 },
             ));
             start = end;
+        }
+        if start < held {
+            self.catching_up
+                .insert(conn, Seq(self.results_first + start));
+            self.out.push_back(Output::WhenDrained(conn));
+        } else {
+            self.catching_up.remove(&conn);
+        }
+    }
+
+    /// Appends a final result; the oldest ones beyond `MAX_RESULTS_HELD` are let go, so the
+    /// history (and a joiner's snapshot) stays bounded however long the cluster runs.
+    fn record_result(&mut self, tally: Tally) {
+        self.results.push(tally);
+        // Trimmed in steps, not one at a time: each trim moves the whole history.
+        if self.results.len() > MAX_RESULTS_HELD + MAX_RESULTS_HELD / 8 {
+            let drop = self.results.len() - MAX_RESULTS_HELD;
+            self.results.drain(..drop);
+            self.results_first += drop as u64;
         }
     }
 
@@ -1695,7 +1756,7 @@ impl Node {
             return Tally::default();
         };
         let tally = ballot.tally();
-        self.results.push(tally);
+        self.record_result(tally);
         info!(
             "ballot-result seq={} yes={} no={} view={} ms={}",
             ballot.seq,
@@ -1848,7 +1909,7 @@ impl Node {
                     );
                 }
                 self.ballots.pop_front();
-                self.results.push(tally);
+                self.record_result(tally);
             }
             _ if seq <= self.committed() => {}
             _ => {
@@ -1898,3 +1959,6 @@ impl PeerMsg {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -23,6 +23,16 @@ pub const MAX_OPEN_BALLOTS: u64 = 1024;
 /// Most results sent in one catch-up frame; a client further behind gets several.
 pub const MAX_RESULTS_PER_FRAME: usize = 4096;
 
+/// Catch-up frames queued for one client at a time; the next burst goes once they are
+/// written (~60,000 results, under a megabyte).
+pub const CATCHUP_BURST: usize = 16;
+
+/// Final results a server keeps (2 MiB): the oldest beyond it are let go, so that memory
+/// and a joiner's snapshot (~4 MB at most) stay bounded on a cluster that runs for ever.
+/// A client that comes back further behind than this cannot be caught up
+/// (`results-unavailable`): at the default one ballot a second that is three days away.
+pub const MAX_RESULTS_HELD: usize = 262_144;
+
 /// Most clients one primary registers. Beyond it, a new client is refused with a reason.
 pub const MAX_CLIENTS: usize = 100_000;
 

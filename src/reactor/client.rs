@@ -393,7 +393,8 @@ impl ClientHost {
             })?;
             hosted.pending.clear();
         }
-        for (id, ended) in self.conns.flush_dirty() {
+        // Client cores never ask to hear of a drained connection.
+        for (id, ended) in self.conns.flush_dirty(&mut Vec::new()) {
             if let Flushed::Failed(e) = ended {
                 debug!("write-failed conn={id} error={e}");
             }

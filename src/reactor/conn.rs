@@ -41,6 +41,8 @@ pub struct Conn {
     pub connecting: bool,
     /// Close as soon as the write buffer drains.
     pub closing: bool,
+    /// Tell the core once the write buffer drains.
+    pub notify_drained: bool,
     rbuf: Vec<u8>,
     rpos: usize,
     wbuf: Vec<u8>,
@@ -98,6 +100,7 @@ impl Conn {
             expect,
             connecting: false,
             closing: false,
+            notify_drained: false,
             rbuf: Vec::new(),
             rpos: 0,
             wbuf: Vec::new(),

@@ -169,9 +169,19 @@ impl Conns {
         Some(conn.fill(&mut self.scratch, peer_closed))
     }
 
+    /// Asks for the connection's id in `drained` of [`Conns::flush_dirty`] once its
+    /// output is all written.
+    pub fn notify_when_drained(&mut self, id: ConnId) {
+        if let Some(conn) = self.get_mut(id) {
+            conn.notify_drained = true;
+            self.dirty.push(id);
+        }
+    }
+
     /// Writes every connection that has output, once; returns those to close now (the
-    /// caller removes them and tells their core).
-    pub fn flush_dirty(&mut self) -> Vec<(ConnId, Flushed)> {
+    /// caller removes them and tells their core). Connections that asked and are now
+    /// fully written are added to `drained`.
+    pub fn flush_dirty(&mut self, drained: &mut Vec<ConnId>) -> Vec<(ConnId, Flushed)> {
         let mut dirty = std::mem::take(&mut self.dirty);
         dirty.sort_unstable();
         dirty.dedup();
@@ -186,6 +196,10 @@ impl Conns {
             match conn.flush() {
                 Err(e) => ended.push((id, Flushed::Failed(e))),
                 Ok(()) if conn.closing && !conn.has_output() => ended.push((id, Flushed::Done)),
+                Ok(()) if conn.notify_drained && !conn.has_output() => {
+                    conn.notify_drained = false;
+                    drained.push(id);
+                }
                 Ok(()) => {}
             }
         }

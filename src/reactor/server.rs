@@ -296,6 +296,7 @@ impl Server {
                 Output::Dial(addr) => self.dial(addr, now),
                 Output::Hello(id, msg) => self.queue(id, &msg, now),
                 Output::ToClient(id, msg) => self.queue(id, &msg, now),
+                Output::WhenDrained(id) => self.conns.notify_when_drained(id),
                 Output::ToClients(ids, msg) => self.queue_to_all(&ids, &msg, now),
                 Output::ToPeer(id, msg) => self.queue(id, &msg, now),
                 Output::Status(id, reply) => self.queue(id, &*reply, now),
@@ -364,12 +365,24 @@ impl Server {
         }
     }
 
+    /// Writes what the turn queued. A connection the node waits on to drain (a catch-up
+    /// burst) and that drained gets its next burst, written in the same turn.
     fn flush_dirty(&mut self, now: Instant) {
-        for (id, ended) in self.conns.flush_dirty() {
-            if let Flushed::Failed(e) = ended {
-                debug!("write-failed conn={id} error={e}");
+        let mut drained = Vec::new();
+        loop {
+            for (id, ended) in self.conns.flush_dirty(&mut drained) {
+                if let Flushed::Failed(e) = ended {
+                    debug!("write-failed conn={id} error={e}");
+                }
+                self.close_now(id, now);
             }
-            self.close_now(id, now);
+            if drained.is_empty() {
+                return;
+            }
+            for id in drained.drain(..) {
+                self.node.handle_drained(id);
+            }
+            self.drain_outputs(now);
         }
     }
 

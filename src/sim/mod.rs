@@ -1165,6 +1165,8 @@ impl World {
                     self.kill_server(i);
                     return;
                 }
+                // Delivery is modelled per message; a connection's buffer is never full.
+                Output::WhenDrained(c) => self.servers[i].node.handle_drained(c),
             }
         }
     }

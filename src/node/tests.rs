@@ -1,0 +1,152 @@
+//! The node driven by hand, for behaviour that needs more ballots than a simulation runs.
+
+use super::*;
+use crate::proto::{ClientMsg, Hello};
+
+fn conn(slot: u32) -> ConnId {
+    ConnId { slot, gen: 0 }
+}
+
+fn primary(now: Instant) -> Node {
+    Node::new(
+        NodeConfig {
+            node: NodeId(1),
+            listen: "127.0.0.1:7000".parse().expect("addr"),
+            start: StartRole::Primary,
+            heartbeat: Duration::from_secs(1),
+            miss_limit: 5,
+            backup_start_delay: Duration::from_secs(30),
+            ballot_interval: Duration::ZERO,
+            ballots: None,
+            min_clients: 1,
+            window: 64,
+            spawn_backup: false,
+        },
+        now,
+    )
+}
+
+/// Answers what the node sent the one voting client on `voter`, and returns the results
+/// any connection got, as `(conn, first seq, count)`, and the connections it asked to hear
+/// of once drained.
+fn step(node: &mut Node, voter: ConnId, now: Instant) -> (Vec<(ConnId, u64, usize)>, Vec<ConnId>) {
+    let (mut results, mut drains) = (Vec::new(), Vec::new());
+    let mut replies = Vec::new();
+    while let Some(out) = node.poll_output() {
+        let sent: Vec<(ConnId, ServerMsg)> = match out {
+            Output::ToClient(c, msg) => vec![(c, msg)],
+            Output::ToClients(cs, msg) => cs.into_iter().map(|c| (c, msg.clone())).collect(),
+            Output::WhenDrained(c) => {
+                drains.push(c);
+                Vec::new()
+            }
+            _ => Vec::new(),
+        };
+        for (c, msg) in sent {
+            match msg {
+                ServerMsg::Propose { view, .. } if c == voter => replies.push(ClientMsg::Accept {
+                    view: view.number,
+                    last_seq: Seq(0),
+                    votes: Vec::new(),
+                    tail: Vec::new(),
+                }),
+                ServerMsg::Lease { view, round } if c == voter => {
+                    replies.push(ClientMsg::LeaseAck { view, round })
+                }
+                ServerMsg::VoteRequest { view, first, count } if c == voter => {
+                    replies.push(ClientMsg::Votes {
+                        view,
+                        votes: (first.0..first.0 + u64::from(count))
+                            .map(|s| (Seq(s), true))
+                            .collect(),
+                    })
+                }
+                ServerMsg::Results { first, tallies, .. } => {
+                    results.push((c, first.0, tallies.len()))
+                }
+                _ => {}
+            }
+        }
+    }
+    for reply in replies {
+        node.handle_client_msg(voter, reply, now);
+    }
+    (results, drains)
+}
+
+fn hello(node: &mut Node, c: ConnId, id: &str, last_seq: u64, now: Instant) {
+    node.handle_hello(
+        c,
+        Hello::Client {
+            id: ClientId(id.into()),
+            last_seq: Seq(last_seq),
+            view: View(0),
+        },
+        now,
+    );
+}
+
+#[test]
+fn a_client_far_behind_is_caught_up_a_burst_at_a_time_and_the_history_stays_bounded() {
+    let t0 = Instant::now();
+    let mut node = primary(t0);
+    let voter = conn(1);
+    hello(&mut node, voter, "voter", 0, t0);
+    let target = (MAX_RESULTS_HELD + MAX_RESULTS_HELD / 8 + 1000) as u64;
+    let mut turns = 0u64;
+    while node.committed().0 < target {
+        // Time moves a little each turn: leases stay live, timers stay quiet.
+        let now = t0 + Duration::from_micros(turns / 64);
+        node.handle_timeout(now);
+        step(&mut node, voter, now);
+        turns += 1;
+        assert!(
+            turns < 10 * target,
+            "ballots stopped at {}",
+            node.committed()
+        );
+    }
+    // Trimmed: no more than the bound (plus the slack trimmed in steps) is held.
+    let (first_held, held) = node.results();
+    assert!(
+        held.len() <= MAX_RESULTS_HELD + MAX_RESULTS_HELD / 8,
+        "{}",
+        held.len()
+    );
+    assert!(first_held.0 > 1);
+    assert_eq!(first_held.0 - 1 + held.len() as u64, node.committed().0);
+
+    // A client that logged everything up to the oldest held result comes back.
+    let now = t0 + Duration::from_millis(100);
+    let late = conn(2);
+    let from = first_held.0;
+    hello(&mut node, late, "late", from - 1, now);
+    let committed = node.committed().0;
+    let mut next = from;
+    let mut bursts = 0;
+    loop {
+        let (results, drains) = step(&mut node, voter, now);
+        let mine: Vec<_> = results.iter().filter(|r| r.0 == late).collect();
+        assert!(
+            mine.len() <= CATCHUP_BURST,
+            "{} frames in one burst",
+            mine.len()
+        );
+        for &&(_, first, count) in &mine {
+            if first == next {
+                next += count as u64;
+            }
+        }
+        bursts += 1;
+        if drains.is_empty() {
+            break;
+        }
+        assert_eq!(drains, vec![late]);
+        node.handle_drained(late);
+    }
+    assert!(
+        next > committed,
+        "caught up to {next}, committed {committed}"
+    );
+    assert!(bursts > 1, "a catch-up this long takes several bursts");
+}
