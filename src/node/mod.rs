@@ -575,9 +575,7 @@ impl Node {
         };
         match msg {
             ClientMsg::Votes { view: _, votes } => {
-                for (seq, yes) in votes {
-                    self.count_vote(idx, seq, yes, now);
-                }
+                self.count_votes(votes.into_iter().map(|(seq, yes)| (idx, seq, yes)), now);
             }
             ClientMsg::Resend { view: _, from } => {
                 if self.role == Role::Primary {
@@ -694,9 +692,12 @@ impl Node {
                 self.ballots.push_back(Ballot::new(seq, voters, now));
             }
             PeerMsg::Forward { view: _, votes } => {
-                for (seq, client, yes) in votes {
-                    self.count_vote(client, seq, yes, now);
-                }
+                self.count_votes(
+                    votes
+                        .into_iter()
+                        .map(|(seq, client, yes)| (client, seq, yes)),
+                    now,
+                );
             }
             PeerMsg::Commit { view, seq, tally } => self.apply_commit(conn, view, seq, tally),
             PeerMsg::CommitAck { view: _, seq } => self.commit_acked(seq, now),
@@ -1013,9 +1014,7 @@ impl Node {
     ) {
         // Results the client lacks: it asks (`Resend`) when it adopts the view we install,
         // or says `last_seq` in its hello when it connects later.
-        for (seq, yes) in votes {
-            self.count_vote(idx, seq, yes, now);
-        }
+        self.count_votes(votes.into_iter().map(|(seq, yes)| (idx, seq, yes)), now);
         let Some(p) = &mut self.proposal else {
             return;
         };
@@ -1596,33 +1595,44 @@ impl Node {
         });
     }
 
-    fn count_vote(&mut self, client: u32, seq: Seq, yes: bool, now: Instant) {
+    /// Counts `(client, seq, yes)` votes (one message's worth), then lets whatever they
+    /// completed commit: once per message, not per vote, as each pass walks the ballots
+    /// already committing.
+    fn count_votes(&mut self, votes: impl IntoIterator<Item = (u32, Seq, bool)>, now: Instant) {
+        let mut counted = false;
+        for (client, seq, yes) in votes {
+            counted |= self.count_vote(client, seq, yes);
+        }
+        if counted && self.role == Role::Primary {
+            self.commit_ready(now);
+        }
+    }
+
+    /// Records one vote; true if it was newly counted.
+    fn count_vote(&mut self, client: u32, seq: Seq, yes: bool) -> bool {
         let Some(ballot) = self.ballot_mut(seq) else {
             debug!("vote-ignored client={client} seq={seq} reason=not-open");
-            return;
+            return false;
         };
         match ballot.record(client, yes) {
             VoteOutcome::Counted => {}
-            VoteOutcome::Duplicate => return,
+            VoteOutcome::Duplicate => return false,
             VoteOutcome::Conflict => {
                 warn!("vote-conflict client={client} seq={seq} kept=first");
-                return;
+                return false;
             }
             VoteOutcome::NotAVoter => {
                 debug!("vote-ignored client={client} seq={seq} reason=not-in-electorate");
-                return;
+                return false;
             }
         }
-        if self.role != Role::Primary {
-            return;
-        }
-        if self.peer.is_some() {
+        if self.role == Role::Primary && self.peer.is_some() {
             self.pending_forward.push((seq, client, yes));
             if self.pending_forward.len() >= MAX_FORWARD_BATCH {
                 self.flush_forwards();
             }
         }
-        self.commit_ready(now);
+        true
     }
 
     /// Sends the votes counted since the last `Forward`. They wait for the next `Commit` or

@@ -8,7 +8,7 @@ use super::timer::TimerWheel;
 use crate::ballot_log;
 use crate::client::{Client, ClientOutput};
 use crate::link::ConnId;
-use crate::proto::limits::{MAX_CLIENT_OUTBUF, MAX_RECOVERY_TAIL};
+use crate::proto::limits::{MAX_CLIENT_OUTBUF, MAX_OPEN_BALLOTS, MAX_RECOVERY_TAIL};
 use crate::proto::{Seq, ServerMsg, Tally, View};
 use log::{debug, info, warn};
 use mio::{Events, Interest, Poll, Token};
@@ -102,7 +102,6 @@ fn write_promises(promises: &[(PathBuf, View)]) -> Result<(), (PathBuf, io::Erro
         PathBuf::from(tmp)
     };
     let batch = promises.len() > 1;
-    let mut last = None;
     for (path, view) in promises {
         let fail = |e: io::Error| (path.clone(), e);
         let mut file = File::create(tmp_of(path)).map_err(fail)?;
@@ -111,42 +110,40 @@ fn write_promises(promises: &[(PathBuf, View)]) -> Result<(), (PathBuf, io::Erro
         if !batch {
             file.sync_all().map_err(fail)?;
         }
-        last = Some((path, file));
     }
-    let Some((any_path, any_file)) = last else {
-        return Ok(());
+    // Every promise file of one host lives on one file system in practice; where the
+    // folders differ, each one's file system is synced.
+    let mut dirs: Vec<&Path> = promises.iter().map(|(p, _)| folder_of(p)).collect();
+    dirs.sort_unstable();
+    dirs.dedup();
+    let sync_folders = |how: fn(&File) -> io::Result<()>| -> Result<(), (PathBuf, io::Error)> {
+        for dir in &dirs {
+            File::open(dir)
+                .and_then(|d| how(&d))
+                .map_err(|e| (dir.to_path_buf(), e))?;
+        }
+        Ok(())
     };
     if batch {
-        sync_file_system(&any_file).map_err(|e| (any_path.clone(), e))?;
+        sync_folders(sync_file_system)?;
     }
     for (path, _) in promises {
         std::fs::rename(tmp_of(path), path).map_err(|e| (path.clone(), e))?;
-        if !batch {
-            if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-                File::open(dir)
-                    .and_then(|d| d.sync_all())
-                    .map_err(|e| (path.clone(), e))?;
-            }
-        }
     }
-    if batch {
-        // Every promise file of one host lives on one file system in practice; where the
-        // folders differ, each one's file system is synced.
-        let mut dirs: Vec<&Path> = promises.iter().filter_map(|(p, _)| p.parent()).collect();
-        dirs.sort_unstable();
-        dirs.dedup();
-        for dir in dirs {
-            let dir = if dir.as_os_str().is_empty() {
-                Path::new(".")
-            } else {
-                dir
-            };
-            File::open(dir)
-                .and_then(|d| sync_file_system(&d))
-                .map_err(|e| (dir.to_path_buf(), e))?;
-        }
+    // syncfs(2) reports write-back errors only from Linux 5.8 on; fsync always does.
+    sync_folders(if batch {
+        sync_file_system
+    } else {
+        File::sync_all
+    })
+}
+
+/// The folder a file is in (a bare name's parent is "": the current folder).
+fn folder_of(path: &Path) -> &Path {
+    match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
     }
-    Ok(())
 }
 
 fn sync_file_system(file: &File) -> io::Result<()> {
@@ -237,7 +234,8 @@ impl Probe {
     fn saw(&mut self, msg: &ServerMsg, now: Instant) {
         match msg {
             ServerMsg::VoteRequest { first, count, .. } => {
-                for seq in first.0..first.0.saturating_add(u64::from(*count)) {
+                let count = u64::from(*count).min(MAX_OPEN_BALLOTS);
+                for seq in first.0..first.0.saturating_add(count) {
                     self.first_asked.entry(seq).or_insert(now);
                 }
             }
@@ -572,5 +570,14 @@ mod tests {
             .filter(|e| e.path().extension().is_some_and(|x| x == "tmp"))
             .collect();
         assert!(leftovers.is_empty(), "{leftovers:?}");
+    }
+
+    /// `--log c.log` names a file in the current folder: its rename must be made durable
+    /// there, not skipped because the parent path is empty.
+    #[test]
+    fn a_bare_file_name_lives_in_the_current_folder() {
+        assert_eq!(folder_of(Path::new("c.log.view")), Path::new("."));
+        assert_eq!(folder_of(Path::new("logs/c.log.view")), Path::new("logs"));
+        assert_eq!(folder_of(Path::new("/c.log.view")), Path::new("/"));
     }
 }
