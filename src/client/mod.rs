@@ -96,6 +96,9 @@ pub struct Client {
     deferred: Option<(ConnId, Proposal)>,
     /// The process `promised` was given to: its re-sent proposal gets the same answer.
     promised_to: Option<NodeId>,
+    /// The view of the last proposal it accepted: where to look when no server of its own
+    /// view answers (its primary may have died before telling it that view was installed).
+    promised_view: Option<ViewInfo>,
     out: VecDeque<ClientOutput>,
 }
 
@@ -133,6 +136,7 @@ impl Client {
             recent,
             deferred: None,
             promised_to: None,
+            promised_view: None,
             out: VecDeque::new(),
         }
     }
@@ -190,14 +194,19 @@ impl Client {
     // ----- inputs --------------------------------------------------------------------
 
     pub fn handle_timeout(&mut self, now: Instant) {
-        // No server of our view answers (both replicas may have been restarted): look at
-        // the addresses we were started with too.
+        // No server of our view answers (both replicas may have been restarted, or the
+        // primary died right after installing a view we accepted but never heard was
+        // installed): look at the addresses we were started with, and at the servers of
+        // the last proposal we accepted.
         let any_up = self
             .links
             .iter()
             .any(|l| matches!(l.state, LinkState::Up(_)));
         if !any_up && self.view.is_some() {
-            for &addr in &self.cfg.servers {
+            let promised = self.promised_view.iter().flat_map(|v| v.servers());
+            let fallback: Vec<SocketAddr> =
+                self.cfg.servers.iter().copied().chain(promised).collect();
+            for addr in fallback {
                 if !self.links.iter().any(|l| l.addr == addr) {
                     self.links.push(ServerLink {
                         addr,
@@ -495,6 +504,7 @@ impl Client {
         }
         self.deferred = None;
         self.promised_to = Some(node);
+        self.promised_view = Some(view);
         // The proposer may act as primary as soon as a majority answered like this: from
         // now on it holds our lease.
         self.lease_holder = Some(view.primary);

@@ -329,10 +329,21 @@ pub struct Cluster {
     pub ballots: u64,
 }
 
+/// A scratch folder, removed at the end unless PBVOTE_KEEP_TEST_DIRS is set (then its path
+/// is printed, to read the logs of a failure).
+pub fn test_dir() -> tempfile::TempDir {
+    let mut dir = tempfile::tempdir().expect("tempdir");
+    if std::env::var_os("PBVOTE_KEEP_TEST_DIRS").is_some() {
+        dir.disable_cleanup(true);
+        eprintln!("test dir kept: {}", dir.path().display());
+    }
+    dir
+}
+
 impl Cluster {
     /// `extra` flags go to the primary, after `--ballots N --min-clients 5`.
     pub fn start(ballots: u64, extra: &[&str]) -> Cluster {
-        let dir = tempfile::tempdir().expect("tempdir");
+        let dir = test_dir();
         let n = ballots.to_string();
         let mut args = vec!["--ballots", n.as_str(), "--min-clients", "5"];
         args.extend_from_slice(extra);
