@@ -402,15 +402,21 @@ fn run_client(args: ClientArgs) -> Result<(), Failure> {
     let policy = parse_policy(&args.policy, args.seed, &args.id)?;
     init_logging(&args.log_level, format!("client-{}", args.id))?;
     let (log, last, recent) = open_log(&args.log).map_err(Failure::Runtime)?;
-    let promised = read_promise(&args.log).map_err(Failure::Runtime)?;
+    let (promised, promised_servers) = read_promise(&args.log).map_err(Failure::Runtime)?;
+    // Where to look: --servers, and the servers of the view it last promised.
+    let mut servers = args.servers.clone();
+    for addr in promised_servers {
+        if !servers.contains(&addr) {
+            servers.push(addr);
+        }
+    }
     log::info!(
-        "client-start client={} policy={policy} last_seq={last} servers={:?}",
-        args.id,
-        args.servers
+        "client-start client={} policy={policy} last_seq={last} servers={servers:?}",
+        args.id
     );
     let cfg = ClientConfig {
         id: ClientId(args.id.clone()),
-        servers: args.servers,
+        servers,
         policy,
         until: args.until.map(Seq),
         redial: REDIAL,

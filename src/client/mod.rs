@@ -37,9 +37,11 @@ pub enum ClientOutput {
     Close(ConnId),
     /// Append this line to the log, and have it written before the next output.
     Append(LogLine),
-    /// Record that the client promised this view number, before the next output (the
-    /// `Accept` it guards): a restarted client must never promise a number twice.
-    Promise(View),
+    /// Record that the client promised this view's number, before the next output (the
+    /// `Accept` it guards): a restarted client must never promise a number twice. The
+    /// view's servers are kept with it: where a restarted client looks besides
+    /// `--servers` (its primary may be gone, and it may never have heard of the backup).
+    Promise(ViewInfo),
 }
 
 /// A `Propose` as the client weighs it.
@@ -356,9 +358,9 @@ impl Client {
             .map(|l| l.addr)
     }
 
-    fn promise(&mut self, view: View) {
-        if view > self.promised {
-            self.promised = view;
+    fn promise(&mut self, view: ViewInfo) {
+        if view.number > self.promised {
+            self.promised = view.number;
             self.out.push_back(ClientOutput::Promise(view));
         }
     }
@@ -414,7 +416,7 @@ impl Client {
             self.lease_holder = Some(view.primary);
             self.heard_holder = (from == view.primary).then_some(now);
         }
-        self.promise(view.number);
+        self.promise(view);
         // Follow the view: talk to its servers; tell anyone else they were replaced.
         let wanted: Vec<SocketAddr> = view.servers().collect();
         self.links.retain(|link| {
@@ -510,7 +512,7 @@ impl Client {
         self.lease_holder = Some(view.primary);
         self.heard_holder = Some(now);
         info!("proposal-accepted client={} view={view}", self.cfg.id);
-        self.promise(view.number);
+        self.promise(view);
         let votes = self
             .cast
             .range(self.last_logged.next()..)

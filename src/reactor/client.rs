@@ -9,7 +9,7 @@ use crate::ballot_log;
 use crate::client::{Client, ClientOutput};
 use crate::link::ConnId;
 use crate::proto::limits::{MAX_CLIENT_OUTBUF, MAX_OPEN_BALLOTS, MAX_RECOVERY_TAIL};
-use crate::proto::{Seq, ServerMsg, Tally, View};
+use crate::proto::{Seq, ServerMsg, Tally, View, ViewInfo};
 use log::{debug, info, warn};
 use mio::{Events, Interest, Poll, Token};
 use signal_hook::consts::{SIGINT, SIGTERM};
@@ -72,18 +72,26 @@ pub fn promise_path(log: &Path) -> PathBuf {
     PathBuf::from(name)
 }
 
-/// The promise a client made before it stopped (0 if none).
-pub fn read_promise(log: &Path) -> Result<View, String> {
+/// The promise a client made before it stopped (0 if none), and the servers of the view
+/// it was made to. The file is one line: the number, then those servers' addresses.
+pub fn read_promise(log: &Path) -> Result<(View, Vec<SocketAddr>), String> {
     let path = promise_path(log);
-    match std::fs::read_to_string(&path) {
-        Ok(text) => text
-            .trim()
-            .parse()
-            .map(View)
-            .map_err(|_| format!("{}: not a view number", path.display())),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(View(0)),
-        Err(e) => Err(format!("{}: {e}", path.display())),
-    }
+    let text = match std::fs::read_to_string(&path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok((View(0), Vec::new())),
+        Err(e) => return Err(format!("{}: {e}", path.display())),
+    };
+    let mut words = text.split_whitespace();
+    let view = words
+        .next()
+        .and_then(|w| w.parse().ok())
+        .map(View)
+        .ok_or_else(|| format!("{}: not a view number", path.display()))?;
+    let servers = words
+        .map(|w| w.parse())
+        .collect::<Result<_, _>>()
+        .map_err(|_| format!("{}: not a list of server addresses", path.display()))?;
+    Ok((view, servers))
 }
 
 /// Makes the promises of this turn durable, before anything that depends on them (the
@@ -95,7 +103,7 @@ pub fn read_promise(log: &Path) -> Result<View, String> {
 /// hosts hundreds of clients on one file system): one `syncfs` for all the files and one
 /// for all the renames, instead of two fsyncs per client, serialised on one disk (measured:
 /// 100 clients, 75 ms of a failover spent in fsync; TMPDIR on tmpfs, 2.5 ms).
-fn write_promises(promises: &[(PathBuf, View)]) -> Result<(), (PathBuf, io::Error)> {
+fn write_promises(promises: &[(PathBuf, ViewInfo)]) -> Result<(), (PathBuf, io::Error)> {
     let tmp_of = |path: &Path| {
         let mut tmp = path.as_os_str().to_owned();
         tmp.push(".tmp");
@@ -105,8 +113,12 @@ fn write_promises(promises: &[(PathBuf, View)]) -> Result<(), (PathBuf, io::Erro
     for (path, view) in promises {
         let fail = |e: io::Error| (path.clone(), e);
         let mut file = File::create(tmp_of(path)).map_err(fail)?;
-        file.write_all(format!("{}\n", view.0).as_bytes())
-            .map_err(fail)?;
+        let mut line = view.number.0.to_string();
+        for addr in view.servers() {
+            line.push_str(&format!(" {addr}"));
+        }
+        line.push('\n');
+        file.write_all(line.as_bytes()).map_err(fail)?;
         if !batch {
             file.sync_all().map_err(fail)?;
         }
@@ -278,7 +290,7 @@ pub struct ClientHost {
     touched: Vec<usize>,
     logs_pending: Vec<usize>,
     /// Promises made this turn: `(<log>.view, view)`.
-    promises: Vec<(PathBuf, View)>,
+    promises: Vec<(PathBuf, ViewInfo)>,
     shutdown: bool,
 }
 
@@ -419,7 +431,8 @@ impl ClientHost {
                     // before the Accept it guards leaves.
                     let path = self.clients[i].promise_path.clone();
                     match self.promises.iter_mut().find(|(p, _)| *p == path) {
-                        Some((_, v)) => *v = (*v).max(view),
+                        Some((_, v)) if v.number < view.number => *v = view,
+                        Some(_) => {}
                         None => self.promises.push((path, view)),
                     }
                 }
@@ -554,22 +567,37 @@ mod tests {
     fn promises_are_written_alone_and_in_a_batch() {
         let dir = tempfile::tempdir().expect("tempdir");
         let log = |name: &str| dir.path().join(name);
+        let (p, b): (SocketAddr, SocketAddr) = (
+            "127.0.0.1:7000".parse().expect("addr"),
+            "127.0.0.1:7001".parse().expect("addr"),
+        );
+        let view = |n, backup| ViewInfo {
+            number: View(n),
+            primary: p,
+            backup,
+        };
+        assert_eq!(read_promise(&log("a.log")), Ok((View(0), vec![])));
         // One promise: the fsync path. Then a batch over it and a new one: the syncfs path.
-        write_promises(&[(promise_path(&log("a.log")), View(3))]).expect("one");
-        assert_eq!(read_promise(&log("a.log")), Ok(View(3)));
+        write_promises(&[(promise_path(&log("a.log")), view(3, None))]).expect("one");
+        assert_eq!(read_promise(&log("a.log")), Ok((View(3), vec![p])));
         write_promises(&[
-            (promise_path(&log("a.log")), View(7)),
-            (promise_path(&log("b.log")), View(7)),
+            (promise_path(&log("a.log")), view(7, Some(b))),
+            (promise_path(&log("b.log")), view(7, Some(b))),
         ])
         .expect("batch");
-        assert_eq!(read_promise(&log("a.log")), Ok(View(7)));
-        assert_eq!(read_promise(&log("b.log")), Ok(View(7)));
+        assert_eq!(read_promise(&log("a.log")), Ok((View(7), vec![p, b])));
+        assert_eq!(read_promise(&log("b.log")), Ok((View(7), vec![p, b])));
         let leftovers: Vec<_> = std::fs::read_dir(dir.path())
             .expect("read dir")
             .filter_map(|e| e.ok())
             .filter(|e| e.path().extension().is_some_and(|x| x == "tmp"))
             .collect();
         assert!(leftovers.is_empty(), "{leftovers:?}");
+        // A file from before addresses were kept: the number alone.
+        std::fs::write(promise_path(&log("c.log")), "5\n").expect("write");
+        assert_eq!(read_promise(&log("c.log")), Ok((View(5), vec![])));
+        std::fs::write(promise_path(&log("d.log")), "5 nowhere\n").expect("write");
+        assert!(read_promise(&log("d.log")).is_err());
     }
 
     /// `--log c.log` names a file in the current folder: its rename must be made durable

@@ -45,6 +45,9 @@ pub struct Scenario {
     pub cold_restart: bool,
     /// Network partitions in the run: links cut (one way or both) and healed later.
     pub partitions: u32,
+    /// Clients start knowing only the first primary's address (`--servers` naming one
+    /// server), not both: they find every other server through the views they accept.
+    pub one_server_known: bool,
 }
 
 impl Scenario {
@@ -76,6 +79,7 @@ impl Scenario {
             } else {
                 0
             },
+            one_server_known: rng.chance(1, 2),
         }
     }
 }
@@ -256,6 +260,10 @@ struct SimConn {
     acceptor: Proc,
     /// Per direction (0: dialer to acceptor), the latest scheduled arrival: TCP is FIFO.
     last_arrival: [Duration; 2],
+    /// Per direction, when the sender crashed with output not yet written: what was due
+    /// to arrive after this is lost (a prefix of the stream got out, as with a real
+    /// SIGKILL between two writes).
+    lost_after: [Option<Duration>; 2],
     /// Each side stops receiving once it closed or was told of the close.
     open: [bool; 2],
     /// The dialer was told the connection is up (before that, a close is a failed dial).
@@ -284,8 +292,10 @@ struct SimClient {
     servers: Vec<SocketAddr>,
     /// Bumped at each crash so the dead incarnation's connections are ignored.
     incarnation: u32,
-    /// What the client persisted of its promises (its `.view` file).
+    /// What the client persisted of its promises (its `.view` file): the number and the
+    /// servers of the view it was made to.
     promised: View,
+    promised_servers: Vec<SocketAddr>,
 }
 
 struct World {
@@ -346,13 +356,19 @@ impl World {
         };
         let (p_addr, b_addr) = world.addrs;
         world.add_server(StartRole::Primary, p_addr, b_addr, None);
+        let known = if world.scenario.one_server_known {
+            vec![p_addr]
+        } else {
+            vec![p_addr, b_addr]
+        };
         for _ in 0..world.scenario.clients {
             world.clients.push(SimClient {
                 core: None,
                 log: Vec::new(),
-                servers: vec![p_addr, b_addr],
+                servers: known.clone(),
                 incarnation: 0,
                 promised: View(0),
+                promised_servers: Vec::new(),
             });
         }
         for i in 0..world.clients.len() {
@@ -366,9 +382,16 @@ impl World {
     }
 
     fn start_client(&mut self, i: usize) {
+        // As `pbvote client`: --servers, then the servers of the view it last promised.
+        let mut servers = self.clients[i].servers.clone();
+        for &addr in &self.clients[i].promised_servers {
+            if !servers.contains(&addr) {
+                servers.push(addr);
+            }
+        }
         let cfg = ClientConfig {
             id: ClientId(format!("c{i}")),
-            servers: self.clients[i].servers.clone(),
+            servers,
             policy: self.scenario.policies[i],
             until: Some(Seq(self.scenario.ballots)),
             redial: Duration::from_millis(100),
@@ -633,7 +656,7 @@ impl World {
         self.faults_left += 1;
         self.note_fault("cold-restart: every server killed".to_string());
         for i in 0..self.servers.len() {
-            self.kill_server(i);
+            self.kill_server(i, true);
         }
         let ms = self.rng.range(0, 1000);
         self.schedule(self.now + Duration::from_millis(ms), Event::ColdStart);
@@ -647,16 +670,20 @@ impl World {
 
     fn crash_server(&mut self, i: usize, what: &str) {
         self.note_fault(format!("crash {what} server={}", self.servers[i].addr));
-        self.kill_server(i);
+        self.kill_server(i, true);
     }
 
-    /// The process is gone: its connections close, its parent hears SIGCHLD.
-    fn kill_server(&mut self, i: usize) {
+    /// The process is gone: its connections close, its parent hears SIGCHLD. A SIGKILL
+    /// (`crash`) also loses some of what it had not written yet; an exit flushed first.
+    fn kill_server(&mut self, i: usize, crash: bool) {
         if !self.servers[i].alive {
             return;
         }
         self.servers[i].alive = false;
         self.servers[i].paused_until = None;
+        if crash {
+            self.lose_unwritten(Proc::Server(i));
+        }
         self.close_all(Proc::Server(i));
         if let Some(parent) = self.servers[i].parent {
             if self.servers[parent].alive && self.servers[parent].child == Some(i) {
@@ -691,6 +718,7 @@ impl World {
             }
         }
         self.clients[c].incarnation += 1;
+        self.lose_unwritten(Proc::Client(c));
         self.close_all(Proc::Client(c));
         let ms = self.rng.range(1, 500);
         self.schedule(
@@ -701,6 +729,24 @@ impl World {
 
     /// Every open connection of `proc` is gone: the other ends hear of it after what is in
     /// flight towards them.
+    /// On each connection of `proc`, a random suffix of what it sent and has not arrived
+    /// yet is lost.
+    fn lose_unwritten(&mut self, proc: Proc) {
+        for c in 0..self.conns.len() {
+            let conn = &self.conns[c];
+            if conn.dialer != proc && conn.acceptor != proc {
+                continue;
+            }
+            let side = self.side(c, proc);
+            let pending = self.conns[c].last_arrival[side].saturating_sub(self.now);
+            if pending.is_zero() {
+                continue;
+            }
+            let kept = self.rng.range(0, pending.as_nanos() as u64);
+            self.conns[c].lost_after[side] = Some(self.now + Duration::from_nanos(kept));
+        }
+    }
+
     fn close_all(&mut self, proc: Proc) {
         for c in 0..self.conns.len() {
             let conn = &self.conns[c];
@@ -963,7 +1009,11 @@ impl World {
                 self.drain(to)
             }
             Event::Deliver { conn, to, payload } => {
-                if !self.conns[conn].open[self.side(conn, to)] {
+                let side = self.side(conn, to);
+                if !self.conns[conn].open[side] {
+                    return Ok(());
+                }
+                if self.conns[conn].lost_after[1 - side].is_some_and(|cut| self.now > cut) {
                     return Ok(());
                 }
                 let id = conn_id(conn);
@@ -1112,6 +1162,7 @@ impl World {
                     dialer: from,
                     acceptor: Proc::Server(target),
                     last_arrival: [at, at],
+                    lost_after: [None, None],
                     open: [true, true],
                     established: false,
                 });
@@ -1148,7 +1199,7 @@ impl World {
                 Output::Close(c, _) => self.close(proc, c),
                 Output::SpawnBackup => {
                     if let Some(old) = self.servers[i].child.take() {
-                        self.kill_server(old);
+                        self.kill_server(old, true);
                     }
                     let (join, listen) = (self.servers[i].addr, self.servers[i].backup_listen);
                     if self.servers.iter().any(|s| s.alive && s.addr == listen) {
@@ -1162,7 +1213,7 @@ impl World {
                     self.servers[i].child = Some(child);
                 }
                 Output::Exit(_) => {
-                    self.kill_server(i);
+                    self.kill_server(i, false);
                     return;
                 }
                 // Delivery is modelled per message; a connection's buffer is never full.
@@ -1183,7 +1234,10 @@ impl World {
                 ClientOutput::Hello(c, hello) => self.send(proc, c, Payload::Hello(hello)),
                 ClientOutput::Send(c, msg) => self.send(proc, c, Payload::Client(msg)),
                 ClientOutput::Close(c) => self.close(proc, c),
-                ClientOutput::Promise(view) => self.clients[i].promised = view,
+                ClientOutput::Promise(view) => {
+                    self.clients[i].promised = view.number;
+                    self.clients[i].promised_servers = view.servers().collect();
+                }
                 ClientOutput::Append(line) => {
                     self.clients[i].log.push(line);
                     if let Err(v) = self.live.observe(i, &format!("c{i}"), line) {
