@@ -242,6 +242,9 @@ pub struct Node {
     pending_forward: Vec<(Seq, u32, bool)>,
     /// Client connections being caught up: the next seq to send each.
     catching_up: HashMap<ConnId, Seq>,
+    /// `Resend`s from clients that follow a view newer than ours (ours is being
+    /// installed): answered when it is.
+    resend_after_install: HashMap<ConnId, Seq>,
     client_index: HashMap<ClientId, u32>,
     client_conns: BTreeMap<ConnId, ClientConn>,
     peer: Option<Peer>,
@@ -297,6 +300,7 @@ impl Node {
             lease_cache: Cell::default(),
             pending_forward: Vec::new(),
             catching_up: HashMap::new(),
+            resend_after_install: HashMap::new(),
             client_index: HashMap::new(),
             client_conns: BTreeMap::new(),
             peer: None,
@@ -530,6 +534,7 @@ impl Node {
     /// A connection closed (by either side, or by the reactor after a bad frame).
     pub fn handle_closed(&mut self, conn: ConnId, now: Instant) {
         self.catching_up.remove(&conn);
+        self.resend_after_install.remove(&conn);
         if let Some(client) = self.client_conns.remove(&conn) {
             if let ClientConn::Known(idx) = client {
                 let record = &mut self.clients[idx as usize];
@@ -577,8 +582,13 @@ impl Node {
             ClientMsg::Votes { view: _, votes } => {
                 self.count_votes(votes.into_iter().map(|(seq, yes)| (idx, seq, yes)), now);
             }
-            ClientMsg::Resend { view: _, from } => {
-                if self.role == Role::Primary {
+            ClientMsg::Resend { view, from } => {
+                if self.role == Role::Primary && view > self.view.number {
+                    // The client already follows the view we are installing (the backup
+                    // told it first): results tagged with our older view would be dropped
+                    // as stale. Answer once we act in its view.
+                    self.resend_after_install.insert(conn, from);
+                } else if self.role == Role::Primary {
                     self.send_results_from(conn, from);
                 }
             }
@@ -1207,6 +1217,11 @@ impl Node {
             self.register(id);
         }
         self.send_to_clients(self.clients.len(), &ServerMsg::NewView { view });
+        for (conn, from) in std::mem::take(&mut self.resend_after_install) {
+            if self.client_conns.contains_key(&conn) {
+                self.send_results_from(conn, from);
+            }
+        }
         self.recommit();
         self.timers.heartbeat = Some(now);
         if took_over {
