@@ -184,39 +184,26 @@ impl Client {
     }
 
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.links
+        let redial = self
+            .links
             .iter()
             .filter_map(|l| match l.state {
                 LinkState::Idle { redial_at } => Some(redial_at),
                 LinkState::Dialing | LinkState::Up(_) => None,
             })
-            .min()
+            .min();
+        // When the primary's lease runs out here, look further (see `look_further`).
+        let lapse = self
+            .heard_holder
+            .filter(|_| self.view.is_some() && !self.unlinked_fallbacks().is_empty())
+            .map(|heard| heard + self.lease);
+        redial.into_iter().chain(lapse).min()
     }
 
     // ----- inputs --------------------------------------------------------------------
 
     pub fn handle_timeout(&mut self, now: Instant) {
-        // No server of our view answers (both replicas may have been restarted, or the
-        // primary died right after installing a view we accepted but never heard was
-        // installed): look at the addresses we were started with, and at the servers of
-        // the last proposal we accepted.
-        let any_up = self
-            .links
-            .iter()
-            .any(|l| matches!(l.state, LinkState::Up(_)));
-        if !any_up && self.view.is_some() {
-            let promised = self.promised_view.iter().flat_map(|v| v.servers());
-            let fallback: Vec<SocketAddr> =
-                self.cfg.servers.iter().copied().chain(promised).collect();
-            for addr in fallback {
-                if !self.links.iter().any(|l| l.addr == addr) {
-                    self.links.push(ServerLink {
-                        addr,
-                        state: LinkState::Idle { redial_at: now },
-                    });
-                }
-            }
-        }
+        self.look_further(now);
         for link in &mut self.links {
             if let LinkState::Idle { redial_at } = link.state {
                 if redial_at <= now {
@@ -264,6 +251,43 @@ impl Client {
             link.state = LinkState::Idle {
                 redial_at: now + self.cfg.redial,
             };
+        }
+    }
+
+    /// The addresses we were started with and the servers of the last proposal we accepted
+    /// that we have no link to.
+    fn unlinked_fallbacks(&self) -> Vec<SocketAddr> {
+        let promised = self.promised_view.iter().flat_map(|v| v.servers());
+        let mut addrs: Vec<SocketAddr> = self.cfg.servers.iter().copied().chain(promised).collect();
+        addrs.sort_unstable();
+        addrs.dedup();
+        addrs.retain(|a| !self.links.iter().any(|l| l.addr == *a));
+        addrs
+    }
+
+    /// When no server of our view answers, or our primary's lease ran out here, dial the
+    /// fallbacks too. Both replicas may have been restarted; or the primary died or
+    /// stopped right after installing a view that adds a backup, before it told us, and
+    /// that backup's takeover needs us as a witness though we never heard of it.
+    fn look_further(&mut self, now: Instant) {
+        if self.view.is_none() {
+            return;
+        }
+        let any_up = self
+            .links
+            .iter()
+            .any(|l| matches!(l.state, LinkState::Up(_)));
+        let lapsed = self
+            .heard_holder
+            .is_none_or(|heard| now.saturating_duration_since(heard) >= self.lease);
+        if any_up && !lapsed {
+            return;
+        }
+        for addr in self.unlinked_fallbacks() {
+            self.links.push(ServerLink {
+                addr,
+                state: LinkState::Idle { redial_at: now },
+            });
         }
     }
 
@@ -413,8 +437,16 @@ impl Client {
         // A view below our promise does not take the lease from the proposer we promised
         // (it may be acting on it already).
         if view.number >= self.promised {
-            self.lease_holder = Some(view.primary);
-            self.heard_holder = (from == view.primary).then_some(now);
+            if self.lease_holder == Some(view.primary) {
+                // Its proposal, which we accepted: the lease runs from then (the primary
+                // counts it so), even if the backup's Welcome told us of the view first.
+                if from == view.primary {
+                    self.heard_holder = Some(now);
+                }
+            } else {
+                self.lease_holder = Some(view.primary);
+                self.heard_holder = (from == view.primary).then_some(now);
+            }
         }
         self.promise(view);
         // Follow the view: talk to its servers; tell anyone else they were replaced.
