@@ -195,7 +195,7 @@ impl Client {
         // When the primary's lease runs out here, look further (see `look_further`).
         let lapse = self
             .heard_holder
-            .filter(|_| self.view.is_some() && !self.unlinked_fallbacks().is_empty())
+            .filter(|_| self.view.is_some() && self.fallbacks().any(|a| !self.linked(a)))
             .map(|heard| heard + self.lease);
         redial.into_iter().chain(lapse).min()
     }
@@ -254,15 +254,14 @@ impl Client {
         }
     }
 
-    /// The addresses we were started with and the servers of the last proposal we accepted
-    /// that we have no link to.
-    fn unlinked_fallbacks(&self) -> Vec<SocketAddr> {
+    /// The addresses we were started with and the servers of the last proposal we accepted.
+    fn fallbacks(&self) -> impl Iterator<Item = SocketAddr> + '_ {
         let promised = self.promised_view.iter().flat_map(|v| v.servers());
-        let mut addrs: Vec<SocketAddr> = self.cfg.servers.iter().copied().chain(promised).collect();
-        addrs.sort_unstable();
-        addrs.dedup();
-        addrs.retain(|a| !self.links.iter().any(|l| l.addr == *a));
-        addrs
+        self.cfg.servers.iter().copied().chain(promised)
+    }
+
+    fn linked(&self, addr: SocketAddr) -> bool {
+        self.links.iter().any(|l| l.addr == addr)
     }
 
     /// When no server of our view answers, or our primary's lease ran out here, dial the
@@ -283,11 +282,14 @@ impl Client {
         if any_up && !lapsed {
             return;
         }
-        for addr in self.unlinked_fallbacks() {
-            self.links.push(ServerLink {
-                addr,
-                state: LinkState::Idle { redial_at: now },
-            });
+        let fallbacks: Vec<SocketAddr> = self.fallbacks().collect();
+        for addr in fallbacks {
+            if !self.linked(addr) {
+                self.links.push(ServerLink {
+                    addr,
+                    state: LinkState::Idle { redial_at: now },
+                });
+            }
         }
     }
 
