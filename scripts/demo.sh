@@ -19,8 +19,11 @@ cargo build --release --quiet
 BIN=target/release/pbvote
 
 cleanup() {
-    # The backup is the primary's child, not ours: stop it first, then all we started.
-    [ -n "${PRIMARY:-}" ] && pkill -TERM -P "$PRIMARY" 2>/dev/null
+    # Every server (the primary, the backups it spawns and their replacements) is in the
+    # process group setsid made for the primary: one signal stops them all at once. (Stop
+    # the backup first and the primary respawns it; the primary first and the backup
+    # takes over.)
+    [ -n "${PRIMARY:-}" ] && kill -TERM -- "-$PRIMARY" 2>/dev/null
     kill $(jobs -p) 2>/dev/null
     wait 2>/dev/null
     return 0
@@ -29,7 +32,7 @@ trap cleanup EXIT INT TERM
 
 echo "== files in $DIR"
 echo "== primary on 127.0.0.1:$PORT spawns its backup on 127.0.0.1:$((PORT + 1)) (joins after ${START_DELAY_MS} ms)"
-$BIN server --role primary --listen 127.0.0.1:$PORT --backup-listen 127.0.0.1:$((PORT + 1)) \
+setsid "$BIN" server --role primary --listen 127.0.0.1:$PORT --backup-listen 127.0.0.1:$((PORT + 1)) \
     --heartbeat-ms 200 --miss-limit 5 --backup-start-delay-ms "$START_DELAY_MS" \
     --ballot-interval-ms "$INTERVAL_MS" --ballots "$BALLOTS" --min-clients 3 \
     2>"$DIR/servers.err" &

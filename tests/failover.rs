@@ -174,3 +174,36 @@ fn six_kills_of_random_replicas_leave_every_log_exact() {
     c.finish_and_check();
     c.assert_every_log_is_3_yes_2_no();
 }
+
+/// A backup whose primary is gone (here: never was) does not retry for ever: once its
+/// primary would have replaced it, it gives up and exits.
+#[test]
+fn joiner_with_no_primary_gives_up() {
+    let dir = test_dir();
+    let nobody = format!("127.0.0.1:{}", probe_port());
+    let mut backup = Proc::start(
+        dir.path(),
+        "backup",
+        &[
+            "server",
+            "--role",
+            "backup",
+            "--listen",
+            "127.0.0.1:0",
+            "--join",
+            &nobody,
+            "--heartbeat-ms",
+            "20",
+            "--miss-limit",
+            "3",
+            "--backup-start-delay-ms",
+            "50",
+        ],
+    );
+    // Start delay 50 ms + 3 x 60 ms: it gives up at its first retry after ~230 ms.
+    let status = backup.wait_exit(T);
+    assert!(status.success(), "{status}");
+    let line = backup.wait_line("stepped-down role=joining", T);
+    assert!(line.contains("no primary to join"), "{line}");
+    assert!(lines_with(&dir.path().join("backup.err"), "join-failed").len() >= 2);
+}

@@ -240,6 +240,9 @@ pub struct Node {
     lease_cache: Cell<LeaseCache>,
     /// Votes counted and not yet forwarded to the peer: `(seq, client, yes)`.
     pending_forward: Vec<(Seq, u32, bool)>,
+    /// A joiner that still has no primary to join by then gives up (exits): it has no
+    /// state to serve with, and its primary, if alive, has replaced it by then.
+    join_give_up: Option<Instant>,
     /// Client connections being caught up: the next seq to send each.
     catching_up: HashMap<ConnId, Seq>,
     /// `Resend`s from clients that follow a view newer than ours (ours is being
@@ -299,6 +302,7 @@ impl Node {
             clients: Vec::new(),
             lease_cache: Cell::default(),
             pending_forward: Vec::new(),
+            join_give_up: None,
             catching_up: HashMap::new(),
             resend_after_install: HashMap::new(),
             client_index: HashMap::new(),
@@ -338,6 +342,7 @@ impl Node {
                     node.cfg.backup_start_delay.as_millis()
                 );
                 node.timers.join = Some(now + node.cfg.backup_start_delay);
+                node.join_give_up = Some(now + node.cfg.join_deadline() + node.cfg.peer_timeout());
             }
         }
         node
@@ -527,8 +532,23 @@ impl Node {
                 "join-failed primary={addr} retry_in_ms={}",
                 self.cfg.heartbeat.as_millis()
             );
-            self.timers.join = Some(now + self.cfg.heartbeat);
+            self.retry_join(now);
         }
+    }
+
+    /// Tries to join again in a heartbeat, unless it is time to give up.
+    fn retry_join(&mut self, now: Instant) {
+        if self.join_give_up.is_some_and(|t| now >= t) {
+            // Left behind (its primary died, or a script stopped the primary and not us),
+            // a joiner would retry for ever.
+            self.step_down(&format!(
+                "no primary to join at {} within {} ms",
+                self.view.primary,
+                (self.cfg.join_deadline() + self.cfg.peer_timeout()).as_millis()
+            ));
+            return;
+        }
+        self.timers.join = Some(now + self.cfg.heartbeat);
     }
 
     /// A connection closed (by either side, or by the reactor after a bad frame).
@@ -670,6 +690,7 @@ impl Node {
                     self.view = view;
                     self.highest_seen = self.highest_seen.max(view.number);
                     self.role = Role::Backup;
+                    self.join_give_up = None;
                     self.out.push_back(Output::ToPeer(
                         conn,
                         PeerMsg::InstallAck { view: view.number },
@@ -889,7 +910,7 @@ impl Node {
             Role::Backup => self.take_over(now),
             Role::Joining => {
                 // No state to take over with: try to join again.
-                self.timers.join = Some(now + self.cfg.heartbeat);
+                self.retry_join(now);
             }
         }
     }
