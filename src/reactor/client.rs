@@ -9,7 +9,7 @@ use crate::ballot_log;
 use crate::client::{Client, ClientOutput};
 use crate::link::ConnId;
 use crate::proto::limits::{MAX_CLIENT_OUTBUF, MAX_OPEN_BALLOTS, MAX_RECOVERY_TAIL};
-use crate::proto::{Seq, ServerMsg, Tally, View, ViewInfo};
+use crate::proto::{ClientMsg, Seq, ServerMsg, Tally, View, ViewInfo};
 use log::{debug, info, warn};
 use mio::{Events, Interest, Poll, Token};
 use signal_hook::consts::{SIGINT, SIGTERM};
@@ -418,11 +418,28 @@ impl ClientHost {
     }
 
     fn drain_outputs(&mut self, i: usize, now: Instant) {
+        // The same message to several servers in a row (the votes go to both) is encoded
+        // once: held here until a different output comes.
+        let mut same: Option<(Vec<ConnId>, ClientMsg)> = None;
         while let Some(output) = self.clients[i].core.poll_output() {
+            if let ClientOutput::Send(id, msg) = output {
+                match &mut same {
+                    Some((ids, held)) if *held == msg => ids.push(id),
+                    _ => {
+                        if let Some((ids, held)) = same.replace((vec![id], msg)) {
+                            self.queue_to_all(&ids, &held, now);
+                        }
+                    }
+                }
+                continue;
+            }
+            if let Some((ids, held)) = same.take() {
+                self.queue_to_all(&ids, &held, now);
+            }
             match output {
                 ClientOutput::Dial(addr) => self.dial(i, addr, now),
                 ClientOutput::Hello(id, hello) => self.queue(id, &hello, now),
-                ClientOutput::Send(id, msg) => self.queue(id, &msg, now),
+                ClientOutput::Send(..) => {}
                 ClientOutput::Close(id) => {
                     self.conns.close_after_flush(id);
                 }
@@ -448,6 +465,19 @@ impl ClientHost {
                     line.write_to(&mut hosted.pending);
                 }
             }
+        }
+        if let Some((ids, held)) = same {
+            self.queue_to_all(&ids, &held, now);
+        }
+    }
+
+    fn queue_to_all(&mut self, ids: &[ConnId], msg: &ClientMsg, now: Instant) {
+        if let [id] = ids {
+            return self.queue(*id, msg, now);
+        }
+        for (id, e) in self.conns.queue_to_all(ids, msg) {
+            warn!("send-failed conn={id} error={e}");
+            self.close_now(id, now);
         }
     }
 
