@@ -101,6 +101,11 @@ pub struct Client {
     /// The view of the last proposal it accepted: where to look when no server of its own
     /// view answers (its primary may have died before telling it that view was installed).
     promised_view: Option<ViewInfo>,
+    /// We learned of the view we follow from another server than its primary: the
+    /// primary may not act in it yet, and what it sends us tagged with its older view
+    /// (the catch-up our hello or `Resend` asked for) is dropped as stale. Ask again on
+    /// the first current message from it.
+    resend_pending: bool,
     out: VecDeque<ClientOutput>,
 }
 
@@ -139,6 +144,7 @@ impl Client {
             deferred: None,
             promised_to: None,
             promised_view: None,
+            resend_pending: false,
             out: VecDeque::new(),
         }
     }
@@ -409,13 +415,27 @@ impl Client {
             ));
             return false;
         }
-        self.heard_from(from, now);
+        self.heard_from(conn, from, now);
         true
     }
 
-    fn heard_from(&mut self, from: SocketAddr, now: Instant) {
+    /// A current message from `from` arrived on `conn`.
+    fn heard_from(&mut self, conn: ConnId, from: SocketAddr, now: Instant) {
         if self.lease_holder == Some(from) {
             self.heard_holder = Some(now);
+        }
+        if let Some(view) = self
+            .view
+            .filter(|v| self.resend_pending && v.primary == from)
+        {
+            self.resend_pending = false;
+            self.out.push_back(ClientOutput::Send(
+                conn,
+                ClientMsg::Resend {
+                    view: view.number,
+                    from: self.last_logged.next(),
+                },
+            ));
         }
     }
 
@@ -430,7 +450,7 @@ impl Client {
                 return;
             }
             if view.number == ours.number {
-                self.heard_from(from, now);
+                self.heard_from(conn, from, now);
                 return;
             }
         }
@@ -486,6 +506,7 @@ impl Client {
                 },
             ));
         }
+        self.resend_pending = from != view.primary;
         self.handle_timeout(now);
     }
 

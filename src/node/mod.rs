@@ -85,6 +85,10 @@ impl NodeConfig {
     }
 }
 
+/// Why a primary refuses a joiner when it has a backup already: the one refusal after
+/// which the joiner stops trying once its own deadline passes.
+const REFUSED_HAS_BACKUP: &str = "a backup is already in service";
+
 /// What the caller must do, in order.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Output {
@@ -653,6 +657,11 @@ impl Node {
                 "join-refused by={} view={view} reason={reason}",
                 self.view.primary
             );
+            // A live primary that wants us later (it waits for clients, or recovers): keep
+            // trying. One that has a backup already does not need us.
+            if self.role == Role::Joining && reason != REFUSED_HAS_BACKUP {
+                self.join_give_up = Some(now + self.cfg.join_deadline() + self.cfg.peer_timeout());
+            }
             return;
         }
         let Some(peer) = self.peer.as_mut().filter(|p| p.conn == conn) else {
@@ -1240,6 +1249,8 @@ impl Node {
         self.send_to_clients(self.clients.len(), &ServerMsg::NewView { view });
         for (conn, from) in std::mem::take(&mut self.resend_after_install) {
             if self.client_conns.contains_key(&conn) {
+                // A catch-up under way went out tagged with the old view: start over.
+                self.catching_up.remove(&conn);
                 self.send_results_from(conn, from);
             }
         }
@@ -1841,7 +1852,7 @@ impl Node {
     ) {
         self.highest_seen = self.highest_seen.max(view);
         let refusal = match self.role {
-            Role::Primary if self.peer.is_some() => Some("a backup is already in service"),
+            Role::Primary if self.peer.is_some() => Some(REFUSED_HAS_BACKUP),
             Role::Primary if self.recovering => Some("recovering from a cold restart"),
             // Every view change needs clients as witnesses; a backup joins once they are here.
             Role::Primary if self.clients.len() < self.cfg.min_clients.max(1) => {

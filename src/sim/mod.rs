@@ -706,17 +706,9 @@ impl World {
 
     fn crash_client(&mut self, c: usize) {
         self.note_fault(format!("crash client=c{c}"));
-        if let Some(core) = self.clients[c].core.take() {
-            // A restarted client finds the cluster where it last saw it.
-            if let Some(view) = core.view() {
-                let known = &mut self.clients[c].servers;
-                for addr in view.servers() {
-                    if !known.contains(&addr) {
-                        known.push(addr);
-                    }
-                }
-            }
-        }
+        // A restarted client knows what `pbvote client` would: its `--servers` and the
+        // servers named in its promise file (`promised_servers`), nothing else.
+        self.clients[c].core = None;
         self.clients[c].incarnation += 1;
         self.lose_unwritten(Proc::Client(c));
         self.close_all(Proc::Client(c));
@@ -743,7 +735,10 @@ impl World {
                 continue;
             }
             let kept = self.rng.range(0, pending.as_nanos() as u64);
-            self.conns[c].lost_after[side] = Some(self.now + Duration::from_nanos(kept));
+            let cut = self.now + Duration::from_nanos(kept);
+            // A connection of an earlier life may be cut already: never later than that.
+            let cut = self.conns[c].lost_after[side].map_or(cut, |earlier| earlier.min(cut));
+            self.conns[c].lost_after[side] = Some(cut);
         }
     }
 
