@@ -282,9 +282,16 @@ impl Client {
             .links
             .iter()
             .any(|l| matches!(l.state, LinkState::Up(_)));
-        let lapsed = self
-            .heard_holder
-            .is_none_or(|heard| now.saturating_duration_since(heard) >= self.lease);
+        let lapsed = match self.heard_holder {
+            Some(heard) => now.saturating_duration_since(heard) >= self.lease,
+            // Not heard since we adopted a view learned from another server: lapsed only
+            // if we have no link to the holder either (else its next message will do).
+            None => !self.lease_holder.is_some_and(|h| {
+                self.links
+                    .iter()
+                    .any(|l| l.addr == h && matches!(l.state, LinkState::Up(_)))
+            }),
+        };
         if any_up && !lapsed {
             return;
         }
