@@ -719,17 +719,18 @@ impl World {
         );
     }
 
-    /// Every open connection of `proc` is gone: the other ends hear of it after what is in
-    /// flight towards them.
+    /// Every connection `proc` is an end of, with its side (0: dialer).
+    fn ends_of(&self, proc: Proc) -> Vec<(usize, usize)> {
+        (0..self.conns.len())
+            .filter(|&c| self.conns[c].dialer == proc || self.conns[c].acceptor == proc)
+            .map(|c| (c, self.side(c, proc)))
+            .collect()
+    }
+
     /// On each connection of `proc`, a random suffix of what it sent and has not arrived
     /// yet is lost.
     fn lose_unwritten(&mut self, proc: Proc) {
-        for c in 0..self.conns.len() {
-            let conn = &self.conns[c];
-            if conn.dialer != proc && conn.acceptor != proc {
-                continue;
-            }
-            let side = self.side(c, proc);
+        for (c, side) in self.ends_of(proc) {
             let pending = self.conns[c].last_arrival[side].saturating_sub(self.now);
             if pending.is_zero() {
                 continue;
@@ -742,13 +743,11 @@ impl World {
         }
     }
 
+    /// Every open connection of `proc` is gone: the other ends hear of it after what is in
+    /// flight towards them.
     fn close_all(&mut self, proc: Proc) {
-        for c in 0..self.conns.len() {
+        for (c, side) in self.ends_of(proc) {
             let conn = &self.conns[c];
-            if conn.dialer != proc && conn.acceptor != proc {
-                continue;
-            }
-            let side = self.side(c, proc);
             let other = if side == 0 {
                 conn.acceptor
             } else {
