@@ -5,8 +5,8 @@
 
 use crate::check::{self, ClientLog, Expect};
 use crate::client::policy::Policy;
-use crate::client::{Client, ClientConfig};
-use crate::proto::{ClientId, Seq, View};
+use crate::client::{Client, ClientConfig, Promised};
+use crate::proto::{ClientId, Seq};
 use crate::reactor::client::{open_log, BallotSeen, ClientHost, Hosted, Probe};
 use std::collections::HashMap;
 use std::fs;
@@ -287,7 +287,7 @@ fn host_clients(
             },
             last,
             &recent,
-            View(0),
+            &Promised::default(),
             now,
         );
         hosted.push(Hosted::new(core, log, &path));

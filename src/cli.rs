@@ -402,26 +402,21 @@ fn run_client(args: ClientArgs) -> Result<(), Failure> {
     let policy = parse_policy(&args.policy, args.seed, &args.id)?;
     init_logging(&args.log_level, format!("client-{}", args.id))?;
     let (log, last, recent) = open_log(&args.log).map_err(Failure::Runtime)?;
-    let (promised, promised_servers) = read_promise(&args.log).map_err(Failure::Runtime)?;
-    // Where to look: --servers, and the servers of the view it last promised.
-    let mut servers = args.servers.clone();
-    for addr in promised_servers {
-        if !servers.contains(&addr) {
-            servers.push(addr);
-        }
-    }
+    let promised = read_promise(&args.log).map_err(Failure::Runtime)?;
     log::info!(
-        "client-start client={} policy={policy} last_seq={last} servers={servers:?}",
-        args.id
+        "client-start client={} policy={policy} last_seq={last} servers={:?} promised_servers={:?}",
+        args.id,
+        args.servers,
+        promised.servers
     );
     let cfg = ClientConfig {
         id: ClientId(args.id.clone()),
-        servers,
+        servers: args.servers,
         policy,
         until: args.until.map(Seq),
         redial: REDIAL,
     };
-    let core = Client::new(cfg, last, &recent, promised, Instant::now());
+    let core = Client::new(cfg, last, &recent, &promised, Instant::now());
     let mut host = ClientHost::new(vec![Hosted::new(core, log, &args.log)])
         .map_err(|e| Failure::Runtime(format!("client {}: {e}", args.id)))?;
     host.run(None)

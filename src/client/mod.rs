@@ -17,6 +17,14 @@ use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+/// What a client persisted of its promises (its `<log>.view` file): the highest view
+/// number it promised, and the servers of that view.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Promised {
+    pub view: View,
+    pub servers: Vec<SocketAddr>,
+}
+
 #[derive(Clone, Debug)]
 pub struct ClientConfig {
     pub id: ClientId,
@@ -112,13 +120,20 @@ pub struct Client {
 impl Client {
     /// A client whose log already holds 1..=`last_logged`, the last of them `recent`, and
     /// which has promised view numbers up to `promised`.
+    /// `promised`: what it persisted before a restart. Its servers are dialed besides
+    /// `cfg.servers` (its primary may be gone, and `--servers` may not name the backup).
     pub fn new(
-        cfg: ClientConfig,
+        mut cfg: ClientConfig,
         last_logged: Seq,
         recent: &[Tally],
-        promised: View,
+        promised: &Promised,
         now: Instant,
     ) -> Client {
+        for &addr in &promised.servers {
+            if !cfg.servers.contains(&addr) {
+                cfg.servers.push(addr);
+            }
+        }
         let keep = recent.len().min(MAX_RECOVERY_TAIL);
         let recent = recent[recent.len() - keep..].iter().copied().collect();
         let links = cfg
@@ -133,7 +148,7 @@ impl Client {
             cfg,
             last_logged,
             view: None,
-            promised,
+            promised: promised.view,
             lease: Duration::ZERO,
             lease_holder: None,
             heard_holder: None,

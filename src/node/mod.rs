@@ -1720,21 +1720,18 @@ impl Node {
         }
         let needs_ack = self.commit_backup().is_some();
         let view = self.view.number;
+        let commits = self
+            .ballots
+            .iter()
+            .take_while(|b| b.state != BallotState::Open || b.complete())
+            .any(|b| b.state == BallotState::Open);
+        if commits {
+            // The votes before the tallies they count in.
+            self.flush_forwards();
+        }
         for ballot in &mut self.ballots {
             match ballot.state {
                 BallotState::Open if ballot.complete() => {
-                    // The votes before the tally (they count in it).
-                    if !self.pending_forward.is_empty() {
-                        if let Some(peer) = &self.peer {
-                            self.out.push_back(Output::ToPeer(
-                                peer.conn,
-                                PeerMsg::Forward {
-                                    view,
-                                    votes: std::mem::take(&mut self.pending_forward),
-                                },
-                            ));
-                        }
-                    }
                     // A joining peer gets every commit too: its copy must be whole when it
                     // is installed as backup.
                     if let Some(peer) = &self.peer {

@@ -5,7 +5,9 @@ use std::fmt;
 use std::net::SocketAddr;
 
 /// A configuration number. Only grows; every server message carries one.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
 pub struct View(pub u64);
 
 /// A ballot's sequence number, 1, 2, 3, ... `Seq(0)` means "none yet".

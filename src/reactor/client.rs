@@ -6,7 +6,7 @@ use super::conns::{Conns, Flushed};
 use super::timeout_until;
 use super::timer::TimerWheel;
 use crate::ballot_log;
-use crate::client::{Client, ClientOutput};
+use crate::client::{Client, ClientOutput, Promised};
 use crate::link::ConnId;
 use crate::proto::limits::{MAX_CLIENT_OUTBUF, MAX_OPEN_BALLOTS, MAX_RECOVERY_TAIL};
 use crate::proto::{ClientMsg, Seq, ServerMsg, Tally, View, ViewInfo};
@@ -74,11 +74,11 @@ pub fn promise_path(log: &Path) -> PathBuf {
 
 /// The promise a client made before it stopped (0 if none), and the servers of the view
 /// it was made to. The file is one line: the number, then those servers' addresses.
-pub fn read_promise(log: &Path) -> Result<(View, Vec<SocketAddr>), String> {
+pub fn read_promise(log: &Path) -> Result<Promised, String> {
     let path = promise_path(log);
     let text = match std::fs::read_to_string(&path) {
         Ok(text) => text,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok((View(0), Vec::new())),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Promised::default()),
         Err(e) => return Err(format!("{}: {e}", path.display())),
     };
     let mut words = text.split_whitespace();
@@ -91,7 +91,7 @@ pub fn read_promise(log: &Path) -> Result<(View, Vec<SocketAddr>), String> {
         .map(|w| w.parse())
         .collect::<Result<_, _>>()
         .map_err(|_| format!("{}: not a list of server addresses", path.display()))?;
-    Ok((view, servers))
+    Ok(Promised { view, servers })
 }
 
 /// Makes the promises of this turn durable, before anything that depends on them (the
@@ -289,6 +289,8 @@ pub struct ClientHost {
     wheel: TimerWheel,
     touched: Vec<usize>,
     logs_pending: Vec<usize>,
+    /// The connections a held message goes to (kept to reuse its allocation).
+    send_to: Vec<ConnId>,
     /// Promises made this turn: `(<log>.view, view)`.
     promises: Vec<(PathBuf, ViewInfo)>,
     shutdown: bool,
@@ -309,6 +311,7 @@ impl ClientHost {
             touched: (0..clients.len()).collect(),
             clients,
             logs_pending: Vec::new(),
+            send_to: Vec::new(),
             promises: Vec::new(),
             shutdown: false,
             probe: None,
@@ -419,23 +422,18 @@ impl ClientHost {
 
     fn drain_outputs(&mut self, i: usize, now: Instant) {
         // The same message to several servers in a row (the votes go to both) is encoded
-        // once: held here until a different output comes.
-        let mut same: Option<(Vec<ConnId>, ClientMsg)> = None;
+        // once: held, with its connections, until a different output comes.
+        let mut ids = std::mem::take(&mut self.send_to);
+        let mut held: Option<ClientMsg> = None;
         while let Some(output) = self.clients[i].core.poll_output() {
             if let ClientOutput::Send(id, msg) = output {
-                match &mut same {
-                    Some((ids, held)) if *held == msg => ids.push(id),
-                    _ => {
-                        if let Some((ids, held)) = same.replace((vec![id], msg)) {
-                            self.queue_to_all(&ids, &held, now);
-                        }
-                    }
+                if held.as_ref() != Some(&msg) {
+                    self.send_held(&mut ids, held.replace(msg), now);
                 }
+                ids.push(id);
                 continue;
             }
-            if let Some((ids, held)) = same.take() {
-                self.queue_to_all(&ids, &held, now);
-            }
+            self.send_held(&mut ids, held.take(), now);
             match output {
                 ClientOutput::Dial(addr) => self.dial(i, addr, now),
                 ClientOutput::Hello(id, hello) => self.queue(id, &hello, now),
@@ -466,19 +464,23 @@ impl ClientHost {
                 }
             }
         }
-        if let Some((ids, held)) = same {
-            self.queue_to_all(&ids, &held, now);
-        }
+        self.send_held(&mut ids, held, now);
+        self.send_to = ids;
     }
 
-    fn queue_to_all(&mut self, ids: &[ConnId], msg: &ClientMsg, now: Instant) {
-        if let [id] = ids {
-            return self.queue(*id, msg, now);
+    /// Queues `msg` (if any) on each of `ids`, encoded once, and empties `ids`.
+    fn send_held(&mut self, ids: &mut Vec<ConnId>, msg: Option<ClientMsg>, now: Instant) {
+        if let Some(msg) = msg {
+            if let [id] = ids[..] {
+                self.queue(id, &msg, now);
+            } else {
+                for (id, e) in self.conns.queue_to_all(ids, &msg) {
+                    warn!("send-failed conn={id} error={e}");
+                    self.close_now(id, now);
+                }
+            }
         }
-        for (id, e) in self.conns.queue_to_all(ids, msg) {
-            warn!("send-failed conn={id} error={e}");
-            self.close_now(id, now);
-        }
+        ids.clear();
     }
 
     fn queue<T: crate::proto::codec::Wire>(&mut self, id: ConnId, msg: &T, now: Instant) {
@@ -593,6 +595,13 @@ pub const REDIAL: Duration = Duration::from_millis(200);
 mod tests {
     use super::*;
 
+    fn promised(view: u64, servers: Vec<SocketAddr>) -> Promised {
+        Promised {
+            view: View(view),
+            servers,
+        }
+    }
+
     #[test]
     fn promises_are_written_alone_and_in_a_batch() {
         let dir = tempfile::tempdir().expect("tempdir");
@@ -606,17 +615,17 @@ mod tests {
             primary: p,
             backup,
         };
-        assert_eq!(read_promise(&log("a.log")), Ok((View(0), vec![])));
+        assert_eq!(read_promise(&log("a.log")), Ok(promised(0, vec![])));
         // One promise: the fsync path. Then a batch over it and a new one: the syncfs path.
         write_promises(&[(promise_path(&log("a.log")), view(3, None))]).expect("one");
-        assert_eq!(read_promise(&log("a.log")), Ok((View(3), vec![p])));
+        assert_eq!(read_promise(&log("a.log")), Ok(promised(3, vec![p])));
         write_promises(&[
             (promise_path(&log("a.log")), view(7, Some(b))),
             (promise_path(&log("b.log")), view(7, Some(b))),
         ])
         .expect("batch");
-        assert_eq!(read_promise(&log("a.log")), Ok((View(7), vec![p, b])));
-        assert_eq!(read_promise(&log("b.log")), Ok((View(7), vec![p, b])));
+        assert_eq!(read_promise(&log("a.log")), Ok(promised(7, vec![p, b])));
+        assert_eq!(read_promise(&log("b.log")), Ok(promised(7, vec![p, b])));
         let leftovers: Vec<_> = std::fs::read_dir(dir.path())
             .expect("read dir")
             .filter_map(|e| e.ok())
@@ -625,7 +634,7 @@ mod tests {
         assert!(leftovers.is_empty(), "{leftovers:?}");
         // A file from before addresses were kept: the number alone.
         std::fs::write(promise_path(&log("c.log")), "5\n").expect("write");
-        assert_eq!(read_promise(&log("c.log")), Ok((View(5), vec![])));
+        assert_eq!(read_promise(&log("c.log")), Ok(promised(5, vec![])));
         std::fs::write(promise_path(&log("d.log")), "5 nowhere\n").expect("write");
         assert!(read_promise(&log("d.log")).is_err());
     }

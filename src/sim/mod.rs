@@ -14,10 +14,10 @@ mod rng;
 use crate::ballot_log::LogLine;
 use crate::check::{self, ClientLog, Expect, LiveCheck};
 use crate::client::policy::Policy;
-use crate::client::{Client, ClientConfig, ClientOutput};
+use crate::client::{Client, ClientConfig, ClientOutput, Promised};
 use crate::link::ConnId;
 use crate::node::{Node, NodeConfig, Output, StartRole};
-use crate::proto::{ClientId, ClientMsg, Hello, NodeId, PeerMsg, Role, Seq, ServerMsg, View};
+use crate::proto::{ClientId, ClientMsg, Hello, NodeId, PeerMsg, Role, Seq, ServerMsg};
 pub use rng::Rng;
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap, VecDeque};
@@ -294,8 +294,7 @@ struct SimClient {
     incarnation: u32,
     /// What the client persisted of its promises (its `.view` file): the number and the
     /// servers of the view it was made to.
-    promised: View,
-    promised_servers: Vec<SocketAddr>,
+    promised: Promised,
 }
 
 struct World {
@@ -367,8 +366,7 @@ impl World {
                 log: Vec::new(),
                 servers: known.clone(),
                 incarnation: 0,
-                promised: View(0),
-                promised_servers: Vec::new(),
+                promised: Promised::default(),
             });
         }
         for i in 0..world.clients.len() {
@@ -382,16 +380,9 @@ impl World {
     }
 
     fn start_client(&mut self, i: usize) {
-        // As `pbvote client`: --servers, then the servers of the view it last promised.
-        let mut servers = self.clients[i].servers.clone();
-        for &addr in &self.clients[i].promised_servers {
-            if !servers.contains(&addr) {
-                servers.push(addr);
-            }
-        }
         let cfg = ClientConfig {
             id: ClientId(format!("c{i}")),
-            servers,
+            servers: self.clients[i].servers.clone(),
             policy: self.scenario.policies[i],
             until: Some(Seq(self.scenario.ballots)),
             redial: Duration::from_millis(100),
@@ -399,8 +390,13 @@ impl World {
         let log = &self.clients[i].log;
         let recent: Vec<_> = log.iter().map(|l| l.tally).collect();
         let last = Seq(log.len() as u64);
-        let promised = self.clients[i].promised;
-        let mut core = Client::new(cfg, last, &recent, promised, self.instant());
+        let mut core = Client::new(
+            cfg,
+            last,
+            &recent,
+            &self.clients[i].promised,
+            self.instant(),
+        );
         core.handle_timeout(self.instant());
         self.clients[i].core = Some(core);
     }
@@ -707,7 +703,7 @@ impl World {
     fn crash_client(&mut self, c: usize) {
         self.note_fault(format!("crash client=c{c}"));
         // A restarted client knows what `pbvote client` would: its `--servers` and the
-        // servers named in its promise file (`promised_servers`), nothing else.
+        // servers named in its promise file (`promised`), nothing else.
         self.clients[c].core = None;
         self.clients[c].incarnation += 1;
         self.lose_unwritten(Proc::Client(c));
@@ -758,16 +754,7 @@ impl World {
             self.conns[c].open[side] = false;
             // A dial still in flight fails when its Connected event finds this.
             if established && self.conns[c].open[other_side] {
-                let at = self.conns[c].last_arrival[side].max(self.now) + self.delay();
-                self.conns[c].last_arrival[side] = at;
-                self.schedule(
-                    at,
-                    Event::Closed {
-                        conn: c,
-                        to: other,
-                        remote: true,
-                    },
-                );
+                self.tell_remote_close(c, side, other);
             }
         }
     }
@@ -1126,9 +1113,6 @@ impl World {
         } else {
             self.conns[c].dialer
         };
-        // Data already sent still arrives, then the close.
-        let at = self.conns[c].last_arrival[side].max(self.now) + self.delay();
-        self.conns[c].last_arrival[side] = at;
         self.schedule(
             self.now,
             Event::Closed {
@@ -1137,6 +1121,13 @@ impl World {
                 remote: false,
             },
         );
+        self.tell_remote_close(c, side, other);
+    }
+
+    /// `other` hears that `side` closed connection `c`: after the data already sent.
+    fn tell_remote_close(&mut self, c: usize, side: usize, other: Proc) {
+        let at = self.conns[c].last_arrival[side].max(self.now) + self.delay();
+        self.conns[c].last_arrival[side] = at;
         self.schedule(
             at,
             Event::Closed {
@@ -1229,8 +1220,10 @@ impl World {
                 ClientOutput::Send(c, msg) => self.send(proc, c, Payload::Client(msg)),
                 ClientOutput::Close(c) => self.close(proc, c),
                 ClientOutput::Promise(view) => {
-                    self.clients[i].promised = view.number;
-                    self.clients[i].promised_servers = view.servers().collect();
+                    self.clients[i].promised = Promised {
+                        view: view.number,
+                        servers: view.servers().collect(),
+                    };
                 }
                 ClientOutput::Append(line) => {
                     self.clients[i].log.push(line);
