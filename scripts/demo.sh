@@ -24,6 +24,9 @@ cleanup() {
     # the backup first and the primary respawns it; the primary first and the backup
     # takes over.)
     [ -n "${PRIMARY:-}" ] && kill -TERM -- "-$PRIMARY" 2>/dev/null
+    # The watchers are pipelines (tail | grep): `jobs -p` names one process of each, so
+    # stop the `tail -F`s by what they follow, or they outlive the demo.
+    pkill -f -- "-F $DIR/" 2>/dev/null
     kill $(jobs -p) 2>/dev/null
     wait 2>/dev/null
     return 0

@@ -305,6 +305,9 @@ impl Server {
                         info!("conn-closing peer={addr} conn={id} reason={reason}");
                     }
                 }
+                // SIGTERM to the whole group reaches the backup too: its exit must not
+                // make a stopping primary start another one, left behind.
+                Output::SpawnBackup if self.shutdown => info!("spawn-skipped reason=shutting-down"),
                 Output::SpawnBackup => self.spawn_backup(),
                 Output::Exit(reason) => {
                     info!("exiting reason={reason}");
