@@ -5,9 +5,10 @@
 
 use crate::check::{self, ClientLog, Expect};
 use crate::client::policy::Policy;
-use crate::client::{Client, ClientConfig, Promised};
+use crate::client::{Client, ClientConfig};
 use crate::proto::{ClientId, Seq};
 use crate::reactor::client::{open_log, BallotSeen, ClientHost, Hosted, Probe};
+use crate::reactor::promise::PromiseFile;
 use std::collections::HashMap;
 use std::fs;
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -277,6 +278,7 @@ fn host_clients(
     for i in range {
         let path = dir.join(format!("c{i}.log"));
         let (log, last, recent) = open_log(&path)?;
+        let (promise, promised) = PromiseFile::open(&path)?;
         let core = Client::new(
             ClientConfig {
                 id: ClientId(format!("c{i}")),
@@ -287,10 +289,10 @@ fn host_clients(
             },
             last,
             &recent,
-            &Promised::default(),
+            &promised,
             now,
         );
-        hosted.push(Hosted::new(core, log, &path));
+        hosted.push(Hosted::new(core, log, promise));
     }
     Ok(hosted)
 }

@@ -8,7 +8,8 @@ use crate::client::{Client, ClientConfig};
 use crate::node::{NodeConfig, StartRole};
 use crate::proto::limits::{MAX_CLIENT_ID_LEN, MAX_OPEN_BALLOTS};
 use crate::proto::{ClientId, NodeId, Seq};
-use crate::reactor::client::{open_log, read_promise, ClientHost, Hosted, REDIAL};
+use crate::reactor::client::{open_log, ClientHost, Hosted, REDIAL};
+use crate::reactor::promise::PromiseFile;
 use crate::reactor::spawn::SpawnSpec;
 use crate::reactor::{server, status};
 use crate::sim;
@@ -402,7 +403,7 @@ fn run_client(args: ClientArgs) -> Result<(), Failure> {
     let policy = parse_policy(&args.policy, args.seed, &args.id)?;
     init_logging(&args.log_level, format!("client-{}", args.id))?;
     let (log, last, recent) = open_log(&args.log).map_err(Failure::Runtime)?;
-    let promised = read_promise(&args.log).map_err(Failure::Runtime)?;
+    let (promise, promised) = PromiseFile::open(&args.log).map_err(Failure::Runtime)?;
     log::info!(
         "client-start client={} policy={policy} last_seq={last} servers={:?} promised_servers={:?}",
         args.id,
@@ -417,7 +418,7 @@ fn run_client(args: ClientArgs) -> Result<(), Failure> {
         redial: REDIAL,
     };
     let core = Client::new(cfg, last, &recent, &promised, Instant::now());
-    let mut host = ClientHost::new(vec![Hosted::new(core, log, &args.log)])
+    let mut host = ClientHost::new(vec![Hosted::new(core, log, promise)])
         .map_err(|e| Failure::Runtime(format!("client {}: {e}", args.id)))?;
     host.run(None)
         .map_err(|e| Failure::Runtime(format!("client {}: {e}", args.id)))?;

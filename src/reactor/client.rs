@@ -3,13 +3,14 @@
 
 use super::conn::{Expect, Fill};
 use super::conns::{Conns, Flushed};
+use super::promise::{self, PromiseFile};
 use super::timeout_until;
 use super::timer::TimerWheel;
 use crate::ballot_log;
-use crate::client::{Client, ClientOutput, Promised};
+use crate::client::{Client, ClientOutput};
 use crate::link::ConnId;
 use crate::proto::limits::{MAX_CLIENT_OUTBUF, MAX_OPEN_BALLOTS, MAX_RECOVERY_TAIL};
-use crate::proto::{ClientMsg, Seq, ServerMsg, Tally, View, ViewInfo};
+use crate::proto::{ClientMsg, Seq, ServerMsg, Tally};
 use log::{debug, info, warn};
 use mio::{Events, Interest, Poll, Token};
 use signal_hook::consts::{SIGINT, SIGTERM};
@@ -18,7 +19,7 @@ use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 const SIGNALS: Token = Token(usize::MAX - 2);
@@ -64,124 +65,20 @@ pub fn open_log(path: &Path) -> Result<(File, Seq, Vec<Tally>), String> {
     Ok((file, Seq(lines.len() as u64), recent))
 }
 
-/// Where a client keeps the highest view number it promised: beside its log, as
-/// `<log>.view`, one decimal number.
-pub fn promise_path(log: &Path) -> PathBuf {
-    let mut name = log.as_os_str().to_owned();
-    name.push(".view");
-    PathBuf::from(name)
-}
-
-/// The promise a client made before it stopped (0 if none), and the servers of the view
-/// it was made to. The file is one line: the number, then those servers' addresses.
-pub fn read_promise(log: &Path) -> Result<Promised, String> {
-    let path = promise_path(log);
-    let text = match std::fs::read_to_string(&path) {
-        Ok(text) => text,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Promised::default()),
-        Err(e) => return Err(format!("{}: {e}", path.display())),
-    };
-    let mut words = text.split_whitespace();
-    let view = words
-        .next()
-        .and_then(|w| w.parse().ok())
-        .map(View)
-        .ok_or_else(|| format!("{}: not a view number", path.display()))?;
-    let servers = words
-        .map(|w| w.parse())
-        .collect::<Result<_, _>>()
-        .map_err(|_| format!("{}: not a list of server addresses", path.display()))?;
-    Ok(Promised { view, servers })
-}
-
-/// Makes the promises of this turn durable, before anything that depends on them (the
-/// `Accept`s) is written to a socket: each file is written beside its final name, made
-/// durable, then renamed over the old one, and the rename made durable too. Two promises
-/// of one number could elect two primaries, so a promise must outlive an OS crash.
-///
-/// One promise (`pbvote client`): fsync of the file, then of its folder. Several (the bench
-/// hosts hundreds of clients on one file system): one `syncfs` for all the files and one
-/// for all the renames, instead of two fsyncs per client, serialised on one disk (measured:
-/// 100 clients, 75 ms of a failover spent in fsync; TMPDIR on tmpfs, 2.5 ms).
-fn write_promises(promises: &[(PathBuf, ViewInfo)]) -> Result<(), (PathBuf, io::Error)> {
-    let tmp_of = |path: &Path| {
-        let mut tmp = path.as_os_str().to_owned();
-        tmp.push(".tmp");
-        PathBuf::from(tmp)
-    };
-    let batch = promises.len() > 1;
-    for (path, view) in promises {
-        let fail = |e: io::Error| (path.clone(), e);
-        let mut file = File::create(tmp_of(path)).map_err(fail)?;
-        let mut line = view.number.0.to_string();
-        for addr in view.servers() {
-            line.push_str(&format!(" {addr}"));
-        }
-        line.push('\n');
-        file.write_all(line.as_bytes()).map_err(fail)?;
-        if !batch {
-            file.sync_all().map_err(fail)?;
-        }
-    }
-    // Every promise file of one host lives on one file system in practice; where the
-    // folders differ, each one's file system is synced.
-    let mut dirs: Vec<&Path> = promises.iter().map(|(p, _)| folder_of(p)).collect();
-    dirs.sort_unstable();
-    dirs.dedup();
-    let sync_folders = |how: fn(&File) -> io::Result<()>| -> Result<(), (PathBuf, io::Error)> {
-        for dir in &dirs {
-            File::open(dir)
-                .and_then(|d| how(&d))
-                .map_err(|e| (dir.to_path_buf(), e))?;
-        }
-        Ok(())
-    };
-    if batch {
-        sync_folders(sync_file_system)?;
-    }
-    for (path, _) in promises {
-        std::fs::rename(tmp_of(path), path).map_err(|e| (path.clone(), e))?;
-    }
-    // syncfs(2) reports write-back errors only from Linux 5.8 on; fsync always does.
-    sync_folders(if batch {
-        sync_file_system
-    } else {
-        File::sync_all
-    })
-}
-
-/// The folder a file is in (a bare name's parent is "": the current folder).
-fn folder_of(path: &Path) -> &Path {
-    match path.parent() {
-        Some(dir) if !dir.as_os_str().is_empty() => dir,
-        _ => Path::new("."),
-    }
-}
-
-fn sync_file_system(file: &File) -> io::Result<()> {
-    use std::os::fd::AsRawFd;
-    // SAFETY: syncfs(2) on a descriptor we own for the duration of the call.
-    if unsafe { libc::syncfs(file.as_raw_fd()) } == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
-}
-
 pub struct Hosted {
     pub core: Client,
     pub log: File,
-    promise_path: PathBuf,
+    promise: PromiseFile,
     /// Lines appended by the core this turn, written before any socket is flushed.
     pending: Vec<u8>,
 }
 
 impl Hosted {
-    pub fn new(core: Client, log: File, log_path: &Path) -> Hosted {
+    pub fn new(core: Client, log: File, promise: PromiseFile) -> Hosted {
         Hosted {
             core,
             log,
-            promise_path: promise_path(log_path),
+            promise,
             pending: Vec::new(),
         }
     }
@@ -291,8 +188,8 @@ pub struct ClientHost {
     logs_pending: Vec<usize>,
     /// The connections a held message goes to (kept to reuse its allocation).
     send_to: Vec<ConnId>,
-    /// Promises made this turn: `(<log>.view, view)`.
-    promises: Vec<(PathBuf, ViewInfo)>,
+    /// Some client promised this turn.
+    promises_due: bool,
     shutdown: bool,
 }
 
@@ -312,7 +209,7 @@ impl ClientHost {
             clients,
             logs_pending: Vec::new(),
             send_to: Vec::new(),
-            promises: Vec::new(),
+            promises_due: false,
             shutdown: false,
             probe: None,
         };
@@ -386,11 +283,11 @@ impl ClientHost {
             let deadline = self.clients[i].core.poll_timeout();
             self.wheel.set(i, deadline);
         }
-        if !self.promises.is_empty() {
-            write_promises(&self.promises).map_err(|(path, e)| {
-                io::Error::new(e.kind(), format!("{}: {e}", path.display()))
-            })?;
-            self.promises.clear();
+        if self.promises_due {
+            promise::write_due(self.clients.iter_mut().map(|h| &mut h.promise)).map_err(
+                |(path, e)| io::Error::new(e.kind(), format!("{}: {e}", path.display())),
+            )?;
+            self.promises_due = false;
         }
         for i in self.logs_pending.drain(..) {
             let hosted = &mut self.clients[i];
@@ -444,12 +341,8 @@ impl ClientHost {
                 ClientOutput::Promise(view) => {
                     // Made durable at the end of the turn, before any socket is written:
                     // before the Accept it guards leaves.
-                    let path = self.clients[i].promise_path.clone();
-                    match self.promises.iter_mut().find(|(p, _)| *p == path) {
-                        Some((_, v)) if v.number < view.number => *v = view,
-                        Some(_) => {}
-                        None => self.promises.push((path, view)),
-                    }
+                    self.clients[i].promise.stage(view);
+                    self.promises_due = true;
                 }
                 ClientOutput::Append(line) => {
                     if let Some(probe) = &mut self.probe {
@@ -590,61 +483,3 @@ impl ClientHost {
 
 /// How long `pbvote client` waits between redials of a server that is down.
 pub const REDIAL: Duration = Duration::from_millis(200);
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn promised(view: u64, servers: Vec<SocketAddr>) -> Promised {
-        Promised {
-            view: View(view),
-            servers,
-        }
-    }
-
-    #[test]
-    fn promises_are_written_alone_and_in_a_batch() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let log = |name: &str| dir.path().join(name);
-        let (p, b): (SocketAddr, SocketAddr) = (
-            "127.0.0.1:7000".parse().expect("addr"),
-            "127.0.0.1:7001".parse().expect("addr"),
-        );
-        let view = |n, backup| ViewInfo {
-            number: View(n),
-            primary: p,
-            backup,
-        };
-        assert_eq!(read_promise(&log("a.log")), Ok(promised(0, vec![])));
-        // One promise: the fsync path. Then a batch over it and a new one: the syncfs path.
-        write_promises(&[(promise_path(&log("a.log")), view(3, None))]).expect("one");
-        assert_eq!(read_promise(&log("a.log")), Ok(promised(3, vec![p])));
-        write_promises(&[
-            (promise_path(&log("a.log")), view(7, Some(b))),
-            (promise_path(&log("b.log")), view(7, Some(b))),
-        ])
-        .expect("batch");
-        assert_eq!(read_promise(&log("a.log")), Ok(promised(7, vec![p, b])));
-        assert_eq!(read_promise(&log("b.log")), Ok(promised(7, vec![p, b])));
-        let leftovers: Vec<_> = std::fs::read_dir(dir.path())
-            .expect("read dir")
-            .filter_map(|e| e.ok())
-            .filter(|e| e.path().extension().is_some_and(|x| x == "tmp"))
-            .collect();
-        assert!(leftovers.is_empty(), "{leftovers:?}");
-        // A file from before addresses were kept: the number alone.
-        std::fs::write(promise_path(&log("c.log")), "5\n").expect("write");
-        assert_eq!(read_promise(&log("c.log")), Ok(promised(5, vec![])));
-        std::fs::write(promise_path(&log("d.log")), "5 nowhere\n").expect("write");
-        assert!(read_promise(&log("d.log")).is_err());
-    }
-
-    /// `--log c.log` names a file in the current folder: its rename must be made durable
-    /// there, not skipped because the parent path is empty.
-    #[test]
-    fn a_bare_file_name_lives_in_the_current_folder() {
-        assert_eq!(folder_of(Path::new("c.log.view")), Path::new("."));
-        assert_eq!(folder_of(Path::new("logs/c.log.view")), Path::new("logs"));
-        assert_eq!(folder_of(Path::new("/c.log.view")), Path::new("/"));
-    }
-}
