@@ -236,9 +236,18 @@ fn status_reply() -> impl Strategy<Value = StatusReply> {
         })
 }
 
-/// Round trip, every truncation needs more bytes, and no other link kind accepts it.
+/// Round trip, every truncation needs more bytes, and no other link kind accepts it. The
+/// body is what serde_cbor writes, whether the message took the hand-written path or not.
 fn check_frame<T: Wire + PartialEq + std::fmt::Debug>(msg: &T) {
     let bytes = frame(msg).expect("encodes");
+    assert_eq!(
+        bytes[4..],
+        serde_cbor::to_vec(msg).expect("serde_cbor encodes")[..],
+        "{msg:?}"
+    );
+    if let Some(hot) = T::decode_hot(&bytes[4..]) {
+        assert_eq!(&hot, msg);
+    }
     let (back, used) = decode_frame::<T>(&bytes)
         .expect("decodes")
         .expect("complete");
@@ -283,6 +292,21 @@ proptest! {
     #[test]
     fn status_frames(msg in status_reply()) { check_frame(&msg) }
 
+    /// Whatever the hand-written decoder accepts, serde_cbor reads as the same message:
+    /// valid frames with one byte changed, cut short or extended.
+    #[test]
+    fn the_hot_path_never_disagrees_with_serde_cbor(
+        client in client_msg(),
+        server in server_msg(),
+        peer in peer_msg(),
+        at in any::<proptest::sample::Index>(),
+        byte in any::<u8>(),
+    ) {
+        agrees(&client, at, byte)?;
+        agrees(&server, at, byte)?;
+        agrees(&peer, at, byte)?;
+    }
+
     #[test]
     fn any_bytes_decode_or_fail_cleanly(bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
         // Each must return, never panic; an error must say what it was.
@@ -306,6 +330,25 @@ proptest! {
         let _ = decode_frame::<PeerMsg>(&bytes);
         let _ = decode_frame::<Hello>(&bytes);
     }
+}
+
+fn agrees<T: Wire + PartialEq + std::fmt::Debug>(
+    msg: &T,
+    at: proptest::sample::Index,
+    byte: u8,
+) -> Result<(), TestCaseError> {
+    let body = serde_cbor::to_vec(msg).expect("encodes");
+    let mut changed = body.clone();
+    changed[at.index(body.len())] = byte;
+    let mut extended = body.clone();
+    extended.push(byte);
+    let cut = &body[..at.index(body.len())];
+    for bytes in [&changed[..], &extended[..], cut] {
+        if let Some(hot) = T::decode_hot(bytes) {
+            prop_assert_eq!(serde_cbor::from_slice::<T>(bytes).ok(), Some(hot));
+        }
+    }
+    Ok(())
 }
 
 #[test]

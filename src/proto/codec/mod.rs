@@ -1,7 +1,10 @@
 //! Frames: a 4-byte big-endian body length, then the body in CBOR.
 //!
 //! This is the only module that knows the body encoding (serde_cbor is unmaintained
-//! upstream; swapping it touches only this file).
+//! upstream; swapping it touches only this module). The messages of every ballot take a
+//! hand-written path ([`hot`]) that writes the same bytes.
+
+mod hot;
 
 use super::limits::MAX_FRAME_LEN;
 use super::messages::{ClientMsg, Hello, PeerMsg, ServerMsg, StatusReply};
@@ -14,6 +17,17 @@ pub const LEN_PREFIX: usize = 4;
 /// A type that travels as a frame body, with the name decode errors use for it.
 pub trait Wire: Serialize + DeserializeOwned {
     const NAME: &'static str;
+
+    /// Appends the body if `self` is a message with a hand-written encoding.
+    fn encode_hot(&self, _out: &mut Vec<u8>) -> bool {
+        false
+    }
+
+    /// The message, if `body` is one with a hand-written decoding, in the form the
+    /// encoder writes. `None` leaves the body to serde_cbor.
+    fn decode_hot(_body: &[u8]) -> Option<Self> {
+        None
+    }
 }
 
 impl Wire for Hello {
@@ -21,12 +35,30 @@ impl Wire for Hello {
 }
 impl Wire for ClientMsg {
     const NAME: &'static str = "ClientMsg";
+    fn encode_hot(&self, out: &mut Vec<u8>) -> bool {
+        hot::encode_client(self, out)
+    }
+    fn decode_hot(body: &[u8]) -> Option<Self> {
+        hot::decode_client(body)
+    }
 }
 impl Wire for ServerMsg {
     const NAME: &'static str = "ServerMsg";
+    fn encode_hot(&self, out: &mut Vec<u8>) -> bool {
+        hot::encode_server(self, out)
+    }
+    fn decode_hot(body: &[u8]) -> Option<Self> {
+        hot::decode_server(body)
+    }
 }
 impl Wire for PeerMsg {
     const NAME: &'static str = "PeerMsg";
+    fn encode_hot(&self, out: &mut Vec<u8>) -> bool {
+        hot::encode_peer(self, out)
+    }
+    fn decode_hot(body: &[u8]) -> Option<Self> {
+        hot::decode_peer(body)
+    }
 }
 impl Wire for StatusReply {
     const NAME: &'static str = "StatusReply";
@@ -93,7 +125,12 @@ impl std::error::Error for EncodeError {}
 pub fn encode_frame<T: Wire>(msg: &T, out: &mut Vec<u8>) -> Result<(), EncodeError> {
     let start = out.len();
     out.extend_from_slice(&[0; LEN_PREFIX]);
-    if let Err(e) = serde_cbor::to_writer(&mut *out, msg) {
+    let written = if msg.encode_hot(out) {
+        Ok(())
+    } else {
+        serde_cbor::to_writer(&mut *out, msg)
+    };
+    if let Err(e) = written {
         out.truncate(start);
         return Err(EncodeError::Cbor(e.to_string()));
     }
@@ -133,6 +170,9 @@ pub fn decode_frame<T: Wire>(buf: &[u8]) -> Result<Option<(T, usize)>, DecodeErr
     let Some(body) = buf.get(LEN_PREFIX..LEN_PREFIX + len) else {
         return Ok(None);
     };
+    if let Some(msg) = T::decode_hot(body) {
+        return Ok(Some((msg, LEN_PREFIX + len)));
+    }
     match serde_cbor::from_slice::<T>(body) {
         Ok(msg) => Ok(Some((msg, LEN_PREFIX + len))),
         Err(e) => Err(match foreign_kind(body, T::NAME) {
