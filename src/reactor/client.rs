@@ -443,10 +443,10 @@ impl ClientHost {
                 return;
             };
             loop {
-                let Some(conn) = self.conns.get_mut(id) else {
+                let Some((conn, scratch)) = self.conns.with_scratch(id) else {
                     return;
                 };
-                match conn.next_frame::<ServerMsg>() {
+                match conn.next_frame::<ServerMsg>(scratch) {
                     Ok(Some(msg)) => {
                         if let Some(probe) = &mut self.probe {
                             probe.saw(&msg, now);

@@ -11,9 +11,11 @@ use std::net::SocketAddr;
 /// Bytes asked of the kernel per `read`, into the loop's one scratch buffer.
 pub const READ_CHUNK: usize = 64 * 1024;
 
-/// A connection's own buffers are given back when they empty above this size, so an idle
+/// A connection's write buffer is given back when it empties above this size, so an idle
 /// connection costs a few hundred bytes, not the high-water mark of its busiest moment.
-const KEEP_BUFFER: usize = 1024;
+/// A turn's frames to one client at window 1 (a result and the next request, ~80 bytes)
+/// stay under it; bigger turns (window 16) allocate once per turn, not per message.
+const KEEP_BUFFER: usize = 256;
 
 /// What the bytes read on a connection should decode as.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -43,8 +45,14 @@ pub struct Conn {
     pub closing: bool,
     /// Tell the core once the write buffer drains.
     pub notify_drained: bool,
+    /// Bytes of a frame cut short by the end of a read, kept until the rest arrives.
+    /// Empty (and unallocated) otherwise: whole frames decode straight from the scratch.
     rbuf: Vec<u8>,
     rpos: usize,
+    /// `scratch[fresh.0..fresh.1]`: the newest read, not yet decoded. Valid only until the
+    /// next read of any connection, which is why `Conns::fill` first moves what is left of
+    /// it to `rbuf`.
+    fresh: (usize, usize),
     wbuf: Vec<u8>,
     wpos: usize,
     outbuf_limit: usize,
@@ -103,15 +111,17 @@ impl Conn {
             notify_drained: false,
             rbuf: Vec::new(),
             rpos: 0,
+            fresh: (0, 0),
             wbuf: Vec::new(),
             wpos: 0,
             outbuf_limit,
         }
     }
 
-    /// One `read` through the loop's `scratch` buffer (shared by every connection); only
-    /// the bytes that arrived are kept here. The caller decodes what arrived before
-    /// reading again, so a flood never buffers more than one maximal frame plus a chunk.
+    /// One `read` into the loop's `scratch` buffer (shared by every connection). Frames are
+    /// decoded from there ([`Conn::next_frame`]); only a frame cut short is copied here.
+    /// The caller decodes what arrived before reading again, so a flood never buffers more
+    /// than one maximal frame plus a chunk.
     ///
     /// A read shorter than the scratch buffer emptied the socket (epoll(7), "for
     /// stream-oriented files ... read(2) returns a lower number of bytes"), so it ends the
@@ -120,12 +130,13 @@ impl Conn {
     /// reported a hang-up or error): then we read on to the EOF that follows the data, as
     /// no later edge would report it.
     pub fn fill(&mut self, scratch: &mut [u8], peer_closed: bool) -> io::Result<Fill> {
+        debug_assert_eq!(
+            self.fresh.0, self.fresh.1,
+            "keep_fresh before reading again"
+        );
         if self.rpos > 0 && self.rpos == self.rbuf.len() {
-            self.rbuf.clear();
+            self.rbuf = Vec::new();
             self.rpos = 0;
-            if self.rbuf.capacity() > KEEP_BUFFER {
-                self.rbuf = Vec::new();
-            }
         } else if self.rpos > MAX_FRAME_LEN / 4 {
             self.rbuf.drain(..self.rpos);
             self.rpos = 0;
@@ -134,7 +145,12 @@ impl Conn {
             match self.stream.read(scratch) {
                 Ok(0) => return Ok(Fill::Eof),
                 Ok(n) => {
-                    self.rbuf.extend_from_slice(&scratch[..n]);
+                    if self.rbuf.len() > self.rpos {
+                        // The rest of a frame cut short: it must join its start.
+                        self.rbuf.extend_from_slice(&scratch[..n]);
+                    } else {
+                        self.fresh = (0, n);
+                    }
                     return Ok(if n < scratch.len() && !peer_closed {
                         Fill::Drained
                     } else {
@@ -148,20 +164,43 @@ impl Conn {
         }
     }
 
-    /// The next complete frame in the read buffer, if any.
-    pub fn next_frame<T: Wire>(&mut self) -> Result<Option<T>, DecodeError> {
-        match codec::decode_frame::<T>(&self.rbuf[self.rpos..])? {
+    /// Moves the undecoded end of the newest read out of the shared scratch, before the
+    /// next read of any connection overwrites it.
+    pub fn keep_fresh(&mut self, scratch: &[u8]) {
+        let (start, end) = std::mem::take(&mut self.fresh);
+        if start < end {
+            self.rbuf.extend_from_slice(&scratch[start..end]);
+        }
+    }
+
+    /// The next complete frame read, if any. `scratch` is the loop's, as given to the
+    /// last [`Conn::fill`] of this connection.
+    pub fn next_frame<T: Wire>(&mut self, scratch: &[u8]) -> Result<Option<T>, DecodeError> {
+        let (start, end) = self.fresh;
+        if start == end {
+            return Ok(match codec::decode_frame::<T>(&self.rbuf[self.rpos..])? {
+                Some((msg, used)) => {
+                    self.rpos += used;
+                    Some(msg)
+                }
+                None => None,
+            });
+        }
+        match codec::decode_frame::<T>(&scratch[start..end])? {
             Some((msg, used)) => {
-                self.rpos += used;
+                self.fresh.0 += used;
                 Ok(Some(msg))
             }
-            None => Ok(None),
+            None => {
+                self.keep_fresh(scratch);
+                Ok(None)
+            }
         }
     }
 
     /// Bytes read and not yet decoded (a frame cut short by EOF shows here).
     pub fn unread(&self) -> usize {
-        self.rbuf.len() - self.rpos
+        self.rbuf.len() - self.rpos + (self.fresh.1 - self.fresh.0)
     }
 
     pub fn queue<T: Wire>(&mut self, msg: &T) -> Result<(), QueueError> {

@@ -16,8 +16,12 @@ pub struct Conns {
     next_gen: u32,
     /// Connections with output queued this turn.
     dirty: Vec<ConnId>,
-    /// Every `read` lands here first; connections keep only what arrived.
+    /// Every `read` lands here; frames decode from here, and a connection copies only a
+    /// frame cut short.
     scratch: Vec<u8>,
+    /// The connection whose bytes are in `scratch`: before the next read overwrites them,
+    /// it keeps what it did not decode.
+    scratch_owner: Option<ConnId>,
     /// A message for many connections is encoded here once.
     encoded: Vec<u8>,
 }
@@ -37,6 +41,7 @@ impl Default for Conns {
             next_gen: 0,
             dirty: Vec::new(),
             scratch: vec![0; READ_CHUNK],
+            scratch_owner: None,
             encoded: Vec::new(),
         }
     }
@@ -162,11 +167,29 @@ impl Conns {
     /// One `read` on the connection through the shared scratch buffer; `peer_closed`:
     /// the readiness event reported a hang-up or error too.
     pub fn fill(&mut self, id: ConnId, peer_closed: bool) -> Option<io::Result<Fill>> {
+        if let Some(owner) = self.scratch_owner.take() {
+            if let Some(conn) = self.slab.get_mut(owner.slot as usize) {
+                if conn.gen == owner.gen {
+                    conn.keep_fresh(&self.scratch);
+                }
+            }
+        }
         let conn = self
             .slab
             .get_mut(id.slot as usize)
             .filter(|c| c.gen == id.gen)?;
+        self.scratch_owner = Some(id);
         Some(conn.fill(&mut self.scratch, peer_closed))
+    }
+
+    /// The connection, with the scratch buffer its newest bytes were read into (for
+    /// [`Conn::next_frame`]).
+    pub fn with_scratch(&mut self, id: ConnId) -> Option<(&mut Conn, &[u8])> {
+        let conn = self
+            .slab
+            .get_mut(id.slot as usize)
+            .filter(|c| c.gen == id.gen)?;
+        Some((conn, &self.scratch))
     }
 
     /// Asks for the connection's id in `drained` of [`Conns::flush_dirty`] once its
@@ -205,5 +228,89 @@ impl Conns {
         }
         self.dirty = dirty;
         ended
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::codec::frame;
+    use crate::proto::{Seq, ServerMsg, Tally, View};
+    use mio::Poll;
+    use std::io::Write;
+
+    fn results(first: u64) -> ServerMsg {
+        ServerMsg::Results {
+            view: View(1),
+            first: Seq(first),
+            tallies: vec![Tally { yes: 3, no: 4 }; 5],
+        }
+    }
+
+    /// Reads a connection until its bytes are gone, returning the frames it decoded.
+    fn read_all(conns: &mut Conns, id: ConnId) -> Vec<ServerMsg> {
+        let mut got = Vec::new();
+        loop {
+            let fill = conns.fill(id, false).expect("conn").expect("read");
+            let (conn, scratch) = conns.with_scratch(id).expect("conn");
+            while let Some(msg) = conn.next_frame::<ServerMsg>(scratch).expect("decodes") {
+                got.push(msg);
+            }
+            if matches!(fill, Fill::Drained) {
+                return got;
+            }
+        }
+    }
+
+    /// Frames decode straight from the shared scratch buffer; a frame cut short must
+    /// survive another connection's read into that buffer before its rest arrives.
+    #[test]
+    fn a_frame_cut_short_survives_another_connections_read() {
+        let poll = Poll::new().expect("poll");
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let mut conns = Conns::default();
+        let mut writers = Vec::new();
+        let mut ids = Vec::new();
+        for _ in 0..2 {
+            let writer = std::net::TcpStream::connect(addr).expect("connect");
+            let (reader, peer) = listener.accept().expect("accept");
+            reader.set_nonblocking(true).expect("nonblocking");
+            let stream = TcpStream::from_std(reader);
+            ids.push(
+                conns
+                    .insert(poll.registry(), stream, peer, Expect::ServerMsgs, 1 << 20)
+                    .expect("insert"),
+            );
+            writers.push(writer);
+        }
+        let a = [frame(&results(1)).expect("encode"), frame(&results(6)).expect("encode")]
+            .concat();
+        let b = frame(&results(100)).expect("encode");
+        let cut = a.len() - 7;
+        // A's first frame whole and the start of its second; then B's frame; then A's rest.
+        let mut poll = poll;
+        let mut wait_readable = |id: ConnId| {
+            let mut events = mio::Events::with_capacity(8);
+            loop {
+                poll.poll(&mut events, Some(std::time::Duration::from_secs(5)))
+                    .expect("poll");
+                assert!(!events.is_empty(), "nothing to read within 5 s");
+                if events.iter().any(|e| e.token().0 == id.slot as usize) {
+                    return;
+                }
+            }
+        };
+        writers[0].write_all(&a[..cut]).expect("write");
+        wait_readable(ids[0]);
+        assert_eq!(read_all(&mut conns, ids[0]), vec![results(1)]);
+        assert!(conns.get_mut(ids[0]).expect("conn").unread() > 0);
+        writers[1].write_all(&b).expect("write");
+        wait_readable(ids[1]);
+        assert_eq!(read_all(&mut conns, ids[1]), vec![results(100)]);
+        writers[0].write_all(&a[cut..]).expect("write");
+        wait_readable(ids[0]);
+        assert_eq!(read_all(&mut conns, ids[0]), vec![results(6)]);
+        assert_eq!(conns.get_mut(ids[0]).expect("conn").unread(), 0);
     }
 }

@@ -240,7 +240,7 @@ impl Server {
 
     fn dispatch_frames(&mut self, id: ConnId, now: Instant) -> Result<(), DecodeError> {
         loop {
-            let Some(conn) = self.conns.get_mut(id) else {
+            let Some((conn, scratch)) = self.conns.with_scratch(id) else {
                 return Ok(());
             };
             if conn.closing {
@@ -248,7 +248,7 @@ impl Server {
             }
             match conn.expect {
                 Expect::Hello => {
-                    let Some(hello) = conn.next_frame::<Hello>()? else {
+                    let Some(hello) = conn.next_frame::<Hello>(scratch)? else {
                         return Ok(());
                     };
                     conn.expect = match hello.link_kind() {
@@ -262,13 +262,13 @@ impl Server {
                     self.node.handle_hello(id, hello, now);
                 }
                 Expect::ClientMsgs => {
-                    let Some(msg) = conn.next_frame::<ClientMsg>()? else {
+                    let Some(msg) = conn.next_frame::<ClientMsg>(scratch)? else {
                         return Ok(());
                     };
                     self.node.handle_client_msg(id, msg, now);
                 }
                 Expect::PeerMsgs => {
-                    let Some(msg) = conn.next_frame::<PeerMsg>()? else {
+                    let Some(msg) = conn.next_frame::<PeerMsg>(scratch)? else {
                         return Ok(());
                     };
                     self.node.handle_peer_msg(id, msg, now);
