@@ -14,7 +14,8 @@ pub const READ_CHUNK: usize = 64 * 1024;
 /// A connection's write buffer is given back when it empties above this size, so an idle
 /// connection costs a few hundred bytes, not the high-water mark of its busiest moment.
 /// A turn's frames to one client at window 1 (a result and the next request, ~80 bytes)
-/// stay under it; bigger turns (window 16) allocate once per turn, not per message.
+/// stay under it; a bigger turn (window 16, ~250 bytes) grows the buffer again: a couple
+/// of allocations per turn, not one per message.
 const KEEP_BUFFER: usize = 256;
 
 /// What the bytes read on a connection should decode as.
@@ -145,7 +146,12 @@ impl Conn {
             match self.stream.read(scratch) {
                 Ok(0) => return Ok(Fill::Eof),
                 Ok(n) => {
-                    if self.rbuf.len() > self.rpos {
+                    if self.closing {
+                        // Nothing read on a closing connection is acted on; keeping it
+                        // would let the peer grow our memory until the close.
+                        self.rbuf = Vec::new();
+                        self.rpos = 0;
+                    } else if self.rbuf.len() > self.rpos {
                         // The rest of a frame cut short: it must join its start.
                         self.rbuf.extend_from_slice(&scratch[..n]);
                     } else {

@@ -284,8 +284,11 @@ mod tests {
             );
             writers.push(writer);
         }
-        let a = [frame(&results(1)).expect("encode"), frame(&results(6)).expect("encode")]
-            .concat();
+        let a = [
+            frame(&results(1)).expect("encode"),
+            frame(&results(6)).expect("encode"),
+        ]
+        .concat();
         let b = frame(&results(100)).expect("encode");
         let cut = a.len() - 7;
         // A's first frame whole and the start of its second; then B's frame; then A's rest.
@@ -312,5 +315,27 @@ mod tests {
         wait_readable(ids[0]);
         assert_eq!(read_all(&mut conns, ids[0]), vec![results(6)]);
         assert_eq!(conns.get_mut(ids[0]).expect("conn").unread(), 0);
+
+        // A frame several times the scratch buffer: reads that fill it (`Fill::More`),
+        // written as fast as the socket takes it, then a small frame behind it.
+        let big = ServerMsg::Results {
+            view: View(1),
+            first: Seq(1000),
+            tallies: vec![Tally { yes: 1, no: 2 }; 3 * READ_CHUNK / 8],
+        };
+        let bytes = [frame(&big).expect("encode"), b.clone()].concat();
+        assert!(bytes.len() > 2 * READ_CHUNK);
+        writers[0].set_nonblocking(true).expect("nonblocking");
+        let (mut sent, mut got) = (0, Vec::new());
+        while got.len() < 2 {
+            match writers[0].write(&bytes[sent..]) {
+                Ok(n) => sent += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => panic!("write: {e}"),
+            }
+            wait_readable(ids[0]);
+            got.extend(read_all(&mut conns, ids[0]));
+        }
+        assert_eq!(got, vec![big, results(100)]);
     }
 }

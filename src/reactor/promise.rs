@@ -83,11 +83,14 @@ impl PromiseFile {
                 file.newest = Some(k);
                 Ok((file, promised))
             }
-            // One write tears at most one slot; the other was blank: nothing was promised.
-            None if slots.iter().any(|s| matches!(s, Slot::Blank)) => {
+            None if slots.iter().all(|s| matches!(s, Slot::Blank)) => {
                 Ok((file, Promised::default()))
             }
-            None => Err(damaged("both promise slots are damaged")),
+            // The first promise is written whole (renamed into place) and a slot is
+            // overwritten only while the other holds a promise: no crash leaves a file
+            // without an intact one. Reading it as "nothing promised" could promise a
+            // number twice.
+            None => Err(damaged("no intact promise in either slot")),
         }
     }
 
@@ -166,62 +169,59 @@ fn slot_image(view: &ViewInfo) -> io::Result<Vec<u8>> {
 }
 
 /// Makes every staged promise durable, before anything that depends on it (the `Accept`s)
-/// is written to a socket. Errors name the file.
+/// is written to a socket. A promise stays staged until it is durable. Errors name the
+/// file; the caller must then stop (the host does: its `Accept`s are never sent).
 ///
 /// One file (`pbvote client`): `pwrite`, then `fdatasync`. Several (the bench hosts
 /// hundreds of clients on one disk): every `pwrite`, then one `syncfs`. Each `fdatasync`
 /// ends with a flush of the disk's cache, so a hundred of them in a row cost a hundred
 /// flushes (measured: 100 clients, 35 ms; one `syncfs`, 0.5 ms plus writing back what
-/// else is dirty on the file system). syncfs(2) reports write-back errors only from
-/// Linux 5.8 on; fdatasync always does.
+/// else is dirty on the file system). `syncfs` reports the write-back errors that happened
+/// since its descriptor was opened, so the folders are opened before the writes; it
+/// reports none before Linux 5.8, where only the lone client's `fdatasync` is checked.
 pub fn write_due<'a>(
     files: impl Iterator<Item = &'a mut PromiseFile>,
 ) -> Result<(), (PathBuf, io::Error)> {
-    let mut created = Vec::new();
-    let mut open = Vec::new();
-    for file in files {
-        let Some(view) = file.due.take() else {
-            continue;
-        };
-        let image = slot_image(&view).map_err(|e| (file.path.clone(), e))?;
-        if file.create {
-            created.push((file, image));
-            continue;
-        }
+    let due: Vec<(&mut PromiseFile, ViewInfo)> = files
+        .filter_map(|f| {
+            let view = f.due?;
+            Some((f, view))
+        })
+        .collect();
+    let (created, in_place): (Vec<_>, Vec<_>) = due.into_iter().partition(|(f, _)| f.create);
+    write_in_place(in_place)?;
+    create_files(created)
+}
+
+fn write_in_place(files: Vec<(&mut PromiseFile, ViewInfo)>) -> Result<(), (PathBuf, io::Error)> {
+    let folders = match files.len() {
+        0 => return Ok(()),
+        1 => Vec::new(),
+        _ => open_folders(files.iter().map(|(f, _)| f.path.as_path()))?,
+    };
+    let mut written = Vec::with_capacity(files.len());
+    for (file, view) in files {
+        let fail = |e: io::Error| (file.path.clone(), e);
+        let image = slot_image(&view).map_err(fail)?;
         let slot = file.newest.map_or(0, |k| 1 - k);
         let handle = OpenOptions::new()
             .write(true)
             .open(&file.path)
-            .and_then(|f| f.write_all_at(&image, (slot * SLOT_LEN) as u64).map(|()| f))
-            .map_err(|e| (file.path.clone(), e))?;
-        open.push((file, handle, slot));
+            .map_err(fail)?;
+        handle
+            .write_all_at(&image, (slot * SLOT_LEN) as u64)
+            .map_err(fail)?;
+        written.push((file, handle, slot));
     }
-    if open.len() == 1 {
-        let (file, handle, _) = &open[0];
+    if let [(file, handle, _)] = &written[..] {
         handle.sync_data().map_err(|e| (file.path.clone(), e))?;
-    } else if !open.is_empty() {
-        let paths: Vec<&Path> = open.iter().map(|(f, _, _)| f.path.as_path()).collect();
-        sync_folders(&paths, sync_file_system)?;
     }
-    for (file, _, slot) in open {
+    for (dir, handle) in &folders {
+        sync_file_system(handle).map_err(|e| (dir.clone(), e))?;
+    }
+    for (file, _, slot) in written {
         file.newest = Some(slot);
-    }
-    create_files(created)
-}
-
-/// Applies `how` to each folder the files are in, once. Every promise file of one host
-/// lives on one file system in practice; where the folders differ, each is synced.
-fn sync_folders(
-    files: &[&Path],
-    how: fn(&File) -> io::Result<()>,
-) -> Result<(), (PathBuf, io::Error)> {
-    let mut dirs: Vec<&Path> = files.iter().map(|f| folder_of(f)).collect();
-    dirs.sort_unstable();
-    dirs.dedup();
-    for dir in dirs {
-        File::open(dir)
-            .and_then(|d| how(&d))
-            .map_err(|e| (dir.to_path_buf(), e))?;
+        file.due = None;
     }
     Ok(())
 }
@@ -229,7 +229,7 @@ fn sync_folders(
 /// Writes each file whole (the promise in the first slot) beside its name, makes it
 /// durable, renames it over the old one and makes the rename durable. With several: one
 /// `syncfs` for all the files and one for all the renames, not two fsyncs each.
-fn create_files(files: Vec<(&mut PromiseFile, Vec<u8>)>) -> Result<(), (PathBuf, io::Error)> {
+fn create_files(files: Vec<(&mut PromiseFile, ViewInfo)>) -> Result<(), (PathBuf, io::Error)> {
     if files.is_empty() {
         return Ok(());
     }
@@ -239,9 +239,10 @@ fn create_files(files: Vec<(&mut PromiseFile, Vec<u8>)>) -> Result<(), (PathBuf,
         PathBuf::from(tmp)
     };
     let batch = files.len() > 1;
-    for (file, image) in &files {
+    let folders = open_folders(files.iter().map(|(f, _)| f.path.as_path()))?;
+    for (file, view) in &files {
         let fail = |e: io::Error| (file.path.clone(), e);
-        let mut whole = image.clone();
+        let mut whole = slot_image(view).map_err(fail)?;
         whole.resize(FILE_LEN - 1, b' ');
         whole.push(b'\n');
         let mut tmp = File::create(tmp_of(&file.path)).map_err(fail)?;
@@ -250,26 +251,46 @@ fn create_files(files: Vec<(&mut PromiseFile, Vec<u8>)>) -> Result<(), (PathBuf,
             tmp.sync_all().map_err(fail)?;
         }
     }
-    let paths: Vec<&Path> = files.iter().map(|(f, _)| f.path.as_path()).collect();
+    let sync = |how: fn(&File) -> io::Result<()>| -> Result<(), (PathBuf, io::Error)> {
+        for (dir, handle) in &folders {
+            how(handle).map_err(|e| (dir.clone(), e))?;
+        }
+        Ok(())
+    };
     if batch {
-        sync_folders(&paths, sync_file_system)?;
+        sync(sync_file_system)?;
     }
-    for path in &paths {
-        std::fs::rename(tmp_of(path), path).map_err(|e| (path.to_path_buf(), e))?;
+    for (file, _) in &files {
+        std::fs::rename(tmp_of(&file.path), &file.path).map_err(|e| (file.path.clone(), e))?;
     }
-    sync_folders(
-        &paths,
-        if batch {
-            sync_file_system
-        } else {
-            File::sync_all
-        },
-    )?;
+    sync(if batch {
+        sync_file_system
+    } else {
+        File::sync_all
+    })?;
     for (file, _) in files {
         file.create = false;
         file.newest = Some(0);
+        file.due = None;
     }
     Ok(())
+}
+
+/// The folders the files are in, each opened once. Every promise file of one host lives on
+/// one file system in practice; where the folders differ, each is synced.
+fn open_folders<'p>(
+    files: impl Iterator<Item = &'p Path>,
+) -> Result<Vec<(PathBuf, File)>, (PathBuf, io::Error)> {
+    let mut dirs: Vec<&Path> = files.map(folder_of).collect();
+    dirs.sort_unstable();
+    dirs.dedup();
+    dirs.into_iter()
+        .map(|dir| {
+            File::open(dir)
+                .map(|handle| (dir.to_path_buf(), handle))
+                .map_err(|e| (dir.to_path_buf(), e))
+        })
+        .collect()
 }
 
 /// The folder a file is in (a bare name's parent is "": the current folder).
@@ -392,10 +413,35 @@ mod tests {
         assert_eq!(f.read("a.log"), Ok(promised(8, vec![f.p])));
         let bytes = std::fs::read(a.path()).expect("read");
         assert!(bytes[(1 - newest) * SLOT_LEN..].starts_with(b"6 "));
-        // Both slots damaged: refused, never read as "nothing promised".
+        // Both slots damaged, or one damaged and one blank (no crash leaves either):
+        // refused, never read as "nothing promised".
+        let (mut fresh, _) = f.open("b.log");
+        fresh.stage(f.view(1, false));
+        write_due(std::iter::once(&mut fresh)).expect("create");
+        let other = OpenOptions::new()
+            .write(true)
+            .open(fresh.path())
+            .expect("open");
+        other.write_all_at(b"x", 0).expect("damage");
+        assert!(f.read("b.log").is_err());
         file.write_all_at(b"x", 0).expect("damage");
         file.write_all_at(b"x", SLOT_LEN as u64).expect("damage");
         assert!(f.read("a.log").is_err());
+    }
+
+    /// A promise that could not be made durable stays staged (and the host stops: its
+    /// `Accept` is never sent).
+    #[test]
+    fn a_failed_write_keeps_the_promise_staged() {
+        let f = Fixture::new();
+        let (mut a, _) = f.open("a.log");
+        a.stage(f.view(1, false));
+        write_due(std::iter::once(&mut a)).expect("create");
+        std::fs::remove_file(a.path()).expect("remove");
+        a.stage(f.view(2, false));
+        let (path, _) = write_due(std::iter::once(&mut a)).expect_err("no file to write");
+        assert_eq!(path, a.path());
+        assert!(a.is_due());
     }
 
     #[test]

@@ -3,10 +3,11 @@
 //! them. serde_cbor decodes through a generic, per-type visitor that compares every field
 //! name as a string; at window 16 that was a tenth of the bench's CPU (`perf record`).
 //!
-//! The decoder accepts only the form the encoder writes (fields in declaration order, no
-//! tags, no indefinite lengths) and says `None` to anything else, which then goes to
-//! serde_cbor: that one decides what is valid and words the errors. So the two paths can
-//! never disagree on a frame this one accepts (`tests/codec.rs` checks both directions).
+//! The decoder accepts only the bytes the encoder writes (fields in declaration order, every
+//! length and number in its shortest form, no tags, no indefinite lengths) and says `None`
+//! to anything else, which then goes to serde_cbor: that one decides what is valid and
+//! words the errors. What this decoder accepts is serde_cbor's own encoding of the message,
+//! so the two paths can never disagree on it (`tests/codec.rs` checks both directions).
 
 use crate::proto::{ClientMsg, PeerMsg, Seq, ServerMsg, Tally, View};
 
@@ -16,6 +17,8 @@ const ARRAY: u8 = 4;
 const MAP: u8 = 5;
 const FALSE: u8 = 0xf4;
 const TRUE: u8 = 0xf5;
+/// Items reserved before reading a list (a window's worth of ballots, many times over).
+const MAX_RESERVE: usize = 1024;
 
 fn head(out: &mut Vec<u8>, major: u8, n: u64) {
     let m = major << 5;
@@ -182,15 +185,26 @@ impl<'a> Reader<'a> {
         if b >> 5 != major {
             return None;
         }
-        let n = match b & 0x1f {
-            n @ 0..=23 => u64::from(n),
-            24 => u64::from(self.byte()?),
-            25 => u64::from(u16::from_be_bytes(self.take(2)?.try_into().ok()?)),
-            26 => u64::from(u32::from_be_bytes(self.take(4)?.try_into().ok()?)),
-            27 => u64::from_be_bytes(self.take(8)?.try_into().ok()?),
+        // Each width only for what does not fit the one below: the shortest form. (serde_cbor
+        // reads an enum only from a map head of exactly one byte, for instance.)
+        let (n, shortest_above) = match b & 0x1f {
+            n @ 0..=23 => return Some(u64::from(n)),
+            24 => (u64::from(self.byte()?), 23),
+            25 => (
+                u64::from(u16::from_be_bytes(self.take(2)?.try_into().ok()?)),
+                0xff,
+            ),
+            26 => (
+                u64::from(u32::from_be_bytes(self.take(4)?.try_into().ok()?)),
+                0xffff,
+            ),
+            27 => (
+                u64::from_be_bytes(self.take(8)?.try_into().ok()?),
+                0xffff_ffff,
+            ),
             _ => return None,
         };
-        Some(n)
+        (n > shortest_above).then_some(n)
     }
 
     fn uint(&mut self) -> Option<u64> {
@@ -236,7 +250,8 @@ impl<'a> Reader<'a> {
 
     fn list<T>(&mut self, mut item: impl FnMut(&mut Self) -> Option<T>) -> Option<Vec<T>> {
         let len = self.array()?;
-        let mut items = Vec::with_capacity(len);
+        // A hostile length reserves no more than this up front; a real one grows past it.
+        let mut items = Vec::with_capacity(len.min(MAX_RESERVE));
         for _ in 0..len {
             items.push(item(self)?);
         }
