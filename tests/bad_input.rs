@@ -72,6 +72,14 @@ fn bad_frames_close_only_their_connection_and_lose_no_vote() {
             false,
             "exceeds the maximum",
         ),
+        // Within the frame limit of a peer link, but no Hello is this long: refused on
+        // its length prefix, before the server holds any of it.
+        (
+            "oversized hello",
+            vec![0, 0, 0x13, 0x88, 1, 2, 3],
+            false,
+            "exceeds the maximum of 4096",
+        ),
         // CBOR for the integer 42: valid CBOR, not a Hello.
         (
             "wrong shape",

@@ -2,7 +2,7 @@
 //! or a clean error, never a panic; a frame is never decoded on the wrong kind of link.
 
 use pbvote::proto::codec::{decode_frame, frame, DecodeError, Wire};
-use pbvote::proto::limits::MAX_FRAME_LEN;
+use pbvote::proto::limits::{MAX_CLIENT_FRAME_LEN, MAX_FRAME_LEN, MAX_HELLO_LEN};
 use pbvote::proto::messages::OpenBallot;
 use pbvote::proto::{
     ClientId, ClientMsg, Hello, NodeId, PeerMsg, PeerStatus, Role, Seq, ServerMsg, Snapshot,
@@ -406,10 +406,22 @@ fn widened_forms(body: &[u8]) -> Vec<Vec<u8>> {
 fn an_oversized_length_prefix_is_refused_before_the_body_arrives() {
     let len = (MAX_FRAME_LEN as u32 + 1).to_be_bytes();
     assert_eq!(
-        decode_frame::<Hello>(&len),
+        decode_frame::<PeerMsg>(&len),
         Err(DecodeError::TooLarge {
             len: MAX_FRAME_LEN + 1,
             max: MAX_FRAME_LEN
         })
     );
+    // Links that never carry a snapshot allow far less.
+    fn one_byte_over<T: Wire + std::fmt::Debug>(max: usize) {
+        assert_eq!(T::MAX_LEN, max);
+        let len = (max as u32 + 1).to_be_bytes();
+        assert_eq!(
+            decode_frame::<T>(&len).map(|_| ()),
+            Err(DecodeError::TooLarge { len: max + 1, max })
+        );
+    }
+    one_byte_over::<Hello>(MAX_HELLO_LEN);
+    one_byte_over::<ClientMsg>(MAX_CLIENT_FRAME_LEN);
+    one_byte_over::<ServerMsg>(MAX_CLIENT_FRAME_LEN);
 }

@@ -6,6 +6,15 @@
 /// A length prefix above it is refused before a single body byte is buffered.
 pub const MAX_FRAME_LEN: usize = 16 * 1024 * 1024;
 
+/// Largest first frame on a connection (a `Hello`: an id or an address, and two numbers).
+/// Until it has arrived a connection is nobody's, and may not make us hold more than this.
+pub const MAX_HELLO_LEN: usize = 4 * 1024;
+
+/// Largest frame on a client link, either way. The biggest are a catch-up `Results` of
+/// [`MAX_RESULTS_PER_FRAME`] tallies (~80 KiB) and an `Accept` with a window of votes: a
+/// client link never needs the room a snapshot does.
+pub const MAX_CLIENT_FRAME_LEN: usize = 1024 * 1024;
+
 /// Longest client id, in bytes. Ids are names chosen by operators, not payloads.
 pub const MAX_CLIENT_ID_LEN: usize = 64;
 

@@ -6,7 +6,7 @@
 
 mod hot;
 
-use super::limits::MAX_FRAME_LEN;
+use super::limits::{MAX_CLIENT_FRAME_LEN, MAX_FRAME_LEN, MAX_HELLO_LEN};
 use super::messages::{ClientMsg, Hello, PeerMsg, ServerMsg, StatusReply};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -17,6 +17,8 @@ pub const LEN_PREFIX: usize = 4;
 /// A type that travels as a frame body, with the name decode errors use for it.
 pub trait Wire: Serialize + DeserializeOwned {
     const NAME: &'static str;
+    /// The largest body of this type accepted or produced.
+    const MAX_LEN: usize = MAX_FRAME_LEN;
 
     /// Appends the body if `self` is a message with a hand-written encoding.
     fn encode_hot(&self, _out: &mut Vec<u8>) -> bool {
@@ -32,9 +34,11 @@ pub trait Wire: Serialize + DeserializeOwned {
 
 impl Wire for Hello {
     const NAME: &'static str = "Hello";
+    const MAX_LEN: usize = MAX_HELLO_LEN;
 }
 impl Wire for ClientMsg {
     const NAME: &'static str = "ClientMsg";
+    const MAX_LEN: usize = MAX_CLIENT_FRAME_LEN;
     fn encode_hot(&self, out: &mut Vec<u8>) -> bool {
         hot::encode_client(self, out)
     }
@@ -44,6 +48,7 @@ impl Wire for ClientMsg {
 }
 impl Wire for ServerMsg {
     const NAME: &'static str = "ServerMsg";
+    const MAX_LEN: usize = MAX_CLIENT_FRAME_LEN;
     fn encode_hot(&self, out: &mut Vec<u8>) -> bool {
         hot::encode_server(self, out)
     }
@@ -66,7 +71,7 @@ impl Wire for StatusReply {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DecodeError {
-    /// The length prefix announces more than [`MAX_FRAME_LEN`].
+    /// The length prefix announces more than [`Wire::MAX_LEN`] of the expected type.
     TooLarge { len: usize, max: usize },
     /// The body is a valid message of another link kind.
     WrongLink {
@@ -135,11 +140,11 @@ pub fn encode_frame<T: Wire>(msg: &T, out: &mut Vec<u8>) -> Result<(), EncodeErr
         return Err(EncodeError::Cbor(e.to_string()));
     }
     let len = out.len() - start - LEN_PREFIX;
-    if len > MAX_FRAME_LEN {
+    if len > T::MAX_LEN {
         out.truncate(start);
         return Err(EncodeError::TooLarge {
             len,
-            max: MAX_FRAME_LEN,
+            max: T::MAX_LEN,
         });
     }
     out[start..start + LEN_PREFIX].copy_from_slice(&(len as u32).to_be_bytes());
@@ -161,10 +166,10 @@ pub fn decode_frame<T: Wire>(buf: &[u8]) -> Result<Option<(T, usize)>, DecodeErr
         return Ok(None);
     };
     let len = u32::from_be_bytes([prefix[0], prefix[1], prefix[2], prefix[3]]) as usize;
-    if len > MAX_FRAME_LEN {
+    if len > T::MAX_LEN {
         return Err(DecodeError::TooLarge {
             len,
-            max: MAX_FRAME_LEN,
+            max: T::MAX_LEN,
         });
     }
     let Some(body) = buf.get(LEN_PREFIX..LEN_PREFIX + len) else {
