@@ -14,8 +14,12 @@ const T: Duration = Duration::from_secs(30);
 fn primary_killed_mid_ballot_loses_no_vote() {
     let mut c = Cluster::start(60, &[]);
     wait_line(&c.err, "view-change role=backup", T);
+    // An installed backup reads its clients' votes in batches...
+    wait_line(&c.err, "client-reads mode=batched", T);
     wait_line(&c.err, "ballot-open seq=15 ", T);
     signal(c.primary.pid(), libc::SIGKILL);
+    // ...and at once again from its proposal on: the votes it holds finish the past.
+    wait_line(&c.err, "client-reads mode=immediate", T);
     wait_line(&c.err, "took_over=true", T);
     c.finish_and_check();
     c.assert_every_log_is_3_yes_2_no();

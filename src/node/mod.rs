@@ -379,6 +379,14 @@ impl Node {
         self.role == Role::Primary && !self.exited && !self.recovering && !self.is_pristine()
     }
 
+    /// Whether what clients send here may wait to be read: an installed backup that
+    /// proposes nothing acts on none of it. It keeps their votes in case it takes over,
+    /// and to take over it first proposes, which ends the wait. So its reactor may read
+    /// client links in batches instead of waking for every vote.
+    pub fn client_input_can_wait(&self) -> bool {
+        self.role == Role::Backup && self.proposal.is_none() && !self.exited
+    }
+
     /// A cold-restarted primary rebuilding its results from the clients' logs.
     pub fn is_recovering(&self) -> bool {
         self.recovering

@@ -104,6 +104,43 @@ impl Conns {
         Ok(id)
     }
 
+    pub fn expect_of(&self, id: ConnId) -> Option<Expect> {
+        self.slab
+            .get(id.slot as usize)
+            .filter(|c| c.gen == id.gen)
+            .map(|c| c.expect)
+    }
+
+    /// The connections that carry what `expect` names.
+    pub fn ids_expecting(&self, expect: Expect) -> Vec<ConnId> {
+        self.slab
+            .iter()
+            .filter(|(_, c)| c.expect == expect)
+            .map(|(slot, c)| ConnId {
+                slot: slot as u32,
+                gen: c.gen,
+            })
+            .collect()
+    }
+
+    /// Moves the connection's readiness from one poll to another.
+    pub fn move_registration(
+        &mut self,
+        id: ConnId,
+        from: &Registry,
+        to: &Registry,
+    ) -> io::Result<()> {
+        let Some(conn) = self.get_mut(id) else {
+            return Ok(());
+        };
+        from.deregister(&mut conn.stream)?;
+        to.register(
+            &mut conn.stream,
+            Token(id.slot as usize),
+            Interest::READABLE | Interest::WRITABLE,
+        )
+    }
+
     pub fn remove(&mut self, registry: &Registry, id: ConnId) -> Option<Conn> {
         self.get_mut(id)?;
         let mut conn = self.slab.remove(id.slot as usize);
