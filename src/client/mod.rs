@@ -216,7 +216,7 @@ impl Client {
         // When the primary's lease runs out here, look further (see `look_further`).
         let lapse = self
             .heard_holder
-            .filter(|_| self.view.is_some() && self.fallbacks().any(|a| !self.linked(a)))
+            .filter(|_| self.view.is_some() && !self.fallbacks_all_linked())
             .map(|heard| heard + self.lease);
         redial.into_iter().chain(lapse).min()
     }
@@ -279,6 +279,15 @@ impl Client {
     fn fallbacks(&self) -> impl Iterator<Item = SocketAddr> + '_ {
         let promised = self.promised_view.iter().flat_map(|v| v.servers());
         self.cfg.servers.iter().copied().chain(promised)
+    }
+
+    /// `fallbacks().all(linked)`, without the iterator adaptors: asked for every client
+    /// on every turn of a host, where it showed in the profile.
+    fn fallbacks_all_linked(&self) -> bool {
+        self.cfg.servers.iter().all(|&a| self.linked(a))
+            && self
+                .promised_view
+                .is_none_or(|v| v.servers().all(|a| self.linked(a)))
     }
 
     fn linked(&self, addr: SocketAddr) -> bool {

@@ -228,12 +228,27 @@ impl<'a> Reader<'a> {
         self.take(len)
     }
 
-    fn key(&mut self, name: &str) -> Option<()> {
-        (self.text()? == name.as_bytes()).then_some(())
+    /// One byte that must be `b`.
+    fn byte_is(&mut self, b: u8) -> Option<()> {
+        (self.byte()? == b).then_some(())
     }
 
-    fn map(&mut self, fields: u64) -> Option<()> {
-        (self.head(MAP)? == fields).then_some(())
+    /// A field name. All of ours are under 24 bytes, so the head is the one byte before.
+    fn key(&mut self, name: &str) -> Option<()> {
+        let len = name.len();
+        debug_assert!(len < 24);
+        let (&head, rest) = self.buf.split_first()?;
+        if head != TEXT << 5 | len as u8 || rest.get(..len)? != name.as_bytes() {
+            return None;
+        }
+        self.buf = &rest[len..];
+        Some(())
+    }
+
+    /// A map head of fewer than 24 entries: one byte.
+    fn map(&mut self, fields: u8) -> Option<()> {
+        debug_assert!(fields < 24);
+        self.byte_is(MAP << 5 | fields)
     }
 
     fn uint_field(&mut self, name: &str) -> Option<u64> {
