@@ -15,7 +15,7 @@ use log::{debug, info, warn};
 use mio::{Events, Interest, Poll, Token};
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook_mio::v1_0::Signals;
-use std::collections::HashMap;
+use std::collections::VecDeque;
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
 use std::net::SocketAddr;
@@ -88,8 +88,11 @@ impl Hosted {
 /// last hosted client logged it.
 #[derive(Debug, Default)]
 pub struct Probe {
-    first_asked: HashMap<u64, Instant, SeqHash>,
-    logged: HashMap<u64, u32, SeqHash>,
+    /// Ballots `base`, `base + 1`, ... that not every hosted client has logged yet. Each
+    /// client logs in seq order, so they complete from the front: a ring, not a map (the
+    /// probe is asked twice per client and ballot, and hashing showed in the profile).
+    pending: VecDeque<Pending>,
+    base: u64,
     /// Every ballot all hosted clients logged, in the order they completed.
     pub done: Vec<BallotSeen>,
     /// Watch for a result tagged with a view above this one (a failover)...
@@ -98,33 +101,15 @@ pub struct Probe {
     pub first_result_above: Option<Instant>,
 }
 
-/// The probe looks up a seq for every client on every ballot: a multiply-shift hash of
-/// the number instead of SipHash (these keys are ours, not an attacker's).
-#[derive(Clone, Copy, Debug, Default)]
-struct SeqHash;
-
-impl std::hash::BuildHasher for SeqHash {
-    type Hasher = SeqHasher;
-    fn build_hasher(&self) -> SeqHasher {
-        SeqHasher(0)
-    }
+#[derive(Debug, Default, Clone, Copy)]
+struct Pending {
+    asked: Option<Instant>,
+    logged: u32,
 }
 
-struct SeqHasher(u64);
-
-impl std::hash::Hasher for SeqHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.write_u64(u64::from(b));
-        }
-    }
-    fn write_u64(&mut self, n: u64) {
-        self.0 = (self.0.rotate_left(5) ^ n).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-    }
-}
+/// Ballots further ahead of the oldest pending one than this are not tracked (no server
+/// opens that many at once).
+const PROBE_AHEAD: u64 = 1 << 16;
 
 /// One ballot as one host saw it.
 #[derive(Clone, Copy, Debug)]
@@ -140,12 +125,25 @@ pub struct BallotSeen {
 }
 
 impl Probe {
+    fn pending(&mut self, seq: u64) -> Option<&mut Pending> {
+        if self.base == 0 {
+            self.base = seq;
+        }
+        let ahead = seq.checked_sub(self.base).filter(|&a| a < PROBE_AHEAD)? as usize;
+        if self.pending.len() <= ahead {
+            self.pending.resize(ahead + 1, Pending::default());
+        }
+        self.pending.get_mut(ahead)
+    }
+
     fn saw(&mut self, msg: &ServerMsg, now: Instant) {
         match msg {
             ServerMsg::VoteRequest { first, count, .. } => {
                 let count = u64::from(*count).min(MAX_OPEN_BALLOTS);
                 for seq in first.0..first.0.saturating_add(count) {
-                    self.first_asked.entry(seq).or_insert(now);
+                    if let Some(p) = self.pending(seq) {
+                        p.asked.get_or_insert(now);
+                    }
                 }
             }
             ServerMsg::Results { view, .. } => {
@@ -162,16 +160,19 @@ impl Probe {
     }
 
     fn logged(&mut self, seq: u64, votes: u64, clients: u32, now: Instant) {
-        let count = self.logged.entry(seq).or_insert(0);
-        *count += 1;
-        if *count == clients {
-            self.logged.remove(&seq);
+        let Some(p) = self.pending(seq) else {
+            return;
+        };
+        p.logged += 1;
+        while let Some(front) = self.pending.front().filter(|f| f.logged >= clients) {
             self.done.push(BallotSeen {
-                seq,
-                asked: self.first_asked.remove(&seq),
+                seq: self.base,
+                asked: front.asked,
                 done: now,
                 votes,
             });
+            self.pending.pop_front();
+            self.base += 1;
         }
     }
 }
