@@ -380,11 +380,12 @@ impl Node {
     }
 
     /// Whether what clients send here may wait to be read: an installed backup that
-    /// proposes nothing acts on none of it. It keeps their votes in case it takes over,
-    /// and to take over it first proposes, which ends the wait. So its reactor may read
-    /// client links in batches instead of waking for every vote.
+    /// proposes nothing acts on none of it but a `Stale` (a stale backup's proposals are
+    /// refused anyway, so its step-down can wait too). It keeps their votes in case it
+    /// takes over, and to take over it first proposes, which ends the wait. So its
+    /// reactor may read client links in batches instead of waking for every vote.
     pub fn client_input_can_wait(&self) -> bool {
-        self.role == Role::Backup && self.proposal.is_none() && !self.exited
+        self.role == Role::Backup && self.proposal.is_none()
     }
 
     /// A cold-restarted primary rebuilding its results from the clients' logs.

@@ -105,6 +105,7 @@ pub struct Probe {
 struct Pending {
     asked: Option<Instant>,
     logged: u32,
+    votes: u64,
 }
 
 /// Ballots further ahead of the oldest pending one than this are not tracked (no server
@@ -125,9 +126,12 @@ pub struct BallotSeen {
 }
 
 impl Probe {
+    /// Ballot `seq`'s entry. The first `VoteRequest` the probe sees sets where it starts:
+    /// a ballot asked for before the probe was set may have been logged by some clients
+    /// before it too, and would never complete here.
     fn pending(&mut self, seq: u64) -> Option<&mut Pending> {
         if self.base == 0 {
-            self.base = seq;
+            return None;
         }
         let ahead = seq.checked_sub(self.base).filter(|&a| a < PROBE_AHEAD)? as usize;
         if self.pending.len() <= ahead {
@@ -140,6 +144,9 @@ impl Probe {
         match msg {
             ServerMsg::VoteRequest { first, count, .. } => {
                 let count = u64::from(*count).min(MAX_OPEN_BALLOTS);
+                if self.base == 0 {
+                    self.base = first.0.max(1);
+                }
                 for seq in first.0..first.0.saturating_add(count) {
                     if let Some(p) = self.pending(seq) {
                         p.asked.get_or_insert(now);
@@ -164,12 +171,13 @@ impl Probe {
             return;
         };
         p.logged += 1;
+        p.votes = votes;
         while let Some(front) = self.pending.front().filter(|f| f.logged >= clients) {
             self.done.push(BallotSeen {
                 seq: self.base,
                 asked: front.asked,
                 done: now,
-                votes,
+                votes: front.votes,
             });
             self.pending.pop_front();
             self.base += 1;
@@ -484,3 +492,41 @@ impl ClientHost {
 
 /// How long `pbvote client` waits between redials of a server that is down.
 pub const REDIAL: Duration = Duration::from_millis(200);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::View;
+
+    fn request(first: u64, count: u32) -> ServerMsg {
+        ServerMsg::VoteRequest {
+            view: View(1),
+            first: Seq(first),
+            count,
+        }
+    }
+
+    /// The bench sets the probe mid-stream: a ballot some clients logged before that can
+    /// never complete in it, and must not hold back the ballots after it.
+    #[test]
+    fn a_probe_set_mid_ballot_counts_from_the_next_request() {
+        let t0 = Instant::now();
+        let mut probe = Probe::default();
+        // Ballot 7: two of four clients logged it before the probe; these are the others.
+        probe.logged(7, 4, 4, t0);
+        probe.logged(7, 4, 4, t0);
+        probe.saw(&request(8, 2), t0);
+        for seq in [8, 9] {
+            for _ in 0..4 {
+                probe.logged(seq, 4, 4, t0);
+            }
+        }
+        let seen: Vec<u64> = probe.done.iter().map(|b| b.seq).collect();
+        assert_eq!(seen, vec![8, 9]);
+        assert!(probe
+            .done
+            .iter()
+            .all(|b| b.asked == Some(t0) && b.votes == 4));
+        assert!(probe.pending.is_empty());
+    }
+}

@@ -279,7 +279,13 @@ impl Server {
         };
         match done {
             Ok(()) => self.client_poll_armed = arm,
-            Err(e) => warn!("client-poll-failed error={e}"),
+            Err(e) => {
+                warn!("client-poll-failed error={e}");
+                // Nothing would wake us for the client links: look at them on a timer.
+                if arm {
+                    self.client_look_at = Some(Instant::now() + CLIENT_READ_BATCH);
+                }
+            }
         }
     }
 
