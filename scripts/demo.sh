@@ -19,14 +19,15 @@ cargo build --release --quiet
 BIN=target/release/pbvote
 
 cleanup() {
+    # The watchers go first, so the servers' own shutdown does not scroll by after the
+    # verdict. They are pipelines (tail | grep): `jobs -p` names one process of each, so
+    # stop the `tail -F`s by what they follow, or they outlive the demo.
+    pkill -f -- "-F $DIR/" 2>/dev/null
     # Every server (the primary, the backups it spawns and their replacements) is in the
     # process group setsid made for the primary: one signal stops them all at once. (Stop
     # the backup first and the primary respawns it; the primary first and the backup
     # takes over.)
     [ -n "${PRIMARY:-}" ] && kill -TERM -- "-$PRIMARY" 2>/dev/null
-    # The watchers are pipelines (tail | grep): `jobs -p` names one process of each, so
-    # stop the `tail -F`s by what they follow, or they outlive the demo.
-    pkill -f -- "-F $DIR/" 2>/dev/null
     kill $(jobs -p) 2>/dev/null
     wait 2>/dev/null
     return 0
