@@ -104,10 +104,6 @@ impl PromiseFile {
             self.due = Some(view);
         }
     }
-
-    pub fn is_due(&self) -> bool {
-        self.due.is_some()
-    }
 }
 
 enum Slot {
@@ -365,9 +361,9 @@ mod tests {
         assert_eq!(f.read("a.log"), Ok(promised(3, vec![f.p])));
         a.stage(f.view(4, false));
         a.stage(f.view(2, false));
-        assert!(a.is_due());
+        assert!(a.due.is_some());
         write_due(std::iter::once(&mut a)).expect("in place");
-        assert!(!a.is_due());
+        assert!(a.due.is_none());
         assert_eq!(f.read("a.log"), Ok(promised(4, vec![f.p])));
         // A batch: one in place, one created.
         let (mut b, _) = f.open("b.log");
@@ -441,7 +437,7 @@ mod tests {
         a.stage(f.view(2, false));
         let (path, _) = write_due(std::iter::once(&mut a)).expect_err("no file to write");
         assert_eq!(path, a.path());
-        assert!(a.is_due());
+        assert!(a.due.is_some());
     }
 
     #[test]

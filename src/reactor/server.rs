@@ -562,13 +562,14 @@ impl Server {
     }
 
     /// Closes at once and tells the node.
+    /// Where a connection is registered: a client link sits in `client_poll` while client
+    /// input can wait (`place_client_links` moves them all; a new one moves at its Hello).
+    fn in_client_poll(&self, id: ConnId) -> bool {
+        self.clients_deferred && self.conns.expect_of(id) == Some(Expect::ClientMsgs)
+    }
+
     fn close_now(&mut self, id: ConnId, now: Instant) {
-        let in_client_poll = self.clients_deferred
-            && self
-                .conns
-                .expect_of(id)
-                .is_some_and(|e| e == Expect::ClientMsgs);
-        let registry = if in_client_poll {
+        let registry = if self.in_client_poll(id) {
             self.client_poll.registry()
         } else {
             self.poll.registry()

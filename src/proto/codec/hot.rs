@@ -57,6 +57,12 @@ fn uint_field(out: &mut Vec<u8>, name: &str, n: u64) {
     head(out, UINT, n);
 }
 
+/// A field holding a list: its name, then the head of an array of `len` items.
+fn list_field(out: &mut Vec<u8>, name: &str, len: usize) {
+    text(out, name);
+    head(out, ARRAY, len as u64);
+}
+
 fn boolean(out: &mut Vec<u8>, b: bool) {
     out.push(if b { TRUE } else { FALSE });
 }
@@ -83,8 +89,7 @@ pub fn encode_server(msg: &ServerMsg, out: &mut Vec<u8>) -> bool {
             variant(out, "Results", 3);
             uint_field(out, "view", view.0);
             uint_field(out, "first", first.0);
-            text(out, "tallies");
-            head(out, ARRAY, tallies.len() as u64);
+            list_field(out, "tallies", tallies.len());
             for t in tallies {
                 tally(out, t);
             }
@@ -103,8 +108,7 @@ pub fn encode_client(msg: &ClientMsg, out: &mut Vec<u8>) -> bool {
         ClientMsg::Votes { view, votes } => {
             variant(out, "Votes", 2);
             uint_field(out, "view", view.0);
-            text(out, "votes");
-            head(out, ARRAY, votes.len() as u64);
+            list_field(out, "votes", votes.len());
             for (seq, yes) in votes {
                 head(out, ARRAY, 2);
                 head(out, UINT, seq.0);
@@ -125,8 +129,7 @@ pub fn encode_peer(msg: &PeerMsg, out: &mut Vec<u8>) -> bool {
         PeerMsg::Forward { view, votes } => {
             variant(out, "Forward", 2);
             uint_field(out, "view", view.0);
-            text(out, "votes");
-            head(out, ARRAY, votes.len() as u64);
+            list_field(out, "votes", votes.len());
             for (seq, client, yes) in votes {
                 head(out, ARRAY, 3);
                 head(out, UINT, seq.0);
@@ -263,7 +266,13 @@ impl<'a> Reader<'a> {
         (len <= self.buf.len()).then_some(len)
     }
 
-    fn list<T>(&mut self, mut item: impl FnMut(&mut Self) -> Option<T>) -> Option<Vec<T>> {
+    /// A field holding a list, its items read by `item`.
+    fn list_field<T>(
+        &mut self,
+        name: &str,
+        mut item: impl FnMut(&mut Self) -> Option<T>,
+    ) -> Option<Vec<T>> {
+        self.key(name)?;
         let len = self.array()?;
         // A hostile length reserves no more than this up front; a real one grows past it.
         let mut items = Vec::with_capacity(len.min(MAX_RESERVE));
@@ -310,10 +319,7 @@ pub fn decode_server(body: &[u8]) -> Option<ServerMsg> {
         (b"Results", 3) => ServerMsg::Results {
             view: View(r.uint_field("view")?),
             first: Seq(r.uint_field("first")?),
-            tallies: {
-                r.key("tallies")?;
-                r.list(Reader::tally)?
-            },
+            tallies: r.list_field("tallies", Reader::tally)?,
         },
         _ => return None,
     };
@@ -325,13 +331,10 @@ pub fn decode_client(body: &[u8]) -> Option<ClientMsg> {
     let msg = match r.variant()? {
         (b"Votes", 2) => ClientMsg::Votes {
             view: View(r.uint_field("view")?),
-            votes: {
-                r.key("votes")?;
-                r.list(|r| {
-                    (r.array()? == 2).then_some(())?;
-                    Some((Seq(r.uint()?), r.boolean()?))
-                })?
-            },
+            votes: r.list_field("votes", |r| {
+                r.byte_is(ARRAY << 5 | 2)?;
+                Some((Seq(r.uint()?), r.boolean()?))
+            })?,
         },
         _ => return None,
     };
@@ -343,13 +346,10 @@ pub fn decode_peer(body: &[u8]) -> Option<PeerMsg> {
     let msg = match r.variant()? {
         (b"Forward", 2) => PeerMsg::Forward {
             view: View(r.uint_field("view")?),
-            votes: {
-                r.key("votes")?;
-                r.list(|r| {
-                    (r.array()? == 3).then_some(())?;
-                    Some((Seq(r.uint()?), r.u32()?, r.boolean()?))
-                })?
-            },
+            votes: r.list_field("votes", |r| {
+                r.byte_is(ARRAY << 5 | 3)?;
+                Some((Seq(r.uint()?), r.u32()?, r.boolean()?))
+            })?,
         },
         (b"Commit", 3) => PeerMsg::Commit {
             view: View(r.uint_field("view")?),
