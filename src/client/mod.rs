@@ -414,6 +414,16 @@ impl Client {
 
     // ----- state transitions ---------------------------------------------------------
 
+    /// `conn` leads to the backup of the view this client follows. Nothing waits for the
+    /// votes it sends there: the backup counts them as a second copy beside the primary's
+    /// `Forward`, reads its clients in batches, and on a takeover gets them again in the
+    /// clients' `Accept`s. So a host may hold them back and write several turns' at once.
+    pub fn is_backup_link(&self, conn: ConnId) -> bool {
+        self.view
+            .and_then(|v| v.backup)
+            .is_some_and(|backup| self.link_addr(conn) == Some(backup))
+    }
+
     fn link_addr(&self, conn: ConnId) -> Option<SocketAddr> {
         self.links
             .iter()

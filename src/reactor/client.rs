@@ -195,10 +195,12 @@ pub struct ClientHost {
     wheel: TimerWheel,
     touched: Vec<usize>,
     logs_pending: Vec<usize>,
-    /// The connections a held message goes to (kept to reuse its allocation).
+    /// The connections a repeated message goes to (kept to reuse its allocation).
     send_to: Vec<ConnId>,
     /// Some client promised this turn.
     promises_due: bool,
+    /// When the votes held back for backups are written (set while some are held).
+    held_until: Option<Instant>,
     shutdown: bool,
 }
 
@@ -219,6 +221,7 @@ impl ClientHost {
             logs_pending: Vec::new(),
             send_to: Vec::new(),
             promises_due: false,
+            held_until: None,
             shutdown: false,
             probe: None,
         };
@@ -254,7 +257,7 @@ impl ClientHost {
             if self.shutdown || self.all_done() || deadline.is_some_and(|d| d <= now) {
                 return Ok(());
             }
-            let wake = [self.wheel.next_deadline(), deadline]
+            let wake = [self.wheel.next_deadline(), deadline, self.held_until]
                 .into_iter()
                 .flatten()
                 .min();
@@ -271,10 +274,15 @@ impl ClientHost {
                         for signal in self.signals.pending() {
                             info!("signal number={signal}");
                             self.shutdown = true;
+                            self.conns.release_held();
                         }
                     }
                     token => self.on_conn_event(token, event, now),
                 }
+            }
+            if self.held_until.is_some_and(|t| t <= now) {
+                self.conns.release_held();
+                self.held_until = None;
             }
             expired.clear();
             self.wheel.expire(now, &mut expired);
@@ -323,23 +331,26 @@ impl ClientHost {
             // Closing a connection touched its core; let it act before we sleep.
             return self.after_turn(now);
         }
+        if self.conns.has_held() {
+            self.held_until.get_or_insert(now + BACKUP_VOTES_WAIT);
+        }
         Ok(())
     }
 
     fn drain_outputs(&mut self, i: usize, now: Instant) {
         // The same message to several servers in a row (the votes go to both) is encoded
-        // once: held, with its connections, until a different output comes.
+        // once: kept, with its connections, until a different output comes.
         let mut ids = std::mem::take(&mut self.send_to);
-        let mut held: Option<ClientMsg> = None;
+        let mut same: Option<ClientMsg> = None;
         while let Some(output) = self.clients[i].core.poll_output() {
             if let ClientOutput::Send(id, msg) = output {
-                if held.as_ref() != Some(&msg) {
-                    self.send_held(&mut ids, held.replace(msg), now);
+                if same.as_ref() != Some(&msg) {
+                    self.send_to_all(i, &mut ids, same.replace(msg), now);
                 }
                 ids.push(id);
                 continue;
             }
-            self.send_held(&mut ids, held.take(), now);
+            self.send_to_all(i, &mut ids, same.take(), now);
             match output {
                 ClientOutput::Dial(addr) => self.dial(i, addr, now),
                 ClientOutput::Hello(id, hello) => self.queue(id, &hello, now),
@@ -366,20 +377,33 @@ impl ClientHost {
                 }
             }
         }
-        self.send_held(&mut ids, held, now);
+        self.send_to_all(i, &mut ids, same, now);
         self.send_to = ids;
     }
 
-    /// Queues `msg` (if any) on each of `ids`, encoded once, and empties `ids`.
-    fn send_held(&mut self, ids: &mut Vec<ConnId>, msg: Option<ClientMsg>, now: Instant) {
+    /// Queues `msg` (if any) from client `i` on each of `ids`, encoded once, and empties
+    /// `ids`. Votes to a backup may wait for the next `BACKUP_VOTES_WAIT`.
+    fn send_to_all(
+        &mut self,
+        i: usize,
+        ids: &mut Vec<ConnId>,
+        msg: Option<ClientMsg>,
+        now: Instant,
+    ) {
         if let Some(msg) = msg {
+            let core = &self.clients[i].core;
+            let may_wait = |id| matches!(msg, ClientMsg::Votes { .. }) && core.is_backup_link(id);
             if let [id] = ids[..] {
-                self.queue(id, &msg, now);
-            } else {
-                for (id, e) in self.conns.queue_to_all(ids, &msg) {
-                    warn!("send-failed conn={id} error={e}");
-                    self.close_now(id, now);
+                if !may_wait(id) {
+                    self.queue(id, &msg, now);
+                    ids.clear();
+                    return;
                 }
+            }
+            let failed = self.conns.queue_to_all(ids, &msg, may_wait);
+            for (id, e) in failed {
+                warn!("send-failed conn={id} error={e}");
+                self.close_now(id, now);
             }
         }
         ids.clear();
@@ -489,6 +513,11 @@ impl ClientHost {
         }
     }
 }
+
+/// Longest a client's votes to the backup of its view are held back, so that several
+/// turns' votes leave in one write. Below the backup's own 20 ms read batches
+/// (`CLIENT_READ_BATCH`): holding longer would only delay its copy.
+const BACKUP_VOTES_WAIT: Duration = Duration::from_millis(10);
 
 /// How long `pbvote client` waits between redials of a server that is down.
 pub const REDIAL: Duration = Duration::from_millis(200);

@@ -221,8 +221,13 @@ impl Conn {
         Ok(())
     }
 
+    /// Bytes queued and not yet written.
+    pub fn queued(&self) -> usize {
+        self.wbuf.len() - self.wpos
+    }
+
     fn check_room(&self) -> Result<(), QueueError> {
-        let queued = self.wbuf.len() - self.wpos;
+        let queued = self.queued();
         if queued > self.outbuf_limit {
             return Err(QueueError::OutbufFull {
                 queued,

@@ -11,11 +11,18 @@ use slab::Slab;
 use std::io;
 use std::net::SocketAddr;
 
+/// Held output on one connection is written once this much waits, whatever the timer.
+pub const HELD_OUTPUT_LIMIT: usize = 16 * 1024;
+
 pub struct Conns {
     slab: Slab<Conn>,
     next_gen: u32,
     /// Connections with output queued this turn.
     dirty: Vec<ConnId>,
+    /// Connections whose queued output may wait for [`Conns::release_held`]: nobody waits
+    /// for it, so several turns' worth leaves in one write. Anything urgent queued behind
+    /// it (the connection is then also dirty) takes it along, in order.
+    held: Vec<ConnId>,
     /// Every `read` lands here; frames decode from here, and a connection copies only a
     /// frame cut short.
     scratch: Vec<u8>,
@@ -40,6 +47,7 @@ impl Default for Conns {
             slab: Slab::new(),
             next_gen: 0,
             dirty: Vec::new(),
+            held: Vec::new(),
             scratch: vec![0; READ_CHUNK],
             scratch_owner: None,
             encoded: Vec::new(),
@@ -161,8 +169,14 @@ impl Conns {
     }
 
     /// Encodes `msg` once and queues it on each of `ids`; returns the connections that
-    /// must be closed, with why (as [`Conns::queue`]).
-    pub fn queue_to_all<T: Wire>(&mut self, ids: &[ConnId], msg: &T) -> Vec<(ConnId, QueueError)> {
+    /// must be closed, with why (as [`Conns::queue`]). On connections where `may_wait`
+    /// holds, it is held (see `held`) until about [`HELD_OUTPUT_LIMIT`] bytes are waiting.
+    pub fn queue_to_all<T: Wire>(
+        &mut self,
+        ids: &[ConnId],
+        msg: &T,
+        may_wait: impl Fn(ConnId) -> bool,
+    ) -> Vec<(ConnId, QueueError)> {
         let mut failed = Vec::new();
         self.encoded.clear();
         if let Err(e) = crate::proto::codec::encode_frame(msg, &mut self.encoded) {
@@ -177,7 +191,14 @@ impl Conns {
             else {
                 continue;
             };
+            let was_idle = conn.queued() == 0;
             match conn.queue_encoded(&self.encoded) {
+                // Output already queued is in `held` or `dirty`; this joins it.
+                Ok(()) if may_wait(id) && conn.queued() < HELD_OUTPUT_LIMIT => {
+                    if was_idle {
+                        self.held.push(id);
+                    }
+                }
                 Ok(()) => self.dirty.push(id),
                 Err(e) => failed.push((id, e)),
             }
@@ -186,6 +207,15 @@ impl Conns {
             self.encoded = Vec::new();
         }
         failed
+    }
+
+    pub fn has_held(&self) -> bool {
+        !self.held.is_empty()
+    }
+
+    /// Held output is due: it is written at the end of this turn.
+    pub fn release_held(&mut self) {
+        self.dirty.append(&mut self.held);
     }
 
     /// Closes the connection once what is queued for it is written.
@@ -374,5 +404,71 @@ mod tests {
             got.extend(read_all(&mut conns, ids[0]));
         }
         assert_eq!(got, vec![big, results(100)]);
+    }
+    /// Held output is written only when released, when something urgent is queued
+    /// behind it (in order), or once it reaches the limit.
+    #[test]
+    fn held_output_waits_for_release_urgent_output_or_the_limit() {
+        let poll = Poll::new().expect("poll");
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let mut reader = std::net::TcpStream::connect(addr).expect("connect");
+        let (writer, peer) = listener.accept().expect("accept");
+        writer.set_nonblocking(true).expect("nonblocking");
+        let mut conns = Conns::default();
+        let id = conns
+            .insert(
+                poll.registry(),
+                TcpStream::from_std(writer),
+                peer,
+                Expect::ServerMsgs,
+                1 << 20,
+            )
+            .expect("insert");
+        reader
+            .set_read_timeout(Some(std::time::Duration::from_secs(5)))
+            .expect("timeout");
+        let mut expect_bytes = |want: &[u8]| {
+            let mut got = vec![0; want.len()];
+            std::io::Read::read_exact(&mut reader, &mut got).expect("read");
+            assert_eq!(got, want);
+            reader.set_nonblocking(true).expect("nonblocking");
+            let mut more = [0; 1];
+            let after = std::io::Read::read(&mut reader, &mut more);
+            assert!(
+                matches!(&after, Err(e) if e.kind() == io::ErrorKind::WouldBlock),
+                "more was written: {after:?}"
+            );
+            reader.set_nonblocking(false).expect("blocking");
+        };
+        let held = |conns: &mut Conns, first| {
+            assert!(conns
+                .queue_to_all(&[id], &results(first), |_| true)
+                .is_empty());
+        };
+        let bytes = |first| frame(&results(first)).expect("encode");
+
+        held(&mut conns, 1);
+        held(&mut conns, 6);
+        assert!(conns.has_held());
+        assert!(conns.flush_dirty(&mut Vec::new()).is_empty());
+        expect_bytes(&[]);
+        conns.queue(id, &results(11)).expect("queue");
+        assert!(conns.flush_dirty(&mut Vec::new()).is_empty());
+        expect_bytes(&[bytes(1), bytes(6), bytes(11)].concat());
+
+        held(&mut conns, 16);
+        conns.release_held();
+        assert!(!conns.has_held());
+        assert!(conns.flush_dirty(&mut Vec::new()).is_empty());
+        expect_bytes(&bytes(16));
+
+        let mut sent = Vec::new();
+        while sent.len() < HELD_OUTPUT_LIMIT {
+            held(&mut conns, 21);
+            sent.extend(bytes(21));
+        }
+        assert!(conns.flush_dirty(&mut Vec::new()).is_empty());
+        expect_bytes(&sent);
     }
 }

@@ -497,7 +497,7 @@ impl Server {
     }
 
     fn queue_to_all(&mut self, ids: &[ConnId], msg: &ServerMsg, now: Instant) {
-        for (id, e) in self.conns.queue_to_all(ids, msg) {
+        for (id, e) in self.conns.queue_to_all(ids, msg, |_| false) {
             warn!("send-failed conn={id} error={e}");
             self.close_now(id, now);
         }
