@@ -5,15 +5,17 @@
 //! output that depends on it, and the caller must finish writing the line to the log
 //! before it performs the next output.
 
+mod cast;
 pub mod policy;
 
 use crate::ballot_log::LogLine;
 use crate::link::ConnId;
 use crate::proto::limits::{MAX_OPEN_BALLOTS, MAX_RECOVERY_TAIL};
 use crate::proto::{ClientId, ClientMsg, Hello, NodeId, Seq, ServerMsg, Tally, View, ViewInfo};
+use cast::Cast;
 use log::{debug, info, warn};
 use policy::Policy;
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -96,7 +98,7 @@ pub struct Client {
     heard_holder: Option<Instant>,
     links: Vec<ServerLink>,
     /// Votes cast on ballots not yet logged, so a re-ask gets the same answer.
-    cast: BTreeMap<Seq, bool>,
+    cast: Cast,
     /// The first seq of the last `Resend` we asked for, so one gap is asked once.
     resend_asked: Option<Seq>,
     /// The last tallies logged (ending at `last_logged`), for a cold-restarted primary.
@@ -153,7 +155,7 @@ impl Client {
             lease_holder: None,
             heard_holder: None,
             links,
-            cast: BTreeMap::new(),
+            cast: Cast::default(),
             resend_asked: None,
             recent,
             deferred: None,
@@ -609,11 +611,7 @@ impl Client {
         self.heard_holder = Some(now);
         info!("proposal-accepted client={} view={view}", self.cfg.id);
         self.promise(view);
-        let votes = self
-            .cast
-            .range(self.last_logged.next()..)
-            .map(|(&seq, &yes)| (seq, yes))
-            .collect();
+        let votes = self.cast.from(self.last_logged.next()).collect();
         self.out.push_back(ClientOutput::Send(
             conn,
             ClientMsg::Accept {
@@ -640,7 +638,7 @@ impl Client {
         let policy = self.cfg.policy;
         let mut votes = Vec::new();
         for seq in (first.0.max(self.last_logged.0 + 1)..first.0.saturating_add(count)).map(Seq) {
-            let yes = *self.cast.entry(seq).or_insert_with(|| policy.vote(seq.0));
+            let yes = self.cast.get_or_cast(seq, |seq| policy.vote(seq.0));
             votes.push((seq, yes));
         }
         if votes.is_empty() {
@@ -652,10 +650,16 @@ impl Client {
             votes[0].0,
             votes.len()
         );
+        let mut ups = self
+            .links
+            .iter()
+            .filter(|l| matches!(l.state, LinkState::Up(_)))
+            .count();
         for link in &self.links {
             let LinkState::Up(conn) = link.state else {
                 continue;
             };
+            ups -= 1;
             // Fold into this turn's Votes to that server if it is the last thing queued
             // for that connection (never past another message: order is kept).
             let last_to_conn = self.out.iter_mut().rev().find(|o| match o {
@@ -678,7 +682,12 @@ impl Client {
                     conn,
                     ClientMsg::Votes {
                         view: current.number,
-                        votes: votes.clone(),
+                        // The last link takes the list itself.
+                        votes: if ups == 0 {
+                            std::mem::take(&mut votes)
+                        } else {
+                            votes.clone()
+                        },
                     },
                 )),
             }
@@ -708,7 +717,7 @@ impl Client {
             return;
         }
         self.last_logged = seq;
-        self.cast.remove(&seq);
+        self.cast.logged_through(seq);
         if self.recent.len() == MAX_RECOVERY_TAIL {
             self.recent.pop_front();
         }

@@ -1,0 +1,86 @@
+//! The votes a client cast on ballots it has not logged yet, so that a re-ask gets the
+//! same answer and an `Accept` can carry them to a new primary.
+
+use crate::proto::Seq;
+use std::collections::VecDeque;
+
+/// Ordered by seq. Ballots are asked for and logged in seq order, so a vote joins at the
+/// back and leaves from the front: no shifting inside a tree node per ballot (a
+/// `BTreeMap` here was the bench's largest source of `memcpy`).
+#[derive(Debug, Default)]
+pub struct Cast {
+    votes: VecDeque<(Seq, bool)>,
+}
+
+impl Cast {
+    /// The vote already cast on `seq`, or `decide(seq)` cast now.
+    pub fn get_or_cast(&mut self, seq: Seq, decide: impl FnOnce(Seq) -> bool) -> bool {
+        match self.votes.back() {
+            Some(&(last, _)) if last >= seq => {}
+            _ => {
+                let yes = decide(seq);
+                self.votes.push_back((seq, yes));
+                return yes;
+            }
+        }
+        match self.votes.binary_search_by_key(&seq, |&(s, _)| s) {
+            Ok(i) => self.votes[i].1,
+            Err(i) => {
+                let yes = decide(seq);
+                self.votes.insert(i, (seq, yes));
+                yes
+            }
+        }
+    }
+
+    /// Ballots up to `seq` are logged: their votes are no longer needed.
+    pub fn logged_through(&mut self, seq: Seq) {
+        while self.votes.front().is_some_and(|&(s, _)| s <= seq) {
+            self.votes.pop_front();
+        }
+    }
+
+    /// Every vote cast on `from` or later, in seq order.
+    pub fn from(&self, from: Seq) -> impl Iterator<Item = (Seq, bool)> + '_ {
+        let start = self.votes.partition_point(|&(s, _)| s < from);
+        self.votes.range(start..).copied()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    /// Against the map it replaces, over requests in and out of order, overlapping
+    /// re-asks and logging.
+    #[test]
+    fn answers_as_a_map_would() {
+        let mut cast = Cast::default();
+        let mut map = BTreeMap::new();
+        let mut rng = 0x2545_f491_4f6c_dd1d_u64;
+        let mut next = || {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            rng
+        };
+        let mut logged = 0u64;
+        for _ in 0..20_000 {
+            let roll = next();
+            if roll % 4 == 0 {
+                logged += roll % 3;
+                cast.logged_through(Seq(logged));
+                map.retain(|&s: &u64, _| s > logged);
+            } else {
+                let seq = logged + 1 + (roll >> 8) % 40;
+                let yes = (roll >> 20) % 2 == 0;
+                let got = cast.get_or_cast(Seq(seq), |_| yes);
+                assert_eq!(got, *map.entry(seq).or_insert(yes), "seq {seq}");
+            }
+            let from = logged + 1 + next() % 10;
+            let want: Vec<(Seq, bool)> = map.range(from..).map(|(&s, &y)| (Seq(s), y)).collect();
+            assert_eq!(cast.from(Seq(from)).collect::<Vec<_>>(), want);
+        }
+    }
+}
