@@ -11,13 +11,6 @@ use std::net::SocketAddr;
 /// Bytes asked of the kernel per `read`, into the loop's one scratch buffer.
 pub const READ_CHUNK: usize = 64 * 1024;
 
-/// A connection's write buffer is given back when it empties above this size, so an idle
-/// connection costs a few hundred bytes, not the high-water mark of its busiest moment.
-/// A turn's frames to one client at window 1 (a result and the next request, ~80 bytes)
-/// stay under it; a bigger turn (window 16, ~250 bytes) grows the buffer again: a couple
-/// of allocations per turn, not one per message.
-const KEEP_BUFFER: usize = 256;
-
 /// What the bytes read on a connection should decode as.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Expect {
@@ -243,6 +236,27 @@ impl Conn {
         self.outbuf_limit = limit;
     }
 
+    /// The write buffer, if all of it is written and it is larger than `keep` bytes (see
+    /// `Conns::spare`).
+    pub fn take_spent_buffer(&mut self, keep: usize) -> Option<Vec<u8>> {
+        if self.wbuf.capacity() <= keep || self.has_output() {
+            return None;
+        }
+        self.wpos = 0;
+        Some(std::mem::take(&mut self.wbuf))
+    }
+
+    /// Gives a connection without a write buffer an empty one to queue into.
+    pub fn lend_buffer_if_none(&mut self, spare: &mut Vec<Vec<u8>>) {
+        if self.wbuf.capacity() == 0 {
+            if let Some(mut buf) = spare.pop() {
+                buf.clear();
+                self.wbuf = buf;
+                self.wpos = 0;
+            }
+        }
+    }
+
     pub fn has_output(&self) -> bool {
         self.wpos < self.wbuf.len()
     }
@@ -261,9 +275,6 @@ impl Conn {
         if self.wpos == self.wbuf.len() {
             self.wbuf.clear();
             self.wpos = 0;
-            if self.wbuf.capacity() > KEEP_BUFFER {
-                self.wbuf = Vec::new();
-            }
         } else if self.wpos > 64 * 1024 {
             self.wbuf.drain(..self.wpos);
             self.wpos = 0;
