@@ -5,17 +5,21 @@
 # (pbvote votes/s divided by Redis INCR/s). Installs Redis from Debian where missing.
 #
 #   scripts/bench-vs-redis.sh            # CLIENTS=100 DURATION=10 REQUESTS=1000000
+#   BUILD=static scripts/bench-vs-redis.sh   # the static (musl) build, scripts/build-static.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 CLIENTS=${CLIENTS:-100} DURATION=${DURATION:-10} REQUESTS=${REQUESTS:-1000000}
-RPORT=${RPORT:-6390}
+RPORT=${RPORT:-6390} BUILD=${BUILD:-dynamic}
 
 if ! command -v redis-server >/dev/null || ! command -v redis-benchmark >/dev/null; then
     echo "== installing redis from Debian's packages"
     apt-get update -qq && apt-get install -y -qq redis-server redis-tools >/dev/null
 fi
-cargo build --release --quiet
-BIN=target/release/pbvote
+case $BUILD in
+dynamic) cargo build --release --quiet && BIN=target/release/pbvote ;;
+static) BIN=$(scripts/build-static.sh) ;;
+*) echo "BUILD is dynamic or static, not $BUILD" >&2 && exit 2 ;;
+esac
 DIR=$(mktemp -d /tmp/pbvote-vs-redis.XXXXXX)
 cleanup() {
     redis-cli -p "$RPORT" shutdown nosave >/dev/null 2>&1 || true
@@ -44,7 +48,7 @@ r1=$(redis_rps 1)
 r16=$(redis_rps 16)
 p1=$(pbvote_vps 1)
 p16=$(pbvote_vps 16)
-printf '== %d clients\n' "$CLIENTS"
+printf '== %d clients, %s build\n' "$CLIENTS" "$BUILD"
 printf 'redis  INCR/s  -P 1   %12.0f\n' "$r1"
 printf 'redis  INCR/s  -P 16  %12.0f\n' "$r16"
 printf 'pbvote votes/s -w 1   %12.0f   ratio %.2f\n' "$p1" "$(awk -v a="$p1" -v b="$r1" 'BEGIN { print a / b }')"
