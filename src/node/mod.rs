@@ -1776,18 +1776,50 @@ impl Node {
             tallies.push(self.publish_one(now));
         }
         if !tallies.is_empty() {
-            // Results published together ride in one frame.
-            let results = ServerMsg::Results {
-                view: self.view.number,
-                first,
-                tallies,
-            };
-            self.send_to_clients(self.clients.len(), &results);
+            self.send_results(first, tallies);
             if self.ballots.is_empty() {
                 self.timers.reask = None;
             }
             self.arm_open_ballot(now);
         }
+    }
+
+    /// Tells every client the results from `first` on. Results published in one turn ride
+    /// in one frame: the backup acks each `Commit` on its own, so a turn that reads 16
+    /// `CommitAck`s publishes 16 times, and each publish joins the `Results` still queued
+    /// if it continues it, in the same view, to the same connections. It may overtake a
+    /// `VoteRequest` queued after it; nothing orders the two.
+    fn send_results(&mut self, first: Seq, tallies: Vec<Tally>) {
+        let view = self.view.number;
+        let conns: Vec<ConnId> = self.clients.iter().filter_map(|r| r.conn).collect();
+        if conns.is_empty() {
+            return;
+        }
+        let queued = self.out.iter_mut().rev().find_map(|o| match o {
+            Output::ToClients(
+                to,
+                ServerMsg::Results {
+                    view: v,
+                    first: f,
+                    tallies: t,
+                },
+            ) => Some((to, *v, *f, t)),
+            _ => None,
+        });
+        if let Some((to, v, f, queued)) = queued {
+            if v == view && f.0 + queued.len() as u64 == first.0 && *to == conns {
+                queued.extend_from_slice(&tallies);
+                return;
+            }
+        }
+        self.out.push_back(Output::ToClients(
+            conns,
+            ServerMsg::Results {
+                view,
+                first,
+                tallies,
+            },
+        ));
     }
 
     /// The backup whose ack a result needs before any client sees it: the installed

@@ -150,3 +150,77 @@ fn a_client_far_behind_is_caught_up_a_burst_at_a_time_and_the_history_stays_boun
     );
     assert!(bursts > 1, "a catch-up this long takes several bursts");
 }
+
+/// Every output the node queued, as (connection, message) pairs, in order.
+fn sent(node: &mut Node) -> Vec<(ConnId, ServerMsg)> {
+    let mut all = Vec::new();
+    while let Some(out) = node.poll_output() {
+        match out {
+            Output::ToClient(c, msg) => all.push((c, msg)),
+            Output::ToClients(cs, msg) => all.extend(cs.into_iter().map(|c| (c, msg.clone()))),
+            _ => {}
+        }
+    }
+    all
+}
+
+fn votes(first: u64, count: u64) -> ClientMsg {
+    ClientMsg::Votes {
+        view: View(1),
+        votes: (first..first + count).map(|s| (Seq(s), true)).collect(),
+    }
+}
+
+/// Results published one after another in a turn (before the host drains the outputs)
+/// leave in one frame, unless the clients changed between them.
+#[test]
+fn results_published_in_one_turn_ride_in_one_frame() {
+    let t0 = Instant::now();
+    let mut node = primary(t0);
+    let voter = conn(1);
+    hello(&mut node, voter, "voter", 0, t0);
+    node.handle_timeout(t0);
+    sent(&mut node); // Welcome and a lease round
+    let ack = ClientMsg::LeaseAck {
+        view: View(1),
+        round: 1,
+    };
+    node.handle_client_msg(voter, ack, t0);
+    node.handle_timeout(t0);
+    let asked: Vec<_> = sent(&mut node)
+        .into_iter()
+        .filter_map(|(_, m)| match m {
+            ServerMsg::VoteRequest { first, count, .. } => Some((first.0, count)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(asked, vec![(1, 64)]);
+
+    // Ballots 1, 2 and 3 complete one message at a time, in one turn.
+    for seq in 1..=3 {
+        node.handle_client_msg(voter, votes(seq, 1), t0);
+    }
+    let results: Vec<_> = sent(&mut node)
+        .into_iter()
+        .filter_map(|(c, m)| match m {
+            ServerMsg::Results { first, tallies, .. } => Some((c, first.0, tallies.len())),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(results, vec![(voter, 1, 3)]);
+
+    // A client joins between two results: the second goes to a different set of
+    // connections, so it is a frame of its own (the newcomer's catch-up is its own too).
+    node.handle_client_msg(voter, votes(4, 1), t0);
+    let late = conn(2);
+    hello(&mut node, late, "late", 4, t0);
+    node.handle_client_msg(voter, votes(5, 1), t0);
+    let results: Vec<_> = sent(&mut node)
+        .into_iter()
+        .filter_map(|(c, m)| match m {
+            ServerMsg::Results { first, tallies, .. } => Some((c, first.0, tallies.len())),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(results, vec![(voter, 4, 1)]);
+}
