@@ -3,7 +3,7 @@
 # of RSS for an idle server (docs/PERFORMANCE.md). Adds the musl target with rustup where
 # it is missing; needs no C toolchain. Prints the binary's path.
 #
-#   scripts/build-static.sh            # -> target/<arch>-unknown-linux-musl/release/pbvote
+#   scripts/build-static.sh     # prints the absolute path of target/<arch>-unknown-linux-musl/release/pbvote
 set -euo pipefail
 cd "$(dirname "$0")/.."
 TARGET=$(uname -m)-unknown-linux-musl
@@ -12,4 +12,4 @@ if ! rustup target list --installed 2>/dev/null | grep -qx "$TARGET"; then
     rustup target add "$TARGET" >&2
 fi
 cargo build --release --quiet --target "$TARGET"
-echo "target/$TARGET/release/pbvote"
+echo "$PWD/target/$TARGET/release/pbvote"
