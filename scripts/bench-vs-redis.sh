@@ -16,7 +16,10 @@ if ! command -v redis-server >/dev/null || ! command -v redis-benchmark >/dev/nu
     apt-get update -qq && apt-get install -y -qq redis-server redis-tools >/dev/null
 fi
 case $BUILD in
-dynamic) cargo build --release --quiet && BIN=target/release/pbvote ;;
+dynamic)
+    cargo build --release --quiet
+    BIN=target/release/pbvote
+    ;;
 static) BIN=$(scripts/build-static.sh) ;;
 *) echo "BUILD is dynamic or static, not $BUILD" >&2 && exit 2 ;;
 esac

@@ -21,7 +21,10 @@ trap cleanup EXIT
 printf '%-8s %10s %10s %10s %10s  %s\n' build 'RSS KiB' 'anon KiB' 'file KiB' 'PSS KiB' binary
 for build in $BUILDS; do
     case $build in
-    dynamic) cargo build --release --quiet && BIN=target/release/pbvote ;;
+    dynamic)
+        cargo build --release --quiet
+        BIN=target/release/pbvote
+        ;;
     static) BIN=$(scripts/build-static.sh) ;;
     *) echo "a build is dynamic or static, not $build" >&2 && exit 2 ;;
     esac

@@ -1787,27 +1787,41 @@ impl Node {
     /// Tells every client the results from `first` on. Results published in one turn ride
     /// in one frame: the backup acks each `Commit` on its own, so a turn that reads 16
     /// `CommitAck`s publishes 16 times, and each publish joins the `Results` still queued
-    /// if it continues it, in the same view, to the same connections. It may overtake a
-    /// `VoteRequest` queued after it; nothing orders the two.
+    /// if it continues it, in the same view, to the same connections. It may overtake only
+    /// broadcasts that nothing orders against it (`VoteRequest`, `Lease`) and messages to
+    /// the peer; never a message to one client (a catch-up it would overtake leaves a gap
+    /// the client has already asked about, and it would drop the result).
     fn send_results(&mut self, first: Seq, tallies: Vec<Tally>) {
         let view = self.view.number;
         let conns: Vec<ConnId> = self.clients.iter().filter_map(|r| r.conn).collect();
         if conns.is_empty() {
             return;
         }
-        let queued = self.out.iter_mut().rev().find_map(|o| match o {
-            Output::ToClients(
-                to,
-                ServerMsg::Results {
-                    view: v,
-                    first: f,
-                    tallies: t,
-                },
-            ) => Some((to, *v, *f, t)),
-            _ => None,
-        });
+        let mut queued = None;
+        for output in self.out.iter_mut().rev() {
+            match output {
+                Output::ToClients(
+                    to,
+                    ServerMsg::Results {
+                        view: v,
+                        first: f,
+                        tallies: t,
+                    },
+                ) => {
+                    queued = Some((to, *v, *f, t));
+                    break;
+                }
+                Output::ToClients(_, ServerMsg::VoteRequest { .. } | ServerMsg::Lease { .. })
+                | Output::ToPeer(..) => {}
+                _ => break,
+            }
+        }
         if let Some((to, v, f, queued)) = queued {
-            if v == view && f.0 + queued.len() as u64 == first.0 && *to == conns {
+            if v == view
+                && f.0 + queued.len() as u64 == first.0
+                && queued.len() + tallies.len() <= MAX_RESULTS_PER_FRAME
+                && *to == conns
+            {
                 queued.extend_from_slice(&tallies);
                 return;
             }

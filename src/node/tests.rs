@@ -171,56 +171,67 @@ fn votes(first: u64, count: u64) -> ClientMsg {
     }
 }
 
+/// The results each connection got, in order, as `(conn, first seq, count)`.
+fn results_sent(node: &mut Node) -> Vec<(ConnId, u64, usize)> {
+    sent(node)
+        .into_iter()
+        .filter_map(|(c, m)| match m {
+            ServerMsg::Results { first, tallies, .. } => Some((c, first.0, tallies.len())),
+            _ => None,
+        })
+        .collect()
+}
+
 /// Results published one after another in a turn (before the host drains the outputs)
-/// leave in one frame, unless the clients changed between them.
+/// leave in one frame, but never overtake a message to one client: a catch-up it asked
+/// for with `Resend` stays before the next result.
 #[test]
 fn results_published_in_one_turn_ride_in_one_frame() {
     let t0 = Instant::now();
     let mut node = primary(t0);
-    let voter = conn(1);
-    hello(&mut node, voter, "voter", 0, t0);
+    let (a, b) = (conn(1), conn(2));
+    hello(&mut node, a, "a", 0, t0);
+    hello(&mut node, b, "b", 0, t0);
     node.handle_timeout(t0);
-    sent(&mut node); // Welcome and a lease round
-    let ack = ClientMsg::LeaseAck {
-        view: View(1),
-        round: 1,
-    };
-    node.handle_client_msg(voter, ack, t0);
+    sent(&mut node); // Welcomes and a lease round
+    for c in [a, b] {
+        let ack = ClientMsg::LeaseAck {
+            view: View(1),
+            round: 1,
+        };
+        node.handle_client_msg(c, ack, t0);
+    }
     node.handle_timeout(t0);
     let asked: Vec<_> = sent(&mut node)
         .into_iter()
-        .filter_map(|(_, m)| match m {
-            ServerMsg::VoteRequest { first, count, .. } => Some((first.0, count)),
+        .filter_map(|(c, m)| match m {
+            ServerMsg::VoteRequest { first, count, .. } => Some((c, first.0, count)),
             _ => None,
         })
         .collect();
-    assert_eq!(asked, vec![(1, 64)]);
+    assert_eq!(asked, vec![(a, 1, 64), (b, 1, 64)]);
 
     // Ballots 1, 2 and 3 complete one message at a time, in one turn.
     for seq in 1..=3 {
-        node.handle_client_msg(voter, votes(seq, 1), t0);
+        node.handle_client_msg(a, votes(seq, 1), t0);
+        node.handle_client_msg(b, votes(seq, 1), t0);
     }
-    let results: Vec<_> = sent(&mut node)
-        .into_iter()
-        .filter_map(|(c, m)| match m {
-            ServerMsg::Results { first, tallies, .. } => Some((c, first.0, tallies.len())),
-            _ => None,
-        })
-        .collect();
-    assert_eq!(results, vec![(voter, 1, 3)]);
+    assert_eq!(results_sent(&mut node), vec![(a, 1, 3), (b, 1, 3)]);
 
-    // A client joins between two results: the second goes to a different set of
-    // connections, so it is a frame of its own (the newcomer's catch-up is its own too).
-    node.handle_client_msg(voter, votes(4, 1), t0);
-    let late = conn(2);
-    hello(&mut node, late, "late", 4, t0);
-    node.handle_client_msg(voter, votes(5, 1), t0);
-    let results: Vec<_> = sent(&mut node)
-        .into_iter()
-        .filter_map(|(c, m)| match m {
-            ServerMsg::Results { first, tallies, .. } => Some((c, first.0, tallies.len())),
-            _ => None,
-        })
-        .collect();
-    assert_eq!(results, vec![(voter, 4, 1)]);
+    // B asks for results again between two publishes of one turn.
+    for c in [a, b] {
+        node.handle_client_msg(c, votes(4, 1), t0);
+    }
+    let resend = ClientMsg::Resend {
+        view: View(1),
+        from: Seq(2),
+    };
+    node.handle_client_msg(b, resend, t0);
+    for c in [a, b] {
+        node.handle_client_msg(c, votes(5, 1), t0);
+    }
+    assert_eq!(
+        results_sent(&mut node),
+        vec![(a, 4, 1), (b, 4, 1), (b, 2, 3), (a, 5, 1), (b, 5, 1)]
+    );
 }

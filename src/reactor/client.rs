@@ -268,6 +268,9 @@ impl ClientHost {
                 return Err(e);
             }
             let now = Instant::now();
+            if events.is_empty() {
+                self.conns.drop_spare_buffers();
+            }
             for event in events.iter() {
                 match event.token() {
                     SIGNALS => {

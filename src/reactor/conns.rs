@@ -226,6 +226,12 @@ impl Conns {
         failed
     }
 
+    /// The loop woke for a timer alone: it is not busy, and the spare write buffers a
+    /// busy stretch left (up to `SPARE_BUFFERS × SPARE_BUFFER_MAX`) go back.
+    pub fn drop_spare_buffers(&mut self) {
+        self.spare = Vec::new();
+    }
+
     pub fn has_held(&self) -> bool {
         !self.held.is_empty()
     }

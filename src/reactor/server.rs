@@ -129,6 +129,9 @@ impl Server {
                 return Err(e);
             }
             let now = Instant::now();
+            if events.is_empty() {
+                self.conns.drop_spare_buffers();
+            }
             for event in events.iter() {
                 match event.token() {
                     LISTENER => self.accept(now),

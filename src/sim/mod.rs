@@ -322,6 +322,10 @@ struct World {
     /// Per (connection, sending side), what arrived at a cut, in order, for after it heals.
     held: BTreeMap<(usize, usize), VecDeque<Event>>,
     partitions_left: u32,
+    /// A server that took a message and has not yet performed its outputs: a host reads
+    /// all that is ready before it writes, so the outputs of several inputs may wait for
+    /// one loop turn's end (and messages that ride together join in the node's queue).
+    undrained: Option<usize>,
 }
 
 impl World {
@@ -351,6 +355,7 @@ impl World {
             cuts: BTreeSet::new(),
             held: BTreeMap::new(),
             partitions_left: scenario.partitions,
+            undrained: None,
             scenario,
         };
         let (p_addr, b_addr) = world.addrs;
@@ -798,6 +803,13 @@ impl World {
 
     /// Advances to the earliest event or timer and performs it.
     fn step_once(&mut self) -> Result<(), SimFailure> {
+        if let Some(i) = self.undrained.take() {
+            if !self.next_event_delivers_to(Proc::Server(i)) {
+                self.drain_server(i);
+                return Ok(());
+            }
+            self.undrained = Some(i);
+        }
         let next_event = self.queue.peek().map(|Reverse((t, _, _))| *t);
         let mut next_timer: Option<(Duration, Proc)> = None;
         for i in 0..self.servers.len() {
@@ -842,6 +854,13 @@ impl World {
             }
             (None, None) => Err(self.fail("G5: nothing left to happen".to_string())),
         }
+    }
+
+    /// The event at the head of the queue is a message for `proc`.
+    fn next_event_delivers_to(&self, proc: Proc) -> bool {
+        self.queue.peek().is_some_and(|Reverse((_, _, id))| {
+            matches!(self.events[*id], Some(Event::Deliver { to, .. }) if to == proc)
+        })
     }
 
     fn schedule(&mut self, at: Duration, event: Event) {
@@ -1015,6 +1034,12 @@ impl World {
                     }
                     (to, payload) => {
                         return Err(self.fail(format!("misrouted {payload:?} to {to:?}")));
+                    }
+                }
+                if let Proc::Server(i) = to {
+                    if self.next_event_delivers_to(to) && self.rng.chance(1, 2) {
+                        self.undrained = Some(i);
+                        return Ok(());
                     }
                 }
                 self.drain(to)
