@@ -5,7 +5,7 @@
 # (pbvote votes/s divided by Redis INCR/s). Installs Redis from Debian where missing.
 #
 #   scripts/bench-vs-redis.sh            # CLIENTS=100 DURATION=10 REQUESTS=1000000
-#   BUILD=static scripts/bench-vs-redis.sh   # the static (musl) build, scripts/build-static.sh
+#   BUILD=static scripts/bench-vs-redis.sh   # the static (musl) build, scripts/build.sh static
 set -euo pipefail
 cd "$(dirname "$0")/.."
 CLIENTS=${CLIENTS:-100} DURATION=${DURATION:-10} REQUESTS=${REQUESTS:-1000000}
@@ -15,14 +15,7 @@ if ! command -v redis-server >/dev/null || ! command -v redis-benchmark >/dev/nu
     echo "== installing redis from Debian's packages"
     apt-get update -qq && apt-get install -y -qq redis-server redis-tools >/dev/null
 fi
-case $BUILD in
-dynamic)
-    cargo build --release --quiet
-    BIN=target/release/pbvote
-    ;;
-static) BIN=$(scripts/build-static.sh) ;;
-*) echo "BUILD is dynamic or static, not $BUILD" >&2 && exit 2 ;;
-esac
+BIN=$(scripts/build.sh "$BUILD")
 DIR=$(mktemp -d /tmp/pbvote-vs-redis.XXXXXX)
 cleanup() {
     redis-cli -p "$RPORT" shutdown nosave >/dev/null 2>&1 || true

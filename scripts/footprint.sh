@@ -20,14 +20,7 @@ trap cleanup EXIT
 
 printf '%-8s %10s %10s %10s %10s  %s\n' build 'RSS KiB' 'anon KiB' 'file KiB' 'PSS KiB' binary
 for build in $BUILDS; do
-    case $build in
-    dynamic)
-        cargo build --release --quiet
-        BIN=target/release/pbvote
-        ;;
-    static) BIN=$(scripts/build-static.sh) ;;
-    *) echo "a build is dynamic or static, not $build" >&2 && exit 2 ;;
-    esac
+    BIN=$(scripts/build.sh "$build")
     "$BIN" server --role primary --no-spawn --listen 127.0.0.1:0 2>"$DIR/$build.log" &
     PID=$!
     for _ in $(seq 100); do

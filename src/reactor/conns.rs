@@ -352,28 +352,32 @@ mod tests {
         }
     }
 
+    /// `n` loopback connections, each held in `conns` (the accepted end) with the dialed
+    /// end returned beside its id.
+    fn linked(conns: &mut Conns, poll: &Poll, n: usize) -> Vec<(ConnId, std::net::TcpStream)> {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        (0..n)
+            .map(|_| {
+                let far = std::net::TcpStream::connect(addr).expect("connect");
+                let (near, peer) = listener.accept().expect("accept");
+                near.set_nonblocking(true).expect("nonblocking");
+                let stream = TcpStream::from_std(near);
+                let id = conns
+                    .insert(poll.registry(), stream, peer, Expect::ServerMsgs, 1 << 20)
+                    .expect("insert");
+                (id, far)
+            })
+            .collect()
+    }
+
     /// Frames decode straight from the shared scratch buffer; a frame cut short must
     /// survive another connection's read into that buffer before its rest arrives.
     #[test]
     fn a_frame_cut_short_survives_another_connections_read() {
         let poll = Poll::new().expect("poll");
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-        let addr = listener.local_addr().expect("addr");
         let mut conns = Conns::default();
-        let mut writers = Vec::new();
-        let mut ids = Vec::new();
-        for _ in 0..2 {
-            let writer = std::net::TcpStream::connect(addr).expect("connect");
-            let (reader, peer) = listener.accept().expect("accept");
-            reader.set_nonblocking(true).expect("nonblocking");
-            let stream = TcpStream::from_std(reader);
-            ids.push(
-                conns
-                    .insert(poll.registry(), stream, peer, Expect::ServerMsgs, 1 << 20)
-                    .expect("insert"),
-            );
-            writers.push(writer);
-        }
+        let (ids, mut writers): (Vec<_>, Vec<_>) = linked(&mut conns, &poll, 2).into_iter().unzip();
         let a = [
             frame(&results(1)).expect("encode"),
             frame(&results(6)).expect("encode"),
@@ -433,21 +437,8 @@ mod tests {
     #[test]
     fn held_output_waits_for_release_urgent_output_or_the_limit() {
         let poll = Poll::new().expect("poll");
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        let mut reader = std::net::TcpStream::connect(addr).expect("connect");
-        let (writer, peer) = listener.accept().expect("accept");
-        writer.set_nonblocking(true).expect("nonblocking");
         let mut conns = Conns::default();
-        let id = conns
-            .insert(
-                poll.registry(),
-                TcpStream::from_std(writer),
-                peer,
-                Expect::ServerMsgs,
-                1 << 20,
-            )
-            .expect("insert");
+        let (id, mut reader) = linked(&mut conns, &poll, 1).remove(0);
         reader
             .set_read_timeout(Some(std::time::Duration::from_secs(5)))
             .expect("timeout");
@@ -500,22 +491,9 @@ mod tests {
     #[test]
     fn spent_write_buffers_are_lent_again() {
         let poll = Poll::new().expect("poll");
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-        let addr = listener.local_addr().expect("addr");
         let mut conns = Conns::default();
-        let mut readers = Vec::new();
-        let mut ids = Vec::new();
-        for _ in 0..2 {
-            readers.push(std::net::TcpStream::connect(addr).expect("connect"));
-            let (writer, peer) = listener.accept().expect("accept");
-            writer.set_nonblocking(true).expect("nonblocking");
-            let stream = TcpStream::from_std(writer);
-            ids.push(
-                conns
-                    .insert(poll.registry(), stream, peer, Expect::ServerMsgs, 1 << 20)
-                    .expect("insert"),
-            );
-        }
+        // The far ends stay open (and unread) for the test's length.
+        let (ids, _far): (Vec<_>, Vec<_>) = linked(&mut conns, &poll, 2).into_iter().unzip();
         let big = ServerMsg::Results {
             view: View(1),
             first: Seq(1),
