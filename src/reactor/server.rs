@@ -481,9 +481,18 @@ impl Server {
                     }
                 }
                 // SIGTERM to the whole group reaches the backup too: its exit must not
-                // make a stopping primary start another one, left behind.
-                Output::SpawnBackup if self.shutdown => info!("spawn-skipped reason=shutting-down"),
-                Output::SpawnBackup => self.spawn_backup(),
+                // make a stopping primary start another one, left behind. The backup may
+                // have closed its link before this loop read its own signal (the closed
+                // link came first in the batch, or the handler ran only as epoll_wait
+                // returned), so look at the signals now, not after the spawn.
+                Output::SpawnBackup => {
+                    self.on_signals(now);
+                    if self.shutdown {
+                        info!("spawn-skipped reason=shutting-down");
+                    } else {
+                        self.spawn_backup();
+                    }
+                }
                 Output::Exit(reason) => {
                     info!("exiting reason={reason}");
                     self.shutdown = true;
