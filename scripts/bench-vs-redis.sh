@@ -18,18 +18,35 @@ fi
 BIN=$(scripts/build.sh "$BUILD")
 DIR=$(mktemp -d /tmp/pbvote-vs-redis.XXXXXX)
 cleanup() {
-    redis-cli -p "$RPORT" shutdown nosave >/dev/null 2>&1 || true
-    redis-cli -p $((RPORT + 1)) shutdown nosave >/dev/null 2>&1 || true
+    if [ -n "$RPORT" ]; then
+        redis-cli -p "$RPORT" shutdown nosave >/dev/null 2>&1 || true
+        redis-cli -p $((RPORT + 1)) shutdown nosave >/dev/null 2>&1 || true
+    fi
     rm -rf "$DIR"
 }
 trap cleanup EXIT
 
+for port in "$RPORT" $((RPORT + 1)); do
+    if redis-cli -p "$port" ping >/dev/null 2>&1; then
+        echo "a Redis already answers on :$port; set RPORT to a free pair of ports" >&2
+        RPORT= # not ours: cleanup must not shut it down
+        exit 2
+    fi
+done
 echo "== redis $(redis-server --version | grep -o 'v=[0-9.]*'): primary :$RPORT, replica :$((RPORT + 1))"
 redis-server --port "$RPORT" --save '' --appendonly no --daemonize yes --dir "$DIR" \
     --logfile "$DIR/primary.log" --pidfile "$DIR/primary.pid"
 redis-server --port $((RPORT + 1)) --save '' --appendonly no --daemonize yes --dir "$DIR" \
     --logfile "$DIR/replica.log" --pidfile "$DIR/replica.pid" --replicaof 127.0.0.1 "$RPORT"
-until redis-cli -p $((RPORT + 1)) info replication | grep -q 'master_link_status:up'; do sleep 0.1; done
+for _ in $(seq 100); do
+    replication=$(redis-cli -p $((RPORT + 1)) info replication 2>/dev/null || true)
+    grep -q 'master_link_status:up' <<<"$replication" && break
+    sleep 0.1
+done
+grep -q 'master_link_status:up' <<<"$replication" || {
+    echo "the Redis replica did not link up within 10 s; see $DIR/*.log" >&2
+    exit 1
+}
 
 redis_rps() { # PIPELINE
     redis-benchmark -p "$RPORT" -t incr -c "$CLIENTS" -n "$REQUESTS" -P "$1" -q \

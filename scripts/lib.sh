@@ -4,7 +4,8 @@
 # log checker, and a trap that leaves no process behind. Source it after `set -euo pipefail`.
 #
 #   PORT (7100; the backup listens on PORT+1)  BALLOTS (100)  WAIT_S (20, per awaited line)
-#   BIN (target/release/pbvote; build it first with cargo build --release)
+#   BIN (target/release/pbvote; build it first with cargo build --release, or
+#        BIN=$(scripts/build.sh static) for the static build)
 
 BIN=${BIN:-$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/target/release/pbvote}
 PORT=${PORT:-7100}

@@ -322,11 +322,16 @@ struct World {
     /// Per (connection, sending side), what arrived at a cut, in order, for after it heals.
     held: BTreeMap<(usize, usize), VecDeque<Event>>,
     partitions_left: u32,
-    /// A server that took a message and has not yet performed its outputs: a host reads
-    /// all that is ready before it writes, so the outputs of several inputs may wait for
-    /// one loop turn's end (and messages that ride together join in the node's queue).
-    undrained: Option<usize>,
+    /// A server that took a message and has not yet performed its outputs, and when its
+    /// turn began: a host reads all that is ready before it writes, so the outputs of
+    /// several inputs may wait for one loop turn's end (and messages that ride together
+    /// join in the node's queue).
+    undrained: Option<(usize, Duration)>,
 }
+
+/// The longest loop turn the simulator models: a message arriving this soon after the
+/// turn began may be read in it.
+const TURN: Duration = Duration::from_millis(1);
 
 impl World {
     fn new(seed: u64, rng: Rng, scenario: Scenario) -> World {
@@ -682,6 +687,11 @@ impl World {
         }
         self.servers[i].alive = false;
         self.servers[i].paused_until = None;
+        if self.undrained.is_some_and(|(u, _)| u == i) {
+            // Killed mid-turn: what it had not performed yet never happens.
+            self.undrained = None;
+            while self.servers[i].node.poll_output().is_some() {}
+        }
         if crash {
             self.lose_unwritten(Proc::Server(i));
         }
@@ -696,6 +706,11 @@ impl World {
     }
 
     fn pause_server(&mut self, i: usize, what: &str) {
+        // Stopped between two turns: the one under way is finished first.
+        if self.undrained.is_some_and(|(u, _)| u == i) {
+            self.undrained = None;
+            self.drain_server(i);
+        }
         let peer_timeout = self.scenario.heartbeat * self.scenario.miss_limit;
         let ms = self.rng.range(1, 3 * peer_timeout.as_millis() as u64);
         self.note_fault(format!(
@@ -803,12 +818,12 @@ impl World {
 
     /// Advances to the earliest event or timer and performs it.
     fn step_once(&mut self) -> Result<(), SimFailure> {
-        if let Some(i) = self.undrained.take() {
-            if !self.next_event_delivers_to(Proc::Server(i)) {
+        if let Some((i, began)) = self.undrained.take() {
+            if !self.next_event_delivers_to(Proc::Server(i), began) {
                 self.drain_server(i);
                 return Ok(());
             }
-            self.undrained = Some(i);
+            self.undrained = Some((i, began));
         }
         let next_event = self.queue.peek().map(|Reverse((t, _, _))| *t);
         let mut next_timer: Option<(Duration, Proc)> = None;
@@ -856,10 +871,12 @@ impl World {
         }
     }
 
-    /// The event at the head of the queue is a message for `proc`.
-    fn next_event_delivers_to(&self, proc: Proc) -> bool {
-        self.queue.peek().is_some_and(|Reverse((_, _, id))| {
-            matches!(self.events[*id], Some(Event::Deliver { to, .. }) if to == proc)
+    /// The event at the head of the queue is a message for `proc` that arrives within
+    /// the turn that `proc` began at `began`.
+    fn next_event_delivers_to(&self, proc: Proc, began: Duration) -> bool {
+        self.queue.peek().is_some_and(|Reverse((at, _, id))| {
+            *at <= began + TURN
+                && matches!(self.events[*id], Some(Event::Deliver { to, .. }) if to == proc)
         })
     }
 
@@ -1037,8 +1054,12 @@ impl World {
                     }
                 }
                 if let Proc::Server(i) = to {
-                    if self.next_event_delivers_to(to) && self.rng.chance(1, 2) {
-                        self.undrained = Some(i);
+                    let began = self
+                        .undrained
+                        .filter(|&(u, _)| u == i)
+                        .map_or(self.now, |(_, began)| began);
+                    if self.next_event_delivers_to(to, began) && self.rng.chance(1, 2) {
+                        self.undrained = Some((i, began));
                         return Ok(());
                     }
                 }
