@@ -1439,12 +1439,17 @@ impl Node {
         }
     }
 
-    /// Sends `msg` to every connected client among the first `count` registered.
-    fn send_to_clients(&mut self, count: usize, msg: &ServerMsg) {
-        let conns: Vec<ConnId> = self.clients[..count.min(self.clients.len())]
+    /// The connections of the connected clients among the first `count` registered.
+    fn client_conns(&self, count: usize) -> Vec<ConnId> {
+        self.clients[..count.min(self.clients.len())]
             .iter()
             .filter_map(|record| record.conn)
-            .collect();
+            .collect()
+    }
+
+    /// Sends `msg` to every connected client among the first `count` registered.
+    fn send_to_clients(&mut self, count: usize, msg: &ServerMsg) {
+        let conns = self.client_conns(count);
         if !conns.is_empty() {
             self.out.push_back(Output::ToClients(conns, msg.clone()));
         }
@@ -1793,7 +1798,7 @@ impl Node {
     /// the client has already asked about, and it would drop the result).
     fn send_results(&mut self, first: Seq, tallies: Vec<Tally>) {
         let view = self.view.number;
-        let conns: Vec<ConnId> = self.clients.iter().filter_map(|r| r.conn).collect();
+        let conns = self.client_conns(self.clients.len());
         if conns.is_empty() {
             return;
         }

@@ -258,7 +258,7 @@ impl Conn {
     }
 
     pub fn has_output(&self) -> bool {
-        self.wpos < self.wbuf.len()
+        self.queued() > 0
     }
 
     /// Writes until the buffer drains or the socket would block.

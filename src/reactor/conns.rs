@@ -12,7 +12,7 @@ use std::io;
 use std::net::SocketAddr;
 
 /// Held output on one connection is written once this much waits, whatever the timer.
-pub const HELD_OUTPUT_LIMIT: usize = 16 * 1024;
+const HELD_OUTPUT_LIMIT: usize = 16 * 1024;
 
 pub struct Conns {
     slab: Slab<Conn>,
