@@ -325,24 +325,10 @@ fn run_server(args: ServerArgs) -> Result<(), Failure> {
             return Err(Failure::Usage("--role backup needs --join ADDR".into()));
         }
     };
-    if args.heartbeat_ms == 0 || args.miss_limit == 0 {
-        return Err(Failure::Usage(
-            "--heartbeat-ms and --miss-limit must be positive".into(),
-        ));
-    }
-    if args.window == 0 || args.window > MAX_OPEN_BALLOTS {
-        return Err(Failure::Usage(format!(
-            "--window must be 1..={MAX_OPEN_BALLOTS}"
-        )));
-    }
     let role_tag = match args.role {
         RoleArg::Primary => "primary",
         RoleArg::Backup => "backup",
     };
-    init_logging(
-        &args.log_level,
-        format!("{role_tag}[{}]", std::process::id()),
-    )?;
     let heartbeat = Duration::from_millis(args.heartbeat_ms);
     let backup_start_delay = Duration::from_millis(args.backup_start_delay_ms);
     let ballot_interval = Duration::from_millis(args.ballot_interval_ms);
@@ -359,6 +345,11 @@ fn run_server(args: ServerArgs) -> Result<(), Failure> {
         window: args.window,
         spawn_backup: args.role == RoleArg::Primary && !args.no_spawn,
     };
+    cfg.validate().map_err(|e| Failure::Usage(e.to_string()))?;
+    init_logging(
+        &args.log_level,
+        format!("{role_tag}[{}]", std::process::id()),
+    )?;
     let spawn = SpawnSpec {
         listen: args
             .backup_listen

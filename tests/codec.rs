@@ -5,8 +5,8 @@ use pbvote::proto::codec::{decode_frame, frame, DecodeError, Wire};
 use pbvote::proto::limits::{MAX_CLIENT_FRAME_LEN, MAX_FRAME_LEN, MAX_HELLO_LEN};
 use pbvote::proto::messages::OpenBallot;
 use pbvote::proto::{
-    ClientId, ClientMsg, Hello, NodeId, PeerMsg, PeerStatus, Role, Seq, ServerMsg, Snapshot,
-    StatusReply, Tally, View, ViewInfo,
+    ClientId, ClientMsg, Hello, JoinRefusal, NodeId, PeerMsg, PeerStatus, Role, Seq, ServerMsg,
+    Snapshot, StatusReply, Tally, View, ViewInfo,
 };
 use proptest::prelude::*;
 use std::net::SocketAddr;
@@ -28,6 +28,15 @@ fn view_info() -> impl Strategy<Value = ViewInfo> {
 
 fn client_id() -> impl Strategy<Value = ClientId> {
     "[a-z0-9-]{1,64}".prop_map(ClientId)
+}
+
+fn join_refusal() -> impl Strategy<Value = JoinRefusal> {
+    prop_oneof![
+        Just(JoinRefusal::HasBackup),
+        Just(JoinRefusal::Recovering),
+        Just(JoinRefusal::WaitingForClients),
+        Just(JoinRefusal::NotPrimary),
+    ]
 }
 
 fn tally() -> impl Strategy<Value = Tally> {
@@ -200,7 +209,7 @@ fn peer_msg() -> impl Strategy<Value = PeerMsg> {
             tally
         }),
         (v.clone(), s).prop_map(|(view, seq)| PeerMsg::CommitAck { view, seq }),
-        (v, ".{0,40}").prop_map(|(view, reason)| PeerMsg::JoinRefused { view, reason }),
+        (v, join_refusal()).prop_map(|(view, reason)| PeerMsg::JoinRefused { view, reason }),
         view_info().prop_map(|view| PeerMsg::Fence { view }),
     ]
 }

@@ -1,7 +1,9 @@
-//! One ballot's votes. The electorate is the client indexes `0..voters`: clients registered
-//! when it opened (indexes are dense and only grow).
+//! One ballot's votes ([`Ballot`]), and the ballots open at once ([`OpenBallots`]). The
+//! electorate of a ballot is the client indexes `0..voters`: clients registered when it
+//! opened (indexes are dense and only grow).
 
 use crate::proto::{Seq, Tally};
+use std::collections::VecDeque;
 use std::time::Instant;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -87,12 +89,94 @@ impl Ballot {
         self.counted == self.voters
     }
 
+    /// Its vote count agrees with the votes it holds, within its electorate.
+    pub fn check(&self) -> Result<(), String> {
+        let held = self.votes.iter().filter(|v| v.is_some()).count();
+        if self.votes.len() != self.voters as usize || held != self.counted as usize {
+            return Err(format!(
+                "ballot {} counts {} of {} voters but holds {held} votes in {} slots",
+                self.seq,
+                self.counted,
+                self.voters,
+                self.votes.len()
+            ));
+        }
+        Ok(())
+    }
+
     pub fn tally(&self) -> Tally {
         let yes = self.votes.iter().filter(|v| **v == Some(true)).count() as u32;
         Tally {
             yes,
             no: self.counted - yes,
         }
+    }
+}
+
+/// The open ballots, in seq order without a gap; the front one is the next to commit.
+#[derive(Debug, Default)]
+pub struct OpenBallots {
+    ballots: VecDeque<Ballot>,
+}
+
+impl OpenBallots {
+    pub fn len(&self) -> usize {
+        self.ballots.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ballots.is_empty()
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Ballot> {
+        self.ballots.iter()
+    }
+
+    pub fn iter_mut(&mut self) -> impl Iterator<Item = &mut Ballot> {
+        self.ballots.iter_mut()
+    }
+
+    pub fn front(&self) -> Option<&Ballot> {
+        self.ballots.front()
+    }
+
+    pub fn get_mut(&mut self, seq: Seq) -> Option<&mut Ballot> {
+        let first = self.ballots.front()?.seq;
+        let offset = seq.0.checked_sub(first.0)?;
+        self.ballots.get_mut(offset as usize)
+    }
+
+    /// Opens the next ballot: its seq must follow the last one's.
+    pub fn push(&mut self, ballot: Ballot) {
+        if let Some(last) = self.ballots.back() {
+            assert_eq!(ballot.seq, last.seq.next(), "ballots open in seq order");
+        }
+        self.ballots.push_back(ballot);
+    }
+
+    pub fn pop_front(&mut self) -> Option<Ballot> {
+        self.ballots.pop_front()
+    }
+
+    /// Replaces every open ballot (a snapshot).
+    pub fn restore(&mut self, ballots: impl IntoIterator<Item = Ballot>) {
+        self.ballots = ballots.into_iter().collect();
+    }
+
+    /// The ballots follow `committed` without a gap, and each one's count is right.
+    pub fn check(&self, committed: Seq) -> Result<(), String> {
+        let mut expected = committed.next();
+        for ballot in &self.ballots {
+            if ballot.seq != expected {
+                return Err(format!(
+                    "ballot {} open where {expected} is due",
+                    ballot.seq
+                ));
+            }
+            ballot.check()?;
+            expected = expected.next();
+        }
+        Ok(())
     }
 }
 

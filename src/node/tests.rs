@@ -1,7 +1,9 @@
 //! The node driven by hand, for behaviour that needs more ballots than a simulation runs.
 
 use super::*;
-use crate::proto::{ClientMsg, Hello};
+use crate::proto::limits::{CATCHUP_BURST, MAX_RESULTS_HELD, RESULTS_TRIM_STEP};
+use crate::proto::{ClientId, ClientMsg, Hello, NodeId, Seq, ServerMsg};
+use std::time::Duration;
 
 fn conn(slot: u32) -> ConnId {
     ConnId { slot, gen: 0 }
@@ -92,7 +94,7 @@ fn a_client_far_behind_is_caught_up_a_burst_at_a_time_and_the_history_stays_boun
     let mut node = primary(t0);
     let voter = conn(1);
     hello(&mut node, voter, "voter", 0, t0);
-    let target = (MAX_RESULTS_HELD + MAX_RESULTS_HELD / 8 + 1000) as u64;
+    let target = (MAX_RESULTS_HELD + RESULTS_TRIM_STEP + 1000) as u64;
     let mut turns = 0u64;
     while node.committed().0 < target {
         // Time moves a little each turn: leases stay live, timers stay quiet.
@@ -109,7 +111,7 @@ fn a_client_far_behind_is_caught_up_a_burst_at_a_time_and_the_history_stays_boun
     // Trimmed: no more than the bound (plus the slack trimmed in steps) is held.
     let (first_held, held) = node.results();
     assert!(
-        held.len() <= MAX_RESULTS_HELD + MAX_RESULTS_HELD / 8,
+        held.len() <= MAX_RESULTS_HELD + RESULTS_TRIM_STEP,
         "{}",
         held.len()
     );

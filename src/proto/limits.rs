@@ -42,6 +42,10 @@ pub const CATCHUP_BURST: usize = 16;
 /// (`results-unavailable`): at the default one ballot a second that is three days away.
 pub const MAX_RESULTS_HELD: usize = 262_144;
 
+/// The history is trimmed only once it holds this many results beyond `MAX_RESULTS_HELD`:
+/// each trim moves the whole history, so it is done in steps, not per result.
+pub const RESULTS_TRIM_STEP: usize = MAX_RESULTS_HELD / 8;
+
 /// Most clients one primary registers. Beyond it, a new client is refused with a reason.
 pub const MAX_CLIENTS: usize = 100_000;
 

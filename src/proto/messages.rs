@@ -152,10 +152,37 @@ pub enum PeerMsg {
     /// Backup to primary: ballot `seq`'s final tally is recorded.
     CommitAck { view: View, seq: Seq },
     /// Primary to a server that asked to join: no. The connection closes after this frame.
-    JoinRefused { view: View, reason: String },
+    JoinRefused { view: View, reason: JoinRefusal },
     /// To a peer that speaks for an older view: you were replaced by `view`; step down.
     /// The connection closes after this frame.
     Fence { view: ViewInfo },
+}
+
+/// Why a server refuses a joiner. The joiner acts on it: after `HasBackup` it stops
+/// trying once its own deadline passes; after any other it keeps trying (the refuser is a
+/// live primary that will want a backup later, or not the primary at all).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum JoinRefusal {
+    /// The primary has a backup (or a joiner) linked already.
+    HasBackup,
+    /// The primary is rebuilding its results after a cold restart.
+    Recovering,
+    /// The primary has fewer than `--min-clients` registered clients: every view change
+    /// needs them as witnesses.
+    WaitingForClients,
+    /// The server is not a primary.
+    NotPrimary,
+}
+
+impl std::fmt::Display for JoinRefusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            JoinRefusal::HasBackup => "has-backup",
+            JoinRefusal::Recovering => "recovering",
+            JoinRefusal::WaitingForClients => "waiting-for-clients",
+            JoinRefusal::NotPrimary => "not-primary",
+        })
+    }
 }
 
 /// The replicated state a joining backup receives.

@@ -432,6 +432,12 @@ impl World {
             window: s.window,
             spawn_backup: true,
         };
+        if let Err(e) = cfg.validate() {
+            panic!(
+                "seed {}: the scenario's server config is invalid: {e}",
+                self.seed
+            );
+        }
         let node = Node::new(cfg, self.instant());
         self.servers.push(SimServer {
             node,

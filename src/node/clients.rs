@@ -1,0 +1,182 @@
+//! Client links as a server sees them: the hello (registration, the welcome, the
+//! cold-restart detection), a reconnect superseding a connection, a client going away,
+//! `Resend`, refusals, and messages to every client.
+
+use super::recovery::Recovery;
+use super::registry::Detached;
+use super::role::RoleState;
+use super::Node;
+use crate::link::ConnId;
+use crate::proto::limits::{MAX_CLIENTS, MAX_CLIENT_ID_LEN};
+use crate::proto::{ClientId, PeerMsg, Seq, ServerMsg, View};
+use log::{info, warn};
+use std::time::Instant;
+
+impl Node {
+    pub(super) fn on_client_hello(
+        &mut self,
+        conn: ConnId,
+        id: ClientId,
+        last_seq: Seq,
+        view: View,
+        now: Instant,
+    ) {
+        if id.0.is_empty() || id.0.len() > MAX_CLIENT_ID_LEN {
+            self.refuse_client(
+                conn,
+                format!("client id must be 1..={MAX_CLIENT_ID_LEN} bytes"),
+            );
+            return;
+        }
+        self.views.saw(view);
+        match &self.role {
+            RoleState::Joining(_) => {
+                self.refuse_client(conn, "this server is still joining".to_string());
+            }
+            RoleState::Backup => {
+                // Votes sent here are a second copy; the primary owns registration.
+                match self.registry.index_of(&id) {
+                    Some(idx) => self.attach_client(idx, conn),
+                    None => self.registry.note_unregistered(conn, id),
+                }
+                self.out.send_client(conn, self.welcome());
+                if let Some(msg) = self.proposal_msg() {
+                    self.out.send_client(conn, msg);
+                }
+            }
+            RoleState::Primary(_) => self.primary_client_hello(conn, id, last_seq, view, now),
+            RoleState::SteppedDown { .. } => {}
+        }
+    }
+
+    fn welcome(&self) -> ServerMsg {
+        ServerMsg::Welcome {
+            view: self.views.installed,
+            lease_ms: self.cfg.peer_timeout().as_millis() as u64,
+        }
+    }
+
+    fn primary_client_hello(
+        &mut self,
+        conn: ConnId,
+        id: ClientId,
+        last_seq: Seq,
+        view: View,
+        now: Instant,
+    ) {
+        let has_history = view > View(0) || last_seq > Seq(0);
+        if has_history && !self.role.is_recovering() && self.is_pristine() {
+            if let Some(primary) = self.role.primary_mut() {
+                warn!("cold-restart-detected client={id} last_seq={last_seq} client_view={view}");
+                primary.recovery = Some(Recovery::default());
+            }
+        }
+        let idx = match self.registry.index_of(&id) {
+            Some(idx) => idx,
+            None if self.registry.len() >= MAX_CLIENTS => {
+                self.refuse_client(conn, format!("at most {MAX_CLIENTS} clients"));
+                return;
+            }
+            None => {
+                let idx = self.register(id.clone());
+                if let Some(peer) = &self.peer {
+                    let view = self.views.installed.number;
+                    let client = id.clone();
+                    self.out
+                        .send_peer(peer.conn, PeerMsg::Register { view, client });
+                }
+                idx
+            }
+        };
+        self.attach_client(idx, conn);
+        info!(
+            "client-registered client={id} idx={idx} conn={conn} last_seq={last_seq} client_view={view}"
+        );
+        let recovering = self.role.is_recovering();
+        // A recovering server's own view means nothing to a client with history: it only
+        // asks such clients to accept the view it is rebuilding.
+        if !(recovering && view > View(0)) {
+            self.out.send_client(conn, self.welcome());
+        }
+        if recovering && self.views.proposal.is_none() {
+            self.propose(None, now);
+        } else if let Some(msg) = self.proposal_msg() {
+            self.out.send_client(conn, msg);
+        }
+        if last_seq > self.committed() && !recovering {
+            warn!(
+                "client-ahead client={id} last_seq={last_seq} committed={}",
+                self.committed()
+            );
+        }
+        self.send_results_from(conn, last_seq.next());
+        self.ask_missing_votes(idx, conn);
+        self.arm_open_ballot(now);
+    }
+
+    /// Adds a client to the registry (idempotent) and returns its index.
+    pub(super) fn register(&mut self, id: ClientId) -> u32 {
+        let (idx, new) = self.registry.register(id);
+        if new {
+            self.leases.add_client();
+        }
+        idx
+    }
+
+    /// Makes `conn` the connection of client `idx`, closing one it had before.
+    fn attach_client(&mut self, idx: u32, conn: ConnId) {
+        if let Some(old) = self.registry.attach(idx, conn) {
+            self.out.close(old, "client reconnected");
+            // A client voids our lease when a connection to us closes: so do we.
+            self.leases.void(idx);
+        }
+    }
+
+    /// A connection closed; returns whether it was a client's.
+    pub(super) fn client_conn_closed(&mut self, conn: ConnId) -> bool {
+        if let Some(primary) = self.role.primary_mut() {
+            primary.catching_up.remove(&conn);
+            primary.resend_after_install.remove(&conn);
+        }
+        match self.registry.detach(conn) {
+            Detached::NotAClient => false,
+            Detached::Superseded => true,
+            Detached::Gone(idx) => {
+                // The client voids our lease when this connection closes: so do we.
+                self.leases.void(idx);
+                info!("client-gone client={} conn={conn}", self.registry.id(idx));
+                true
+            }
+        }
+    }
+
+    /// "Send me every result from `from` on", from a client following view `view`.
+    pub(super) fn on_resend(&mut self, conn: ConnId, view: View, from: Seq) {
+        let ours = self.views.installed.number;
+        let Some(primary) = self.role.primary_mut() else {
+            return;
+        };
+        if view > ours {
+            // The client already follows the view we are installing (the backup told it
+            // first): results tagged with our older view would be dropped as stale.
+            // Answer once we act in its view.
+            primary.resend_after_install.insert(conn, from);
+        } else {
+            self.send_results_from(conn, from);
+        }
+    }
+
+    pub(super) fn refuse_client(&mut self, conn: ConnId, reason: String) {
+        warn!("client-refused conn={conn} reason={reason}");
+        let view = self.views.installed.number;
+        self.out
+            .send_client(conn, ServerMsg::Refused { view, reason });
+        self.out.close(conn, "client refused");
+    }
+
+    /// `msg` to every connected registered client.
+    pub(super) fn broadcast(&mut self, msg: ServerMsg) {
+        let conns = self.registry.connected_conns();
+        self.out.send_clients(conns, msg);
+    }
+}

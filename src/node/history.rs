@@ -1,0 +1,130 @@
+//! The committed results a server holds, and the primary's catch-up of clients that lack
+//! some: a client's hello (`last_seq`) or `Resend` starts one, and it goes out a burst at
+//! a time.
+
+use super::role::RoleState;
+use super::Node;
+use crate::link::ConnId;
+use crate::proto::limits::{
+    CATCHUP_BURST, MAX_RESULTS_HELD, MAX_RESULTS_PER_FRAME, RESULTS_TRIM_STEP,
+};
+use crate::proto::{Seq, ServerMsg, Tally};
+use log::warn;
+
+/// Final results: `results[i]` is ballot `first + i`. Only a primary rebuilt by a cold
+/// restart (or a backup that joined it) starts above 1.
+#[derive(Debug)]
+pub struct History {
+    first: u64,
+    results: Vec<Tally>,
+}
+
+impl Default for History {
+    fn default() -> History {
+        History {
+            first: 1,
+            results: Vec::new(),
+        }
+    }
+}
+
+impl History {
+    /// The seq of the first result held.
+    pub fn first(&self) -> u64 {
+        self.first
+    }
+
+    pub fn results(&self) -> &[Tally] {
+        &self.results
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.results.is_empty()
+    }
+
+    /// The last ballot whose result is final.
+    pub fn committed(&self) -> Seq {
+        Seq(self.first - 1 + self.results.len() as u64)
+    }
+
+    /// Replaces the whole history (a snapshot, or the tail a cold restart rebuilt).
+    pub fn restore(&mut self, first: u64, results: Vec<Tally>) {
+        self.first = first.max(1);
+        self.results = results;
+    }
+
+    /// Appends a final result; the oldest ones beyond `MAX_RESULTS_HELD` are let go, so the
+    /// history (and a joiner's snapshot) stays bounded however long the cluster runs.
+    pub fn record(&mut self, tally: Tally) {
+        self.results.push(tally);
+        // Trimmed in steps, not one at a time: each trim moves the whole history.
+        if self.results.len() > MAX_RESULTS_HELD + RESULTS_TRIM_STEP {
+            let drop = self.results.len() - MAX_RESULTS_HELD;
+            self.results.drain(..drop);
+            self.first += drop as u64;
+        }
+    }
+}
+
+impl Node {
+    /// Starts (or moves on) the catch-up of a client that lacks results from `from` on.
+    pub(super) fn send_results_from(&mut self, conn: ConnId, from: Seq) {
+        let Some(primary) = self.role.primary_mut() else {
+            return;
+        };
+        if primary.is_recovering() {
+            return;
+        }
+        let from = Seq(from.0.max(1));
+        match primary.catching_up.get(&conn) {
+            // Already under way and past `from`: those results are on their way (a client
+            // asks again on every gap it sees meanwhile).
+            Some(&next) if next >= from => return,
+            _ => {}
+        }
+        if from.0 < self.history.first && from <= self.history.committed() {
+            warn!(
+                "results-unavailable conn={conn} from={from} first_held={}",
+                self.history.first
+            );
+        }
+        primary.catching_up.insert(conn, from);
+        self.continue_catch_up(conn);
+    }
+
+    /// Sends the next burst of a catch-up: at most `CATCHUP_BURST` frames, then waits for
+    /// the connection to drain. All at once, a client far behind overflowed its output
+    /// buffer (4 MiB, ~400,000 results), was cut, reconnected and started over.
+    pub(super) fn continue_catch_up(&mut self, conn: ConnId) {
+        let RoleState::Primary(primary) = &mut self.role else {
+            return;
+        };
+        let Some(&next) = primary.catching_up.get(&conn) else {
+            return;
+        };
+        let history = &self.history;
+        let mut start = next.0.max(history.first) - history.first;
+        let held = history.results.len() as u64;
+        for _ in 0..CATCHUP_BURST {
+            if start >= held {
+                break;
+            }
+            let end = (start + MAX_RESULTS_PER_FRAME as u64).min(held);
+            self.out.send_client(
+                conn,
+                ServerMsg::Results {
+                    view: self.views.installed.number,
+                    first: Seq(history.first + start),
+                    tallies: history.results[start as usize..end as usize].to_vec(),
+                },
+            );
+            start = end;
+        }
+        if start < held {
+            primary.catching_up.insert(conn, Seq(history.first + start));
+            self.out.push(super::Output::WhenDrained(conn));
+        } else {
+            primary.catching_up.remove(&conn);
+        }
+    }
+}

@@ -1,0 +1,227 @@
+//! The registered clients: their dense indexes (a client's number in ballots and on the
+//! peer link), their names, and which connection is whose. Indexes only grow; a name maps
+//! to one index for ever.
+
+use crate::link::ConnId;
+use crate::proto::ClientId;
+use std::collections::{BTreeMap, HashMap};
+
+#[derive(Clone, Debug)]
+struct ClientRecord {
+    id: ClientId,
+    conn: Option<ConnId>,
+}
+
+/// A client connection as a server knows it. A backup may hear from a client before the
+/// primary's `Register` for it arrives; until then it knows only the name.
+#[derive(Clone, Debug)]
+enum ClientConn {
+    Known(u32),
+    Unregistered(ClientId),
+}
+
+/// What closing a connection meant to the registry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Detached {
+    /// Not a client connection.
+    NotAClient,
+    /// A client connection, but not (or no longer) its client's current one.
+    Superseded,
+    /// Client `idx` has no connection now.
+    Gone(u32),
+}
+
+#[derive(Debug, Default)]
+pub struct Registry {
+    clients: Vec<ClientRecord>,
+    index: HashMap<ClientId, u32>,
+    conns: BTreeMap<ConnId, ClientConn>,
+}
+
+impl Registry {
+    pub fn len(&self) -> usize {
+        self.clients.len()
+    }
+
+    /// How many clients make a majority of the registered ones.
+    pub fn majority(&self) -> usize {
+        self.clients.len() / 2 + 1
+    }
+
+    pub fn index_of(&self, id: &ClientId) -> Option<u32> {
+        self.index.get(id).copied()
+    }
+
+    pub fn id(&self, idx: u32) -> &ClientId {
+        &self.clients[idx as usize].id
+    }
+
+    pub fn ids(&self) -> Vec<ClientId> {
+        self.clients.iter().map(|c| c.id.clone()).collect()
+    }
+
+    /// The current connection of client `idx`, if it has one.
+    pub fn conn(&self, idx: u32) -> Option<ConnId> {
+        self.clients.get(idx as usize).and_then(|c| c.conn)
+    }
+
+    /// Whether `conn` said a client's hello here (registered or not).
+    pub fn is_client_conn(&self, conn: ConnId) -> bool {
+        self.conns.contains_key(&conn)
+    }
+
+    /// Client connections, registered or not.
+    pub fn conn_count(&self) -> usize {
+        self.conns.len()
+    }
+
+    /// The connections of every connected registered client, in index order.
+    pub fn connected_conns(&self) -> Vec<ConnId> {
+        self.clients.iter().filter_map(|c| c.conn).collect()
+    }
+
+    /// Adds a client (idempotent): its index, and whether it is new.
+    pub fn register(&mut self, id: ClientId) -> (u32, bool) {
+        if let Some(&idx) = self.index.get(&id) {
+            return (idx, false);
+        }
+        let idx = self.clients.len() as u32;
+        self.index.insert(id.clone(), idx);
+        let mut conn = None;
+        // A backup may already hold a connection from this client.
+        for (c, entry) in self.conns.iter_mut() {
+            if matches!(entry, ClientConn::Unregistered(name) if *name == id) {
+                *entry = ClientConn::Known(idx);
+                conn = Some(*c);
+            }
+        }
+        self.clients.push(ClientRecord { id, conn });
+        (idx, true)
+    }
+
+    /// A hello from a client the primary has not registered with us yet.
+    pub fn note_unregistered(&mut self, conn: ConnId, id: ClientId) {
+        self.conns.insert(conn, ClientConn::Unregistered(id));
+    }
+
+    /// The names of the clients that said hello here and were never registered.
+    pub fn unregistered_ids(&self) -> Vec<ClientId> {
+        self.conns
+            .values()
+            .filter_map(|c| match c {
+                ClientConn::Unregistered(id) => Some(id.clone()),
+                ClientConn::Known(_) => None,
+            })
+            .collect()
+    }
+
+    /// Makes `conn` the connection of client `idx`; returns the one it replaces, which the
+    /// caller closes. Hellos on two connections may arrive in either order (a restarted
+    /// client's old one can come last), and closing the loser makes the client redial if
+    /// it was wrong.
+    pub fn attach(&mut self, idx: u32, conn: ConnId) -> Option<ConnId> {
+        let old = self.clients[idx as usize]
+            .conn
+            .replace(conn)
+            .filter(|&old| old != conn);
+        if let Some(old) = old {
+            self.conns.remove(&old);
+        }
+        self.conns.insert(conn, ClientConn::Known(idx));
+        old
+    }
+
+    pub fn detach(&mut self, conn: ConnId) -> Detached {
+        let Some(entry) = self.conns.remove(&conn) else {
+            return Detached::NotAClient;
+        };
+        if let ClientConn::Known(idx) = entry {
+            let record = &mut self.clients[idx as usize];
+            if record.conn == Some(conn) {
+                record.conn = None;
+                return Detached::Gone(idx);
+            }
+        }
+        Detached::Superseded
+    }
+
+    pub fn resolve(&self, conn: ConnId) -> Option<u32> {
+        match self.conns.get(&conn)? {
+            ClientConn::Known(idx) => Some(*idx),
+            ClientConn::Unregistered(id) => self.index.get(id).copied(),
+        }
+    }
+
+    /// Forgets every registration (a joiner installing a snapshot); connections stay.
+    pub fn clear(&mut self) {
+        self.clients.clear();
+        self.index.clear();
+    }
+
+    /// The indexes, names and connections agree with one another.
+    pub fn check(&self) -> Result<(), String> {
+        if self.index.len() != self.clients.len() {
+            return Err(format!(
+                "{} names for {} clients",
+                self.index.len(),
+                self.clients.len()
+            ));
+        }
+        for (i, record) in self.clients.iter().enumerate() {
+            if self.index.get(&record.id) != Some(&(i as u32)) {
+                return Err(format!("client {i} ({}) is not indexed as {i}", record.id));
+            }
+            if let Some(conn) = record.conn {
+                if !matches!(self.conns.get(&conn), Some(ClientConn::Known(k)) if *k == i as u32) {
+                    return Err(format!(
+                        "client {i}'s connection {conn} is not mapped to it"
+                    ));
+                }
+            }
+        }
+        for (conn, entry) in &self.conns {
+            if let ClientConn::Known(idx) = entry {
+                if *idx as usize >= self.clients.len() {
+                    return Err(format!("connection {conn} names unknown client {idx}"));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn conn(slot: u32) -> ConnId {
+        ConnId { slot, gen: 0 }
+    }
+
+    #[test]
+    fn a_backup_maps_a_connection_once_the_client_is_registered() {
+        let mut r = Registry::default();
+        let bob = ClientId("bob".into());
+        r.note_unregistered(conn(1), bob.clone());
+        assert_eq!(r.resolve(conn(1)), None);
+        assert_eq!(r.register(ClientId("ann".into())), (0, true));
+        assert_eq!(r.register(bob.clone()), (1, true));
+        assert_eq!(r.register(bob), (1, false));
+        assert_eq!(r.resolve(conn(1)), Some(1));
+        assert_eq!(r.conn(1), Some(conn(1)));
+        assert_eq!(r.check(), Ok(()));
+    }
+
+    #[test]
+    fn a_second_connection_supersedes_the_first() {
+        let mut r = Registry::default();
+        let (idx, _) = r.register(ClientId("ann".into()));
+        assert_eq!(r.attach(idx, conn(1)), None);
+        assert_eq!(r.attach(idx, conn(1)), None);
+        assert_eq!(r.attach(idx, conn(2)), Some(conn(1)));
+        assert_eq!(r.detach(conn(1)), Detached::NotAClient);
+        assert_eq!(r.detach(conn(2)), Detached::Gone(idx));
+        assert_eq!(r.detach(conn(3)), Detached::NotAClient);
+        assert_eq!(r.check(), Ok(()));
+    }
+}

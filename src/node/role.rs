@@ -1,0 +1,207 @@
+//! What a server is, with what only that role holds (quinn's `State::Handshake(..)`), and
+//! the only functions that change it: each asserts where it starts from (raft-rs's
+//! `become_*`). [`crate::proto::Role`] stays the wire and status type.
+//!
+//! ```text
+//!   start ──► Joining ──Install──► Backup ──majority accepts takeover──► Primary
+//!   start ─────────────────────────────────────────────────────────────► Primary
+//!   any of them ──replaced, or no primary to join──► SteppedDown (exits)
+//! ```
+
+use super::recovery::Recovery;
+use crate::link::ConnId;
+use crate::proto::{Role, Seq, ViewInfo};
+use std::collections::HashMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::time::Instant;
+
+// One per process, and the primary's variant is the one that runs: boxing it would only
+// add a pointer chase to every vote.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug)]
+pub enum RoleState {
+    Joining(Joining),
+    Backup,
+    Primary(Primary),
+    /// Replaced or given up: it has asked to exit and handles nothing more.
+    SteppedDown {
+        was: Role,
+    },
+}
+
+/// A server waiting out its start delay, then dialing the primary for a snapshot.
+#[derive(Debug)]
+pub struct Joining {
+    /// A joiner that still has no primary to join by then gives up (exits): it has no
+    /// state to serve with, and its primary, if alive, has replaced it by then. Pushed back
+    /// by a refusal from a live primary that wants a backup later.
+    pub give_up_at: Instant,
+}
+
+/// What only the primary holds.
+#[derive(Debug, Default)]
+pub struct Primary {
+    /// A view with a joiner that a majority accepted, sent to the joiner as `Install`:
+    /// installed here when the joiner acknowledges it.
+    pub pending_install: Option<ViewInfo>,
+    /// Votes counted and not yet forwarded to the peer: `(seq, client, yes)`.
+    pub pending_forward: Vec<(Seq, u32, bool)>,
+    /// A fresh primary that found clients with history (a cold restart): it rebuilds the
+    /// results from their logs before it acts.
+    pub recovery: Option<Recovery>,
+    /// Client connections being caught up: the next seq to send each.
+    pub catching_up: HashMap<ConnId, Seq>,
+    /// `Resend`s from clients that follow a view newer than ours (ours is being
+    /// installed): answered when it is.
+    pub resend_after_install: HashMap<ConnId, Seq>,
+    /// When it opened its latest ballot (ballots are spaced by `--ballot-interval-ms`).
+    pub last_open: Option<Instant>,
+    /// When it last spawned a backup (spawns are spaced by a heartbeat).
+    pub last_spawn: Option<Instant>,
+}
+
+impl Primary {
+    pub fn is_recovering(&self) -> bool {
+        self.recovery.is_some()
+    }
+}
+
+/// Why a server steps down (exits).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StepDown {
+    /// Someone installed a view newer than ours that does not keep us: we were replaced.
+    Replaced {
+        evidence: Evidence,
+        installed: ViewInfo,
+        ours: ViewInfo,
+    },
+    /// The primary we came to join was replaced; its successor spawns its own backup.
+    FencedWhileJoining { view: ViewInfo },
+    /// No primary answered our join in time.
+    NoPrimaryToJoin { primary: SocketAddr, waited_ms: u64 },
+}
+
+/// How a server learned of a newer installed view.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Evidence {
+    /// A client answered a message of ours with `Stale`.
+    ClientSaysStale,
+    /// A client rejected our proposal, following a newer view.
+    ClientRejected,
+    /// Our peer sent `Fence`.
+    FencedByPeer,
+}
+
+impl Evidence {
+    fn as_str(self) -> &'static str {
+        match self {
+            Evidence::ClientSaysStale => "client-says-stale",
+            Evidence::ClientRejected => "client-rejected",
+            Evidence::FencedByPeer => "fenced-by-peer",
+        }
+    }
+}
+
+impl fmt::Display for StepDown {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StepDown::Replaced {
+                evidence,
+                installed,
+                ours,
+            } => write!(
+                f,
+                "{}: view {installed} replaced our view {ours}",
+                evidence.as_str()
+            ),
+            StepDown::FencedWhileJoining { view } => {
+                write!(f, "fenced while joining: view {} is newer", view.number)
+            }
+            StepDown::NoPrimaryToJoin { primary, waited_ms } => {
+                write!(f, "no primary to join at {primary} within {waited_ms} ms")
+            }
+        }
+    }
+}
+
+impl RoleState {
+    /// The wire and status name of the role (a stepped-down server reports what it was).
+    pub fn wire(&self) -> Role {
+        match self {
+            RoleState::Joining(_) => Role::Joining,
+            RoleState::Backup => Role::Backup,
+            RoleState::Primary(_) => Role::Primary,
+            RoleState::SteppedDown { was } => *was,
+        }
+    }
+
+    pub fn is_primary(&self) -> bool {
+        matches!(self, RoleState::Primary(_))
+    }
+
+    pub fn is_joining(&self) -> bool {
+        matches!(self, RoleState::Joining(_))
+    }
+
+    pub fn is_backup(&self) -> bool {
+        matches!(self, RoleState::Backup)
+    }
+
+    pub fn has_stepped_down(&self) -> bool {
+        matches!(self, RoleState::SteppedDown { .. })
+    }
+
+    pub fn primary(&self) -> Option<&Primary> {
+        match self {
+            RoleState::Primary(p) => Some(p),
+            _ => None,
+        }
+    }
+
+    pub fn primary_mut(&mut self) -> Option<&mut Primary> {
+        match self {
+            RoleState::Primary(p) => Some(p),
+            _ => None,
+        }
+    }
+
+    /// A primary that is rebuilding its results from the clients' logs.
+    pub fn is_recovering(&self) -> bool {
+        self.primary().is_some_and(Primary::is_recovering)
+    }
+
+    /// Joining → Backup on the primary's `Install`; Backup → Backup for a later one.
+    pub fn become_backup(&mut self) {
+        assert!(
+            matches!(self, RoleState::Joining(_) | RoleState::Backup),
+            "invalid transition [{} -> backup]",
+            self.wire()
+        );
+        *self = RoleState::Backup;
+    }
+
+    /// Backup → Primary when a majority accepted its takeover. Returns whether it took
+    /// over (false: it was primary already, and stays so in a newer view).
+    pub fn become_primary(&mut self) -> bool {
+        match self {
+            RoleState::Primary(_) => false,
+            RoleState::Backup => {
+                *self = RoleState::Primary(Primary::default());
+                true
+            }
+            RoleState::Joining(_) | RoleState::SteppedDown { .. } => {
+                panic!("invalid transition [{} -> primary]", self.wire())
+            }
+        }
+    }
+
+    /// Any live role → SteppedDown.
+    pub fn step_down(&mut self) {
+        assert!(
+            !self.has_stepped_down(),
+            "invalid transition [stepped-down -> stepped-down]"
+        );
+        *self = RoleState::SteppedDown { was: self.wire() };
+    }
+}

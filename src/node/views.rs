@@ -1,0 +1,369 @@
+//! Views: propose, accept, reject, install, take over, step down. A server acts in a view
+//! only once a majority of the registered clients accepted it (a [`Proposal`]); clients
+//! refuse a new primary while the current one's lease holds; a server that learns of an
+//! installed view newer than its own, in which it has no place, steps down.
+
+use super::recovery::Recovery;
+use super::role::{Evidence, RoleState, StepDown};
+use super::timers::Timer;
+use super::{Node, Output};
+use crate::link::ConnId;
+use crate::proto::{PeerMsg, Seq, ServerMsg, Tally, View, ViewInfo};
+use log::{debug, info, warn};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+/// The view a server acts in, the one it wants to act in, and the highest number heard of.
+#[derive(Debug)]
+pub struct Views {
+    /// The installed view: the one this server acts in.
+    pub installed: ViewInfo,
+    pub proposal: Option<Proposal>,
+    /// The highest view number heard of anywhere; proposals go above it.
+    highest_seen: View,
+}
+
+/// A view this server wants to act in, waiting for a majority of the clients.
+#[derive(Clone, Debug)]
+pub struct Proposal {
+    pub view: ViewInfo,
+    /// `accepted[i]`: client i accepted.
+    pub accepted: Vec<bool>,
+    /// When it was first sent: an accept grants the proposer the client's lease from then.
+    pub sent: Option<Instant>,
+}
+
+impl Proposal {
+    pub fn count(&self) -> usize {
+        self.accepted.iter().filter(|a| **a).count()
+    }
+}
+
+impl Views {
+    pub fn new(installed: ViewInfo) -> Views {
+        Views {
+            installed,
+            proposal: None,
+            highest_seen: installed.number,
+        }
+    }
+
+    pub fn highest_seen(&self) -> View {
+        self.highest_seen
+    }
+
+    /// Someone spoke of view `number`.
+    pub fn saw(&mut self, number: View) {
+        self.highest_seen = self.highest_seen.max(number);
+    }
+
+    /// A number above every view heard of, now the highest seen.
+    fn fresh_number(&mut self) -> View {
+        // Saturating: `highest_seen` comes from the network.
+        let number = View(
+            self.highest_seen
+                .0
+                .max(self.installed.number.0)
+                .saturating_add(1),
+        );
+        self.highest_seen = number;
+        number
+    }
+}
+
+impl Node {
+    /// Proposes a view in which this server is primary with `backup`; it is installed
+    /// once a majority of the registered clients accepted it.
+    pub(super) fn propose(&mut self, backup: Option<SocketAddr>, now: Instant) {
+        self.new_proposal(backup);
+        self.send_proposal(now);
+    }
+
+    fn new_proposal(&mut self, backup: Option<SocketAddr>) {
+        let view = ViewInfo {
+            number: self.views.fresh_number(),
+            primary: self.cfg.listen,
+            backup,
+        };
+        info!("view-propose view={view} clients={}", self.registry.len());
+        self.views.proposal = Some(Proposal {
+            view,
+            accepted: vec![false; self.registry.len()],
+            sent: None,
+        });
+    }
+
+    pub(super) fn proposal_msg(&self) -> Option<ServerMsg> {
+        self.views.proposal.as_ref().map(|p| ServerMsg::Propose {
+            view: p.view,
+            base: self.views.installed.number,
+            recovering: self.role.is_recovering(),
+            node: self.cfg.node,
+        })
+    }
+
+    /// Sends the proposal to every connected client that has not accepted it; also
+    /// [`Timer::Propose`]'s handler.
+    pub(super) fn send_proposal(&mut self, now: Instant) {
+        let clients = self.registry.len();
+        let Some(p) = &mut self.views.proposal else {
+            return;
+        };
+        p.accepted.resize(clients, false);
+        if clients == 0 {
+            // No client can have seen anything: nothing to witness.
+            self.install_proposal(now);
+            return;
+        }
+        let Some(msg) = self.proposal_msg() else {
+            return;
+        };
+        let Some(p) = &mut self.views.proposal else {
+            return;
+        };
+        p.sent.get_or_insert(now);
+        let conns: Vec<ConnId> = (0..clients as u32)
+            .zip(&p.accepted)
+            .filter_map(|(idx, accepted)| self.registry.conn(idx).filter(|_| !accepted))
+            .collect();
+        self.out.send_clients(conns, msg);
+        self.timers.set(Timer::Propose, now + self.cfg.heartbeat);
+    }
+
+    /// Client `idx` accepted view `view`, reporting its log's end and its votes since.
+    pub(super) fn on_accept(
+        &mut self,
+        idx: u32,
+        view: View,
+        last_seq: Seq,
+        votes: Vec<(Seq, bool)>,
+        tail: Vec<Tally>,
+        now: Instant,
+    ) {
+        // Results the client lacks: it asks (`Resend`) when it adopts the view we install,
+        // or says `last_seq` in its hello when it connects later.
+        self.count_votes(votes.into_iter().map(|(seq, yes)| (idx, seq, yes)), now);
+        let clients = self.registry.len();
+        let Some(p) = &mut self.views.proposal else {
+            return;
+        };
+        if p.view.number != view {
+            return;
+        }
+        p.accepted.resize(clients, false);
+        if let Some(slot) = p.accepted.get_mut(idx as usize) {
+            *slot = true;
+        }
+        let (sent, count) = (p.sent, p.count());
+        // Accepting, the client made us its lease holder (from when it heard us).
+        if let Some(sent) = sent {
+            self.leases.extend(idx, sent);
+        }
+        if let Some(recovery) = self.recovery_mut() {
+            recovery.add_tail(last_seq, tail);
+            // Every client must have answered: a result that reached only one of them
+            // must not be run again with a different electorate.
+            debug!(
+                "view-accept client={idx} view={view} accepted={count}/{clients} recovering=true"
+            );
+            if count == clients && clients >= self.cfg.min_clients {
+                self.install_proposal(now);
+            }
+            return;
+        }
+        let majority = self.registry.majority();
+        debug!("view-accept client={idx} view={view} accepted={count}/{majority}");
+        if count >= majority {
+            self.install_proposal(now);
+        }
+    }
+
+    fn recovery_mut(&mut self) -> Option<&mut Recovery> {
+        self.role.primary_mut().and_then(|p| p.recovery.as_mut())
+    }
+
+    /// A client refused our proposal `proposed`.
+    pub(super) fn on_reject(
+        &mut self,
+        proposed: View,
+        accepted: ViewInfo,
+        promised: View,
+        retry_after_ms: Option<u64>,
+        now: Instant,
+    ) {
+        self.views.saw(accepted.number);
+        self.views.saw(promised);
+        if self.learn_view(accepted, Evidence::ClientRejected) {
+            return;
+        }
+        let Some(p) = &self.views.proposal else {
+            return;
+        };
+        if p.view.number != proposed {
+            return;
+        }
+        match retry_after_ms {
+            // The current primary's lease still holds at that client.
+            Some(ms) => self
+                .timers
+                .set_no_later_than(Timer::Propose, now + Duration::from_millis(ms)),
+            // It promised a competing proposal of the same or a higher number: go above.
+            // The installed primary does so at once; a challenger yields, so two
+            // proposers cannot outbid each other forever.
+            None if promised >= proposed => {
+                let backup = p.view.backup;
+                if self.role.is_primary() {
+                    self.propose(backup, now);
+                } else {
+                    self.new_proposal(backup);
+                    self.timers
+                        .set(Timer::Propose, now + self.cfg.challenger_yield());
+                }
+            }
+            None => {}
+        }
+    }
+
+    /// Someone has installed `installed`. If it is newer than ours and we are not its
+    /// primary, we were replaced: step down. Returns whether we did.
+    pub(super) fn learn_view(&mut self, installed: ViewInfo, evidence: Evidence) -> bool {
+        self.views.saw(installed.number);
+        if self.role.is_recovering() {
+            // Of course the clients know newer views: that is what we are rebuilding.
+            return false;
+        }
+        let ours = self.views.installed;
+        let listen = self.cfg.listen;
+        let replaced = installed.number > ours.number
+            && installed.primary != listen
+            && !(self.role.is_backup() && installed.backup == Some(listen));
+        if replaced && !self.role.is_joining() {
+            self.step_down(StepDown::Replaced {
+                evidence,
+                installed,
+                ours,
+            });
+            return true;
+        }
+        false
+    }
+
+    /// Exits: flush what is queued, handle nothing more.
+    pub(super) fn step_down(&mut self, reason: StepDown) {
+        warn!(
+            "stepped-down role={} view={} reason={reason}",
+            self.role.wire(),
+            self.views.installed.number
+        );
+        self.role.step_down();
+        self.timers.stop_all();
+        self.out.push(Output::Exit(reason));
+    }
+
+    /// A majority accepted: act in the proposed view.
+    pub(super) fn install_proposal(&mut self, now: Instant) {
+        let Some(p) = self.views.proposal.take() else {
+            return;
+        };
+        self.timers.stop(Timer::Propose);
+        let view = p.view;
+        // A view adding a joiner: the joiner first, the clients after its ack.
+        if let (Some(backup), Some(peer), RoleState::Primary(primary)) =
+            (view.backup, &self.peer, &mut self.role)
+        {
+            if peer.addr == backup {
+                info!(
+                    "view-accepted view={view} accepted={}/{} waiting=install-ack",
+                    p.count(),
+                    self.registry.len()
+                );
+                self.out.send_peer(peer.conn, PeerMsg::Install { view });
+                primary.pending_install = Some(view);
+                // From now on what we tell clients must be known to the joiner too.
+                self.recommit();
+                self.commit_ready(now);
+                return;
+            }
+        }
+        self.install(view, p.count(), now);
+    }
+
+    /// Acts in `view` as its primary from now on and tells every client.
+    pub(super) fn install(&mut self, view: ViewInfo, accepted: usize, now: Instant) {
+        let took_over = self.role.become_primary();
+        info!(
+            "view-change role=primary view={view} accepted={accepted}/{} took_over={took_over}",
+            self.registry.len()
+        );
+        self.views.installed = view;
+        self.finish_recovery();
+        // Clients that said hello while we were backup and that the old primary never
+        // registered: they are ours to register now.
+        for id in self.registry.unregistered_ids() {
+            info!("client-registered client={id} at=takeover");
+            self.register(id);
+        }
+        self.broadcast(ServerMsg::NewView { view });
+        self.answer_resends_held_for_install();
+        self.recommit();
+        self.timers.set(Timer::Heartbeat, now);
+        if took_over {
+            // Finish the past: ask for every vote still missing.
+            self.reask_missing_voters(now);
+        }
+        if view.backup.is_none() && self.peer.is_none() {
+            let reason = if took_over {
+                "took-over"
+            } else {
+                "backup-lost"
+            };
+            self.spawn_backup(reason, now);
+        }
+        self.commit_ready(now);
+        self.arm_open_ballot(now);
+    }
+
+    /// A recovering primary's view is installed: the longest tail the clients reported is
+    /// its history from now on.
+    fn finish_recovery(&mut self) {
+        let Some(recovery) = self.role.primary_mut().and_then(|p| p.recovery.take()) else {
+            return;
+        };
+        if let Some((first, tail)) = recovery.into_results() {
+            self.history.restore(first, tail);
+        }
+        warn!(
+            "cold-restart-recovered committed={} first_held={} view={}",
+            self.committed(),
+            self.history.first(),
+            self.views.installed
+        );
+    }
+
+    /// `Resend`s that waited for the view we now act in.
+    fn answer_resends_held_for_install(&mut self) {
+        let Some(primary) = self.role.primary_mut() else {
+            return;
+        };
+        for (conn, from) in std::mem::take(&mut primary.resend_after_install) {
+            if self.registry.is_client_conn(conn) {
+                // A catch-up under way went out tagged with the old view: start over.
+                if let Some(primary) = self.role.primary_mut() {
+                    primary.catching_up.remove(&conn);
+                }
+                self.send_results_from(conn, from);
+            }
+        }
+    }
+
+    /// The backup's primary is dead: propose a view in which we are primary.
+    pub(super) fn take_over(&mut self, now: Instant) {
+        info!(
+            "takeover-start view={} committed={} open={}",
+            self.views.installed.number,
+            self.committed(),
+            self.ballots.len()
+        );
+        self.propose(None, now);
+    }
+}
