@@ -40,6 +40,19 @@ impl Cast {
         }
     }
 
+    /// Every vote is on a ballot after `logged` (the last one logged), in strictly
+    /// increasing seq order.
+    pub fn check(&self, logged: Seq) -> Result<(), String> {
+        let mut previous = logged;
+        for &(seq, _) in &self.votes {
+            if seq <= previous {
+                return Err(format!("vote on {seq} held after {previous}"));
+            }
+            previous = seq;
+        }
+        Ok(())
+    }
+
     /// Every vote cast on `from` or later, in seq order.
     pub fn from(&self, from: Seq) -> impl Iterator<Item = (Seq, bool)> + '_ {
         let start = self.votes.partition_point(|&(s, _)| s < from);

@@ -1,9 +1,10 @@
 //! The voting client as a pure state machine, in the same shape as [`crate::node::Node`]:
 //! `handle_*` inputs with `now`, [`Client::poll_output`] and [`Client::poll_timeout`].
 //!
-//! The order of [`ClientOutput`]s is the durability order: an `Append` comes before every
-//! output that depends on it, and the caller must finish writing the line to the log
-//! before it performs the next output.
+//! The durability rule is [`ClientOutput`]'s: what the client records (a log line, a
+//! promise) comes before every output that depends on it, and a host makes it durable
+//! before it performs any later output. [`Client::invariants`] are checked after every
+//! input in debug builds and by the simulator after every step.
 
 mod cast;
 pub mod policy;
@@ -39,6 +40,15 @@ pub struct ClientConfig {
     pub redial: Duration,
 }
 
+/// What the caller must do, in order.
+///
+/// **Durability, per turn.** `Append` and `Promise` record state the client has already
+/// acted on: every later output may depend on them (a `Resend` or `Accept` reporting the
+/// log's end, the `Accept` a promise guards, the votes a promise allows). A host must make
+/// each durable before it performs any output that follows it; it may batch a turn's
+/// records and write them before the turn's first socket write
+/// ([`ClientOutput::is_record`] tells which outputs they are). The reactor writes a
+/// turn's log lines and syncs its promises before it flushes any connection.
 #[derive(Clone, Debug, PartialEq)]
 pub enum ClientOutput {
     Dial(SocketAddr),
@@ -52,6 +62,32 @@ pub enum ClientOutput {
     /// view's servers are kept with it: where a restarted client looks besides
     /// `--servers` (its primary may be gone, and it may never have heard of the backup).
     Promise(ViewInfo),
+}
+
+impl ClientOutput {
+    /// State the client records, which must be durable before any output after it.
+    pub fn is_record(&self) -> bool {
+        match self {
+            ClientOutput::Append(_) | ClientOutput::Promise(_) => true,
+            ClientOutput::Dial(_)
+            | ClientOutput::Hello(..)
+            | ClientOutput::Send(..)
+            | ClientOutput::Close(_) => false,
+        }
+    }
+}
+
+/// A rule of the client's state that broke: which, and what was seen.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Broken {
+    pub rule: &'static str,
+    pub detail: String,
+}
+
+impl std::fmt::Display for Broken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.rule, self.detail)
+    }
 }
 
 /// A `Propose` as the client weighs it.
@@ -200,6 +236,56 @@ impl Client {
         self.cfg.until.is_some_and(|u| self.last_logged >= u)
     }
 
+    /// The rules the client's state keeps after every input.
+    pub fn invariants(&self) -> Result<(), Broken> {
+        let broken = |rule, detail| Err(Broken { rule, detail });
+        if let Some(view) = self.view.filter(|v| v.number > self.promised) {
+            return broken(
+                "promise-covers-the-view-followed",
+                format!("follows {} with promise {}", view.number, self.promised),
+            );
+        }
+        if let Some(view) = self.promised_view.filter(|v| v.number > self.promised) {
+            return broken(
+                "promise-covers-the-proposal-accepted",
+                format!("accepted {} with promise {}", view.number, self.promised),
+            );
+        }
+        if let Err(detail) = self.cast.check(self.last_logged) {
+            return broken("votes-only-on-unlogged-ballots", detail);
+        }
+        if self.recent.len() > MAX_RECOVERY_TAIL || self.recent.len() as u64 > self.last_logged.0 {
+            return broken(
+                "recent-tail-within-the-log",
+                format!(
+                    "{} recent of {} logged",
+                    self.recent.len(),
+                    self.last_logged
+                ),
+            );
+        }
+        for (i, link) in self.links.iter().enumerate() {
+            if self.links[..i].iter().any(|l| l.addr == link.addr) {
+                return broken("one-link-per-server", format!("two links to {}", link.addr));
+            }
+        }
+        if self.deferred.is_some() && self.lease_holder.is_none() {
+            return broken(
+                "a-deferred-proposal-waits-on-a-holder",
+                "a deferred proposal with no lease holder".into(),
+            );
+        }
+        Ok(())
+    }
+
+    fn debug_check(&self, after: &str) {
+        if cfg!(debug_assertions) {
+            if let Err(broken) = self.invariants() {
+                panic!("client invariant broken after {after}: {broken}");
+            }
+        }
+    }
+
     // ----- polls ---------------------------------------------------------------------
 
     pub fn poll_output(&mut self) -> Option<ClientOutput> {
@@ -226,6 +312,31 @@ impl Client {
     // ----- inputs --------------------------------------------------------------------
 
     pub fn handle_timeout(&mut self, now: Instant) {
+        self.on_timeout(now);
+        self.debug_check("handle_timeout");
+    }
+
+    pub fn handle_connected(&mut self, conn: ConnId, addr: SocketAddr, now: Instant) {
+        self.on_connected(conn, addr, now);
+        self.debug_check("handle_connected");
+    }
+
+    pub fn handle_dial_failed(&mut self, addr: SocketAddr, now: Instant) {
+        self.on_dial_failed(addr, now);
+        self.debug_check("handle_dial_failed");
+    }
+
+    pub fn handle_closed(&mut self, conn: ConnId, now: Instant) {
+        self.on_closed(conn, now);
+        self.debug_check("handle_closed");
+    }
+
+    pub fn handle_msg(&mut self, conn: ConnId, msg: ServerMsg, now: Instant) {
+        self.on_msg(conn, msg, now);
+        self.debug_check("handle_msg");
+    }
+
+    fn on_timeout(&mut self, now: Instant) {
         self.look_further(now);
         for link in &mut self.links {
             if let LinkState::Idle { redial_at } = link.state {
@@ -237,7 +348,7 @@ impl Client {
         }
     }
 
-    pub fn handle_connected(&mut self, conn: ConnId, addr: SocketAddr, _now: Instant) {
+    fn on_connected(&mut self, conn: ConnId, addr: SocketAddr, _now: Instant) {
         // Only the dial we are waiting for: a late answer to an abandoned one is closed.
         let Some(link) = self
             .links
@@ -264,7 +375,7 @@ impl Client {
         ));
     }
 
-    pub fn handle_dial_failed(&mut self, addr: SocketAddr, now: Instant) {
+    fn on_dial_failed(&mut self, addr: SocketAddr, now: Instant) {
         if let Some(link) = self
             .links
             .iter_mut()
@@ -332,7 +443,7 @@ impl Client {
         }
     }
 
-    pub fn handle_closed(&mut self, conn: ConnId, now: Instant) {
+    fn on_closed(&mut self, conn: ConnId, now: Instant) {
         if let Some(link) = self
             .links
             .iter_mut()
@@ -351,7 +462,7 @@ impl Client {
         }
     }
 
-    pub fn handle_msg(&mut self, conn: ConnId, msg: ServerMsg, now: Instant) {
+    fn on_msg(&mut self, conn: ConnId, msg: ServerMsg, now: Instant) {
         let Some(from) = self.link_addr(conn) else {
             return;
         };
@@ -550,7 +661,7 @@ impl Client {
             ));
         }
         self.resend_pending = from != view.primary;
-        self.handle_timeout(now);
+        self.on_timeout(now);
     }
 
     /// A server asks us to accept a view in which it is primary.

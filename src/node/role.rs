@@ -11,7 +11,7 @@
 use super::recovery::Recovery;
 use crate::link::ConnId;
 use crate::proto::{Role, Seq, ViewInfo};
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::fmt;
 use std::net::SocketAddr;
 use std::time::Instant;
@@ -50,11 +50,13 @@ pub struct Primary {
     /// A fresh primary that found clients with history (a cold restart): it rebuilds the
     /// results from their logs before it acts.
     pub recovery: Option<Recovery>,
-    /// Client connections being caught up: the next seq to send each.
-    pub catching_up: HashMap<ConnId, Seq>,
+    /// Client connections being caught up: the next seq to send each. (Ordered maps
+    /// here: a simulated run must replay exactly, and `HashMap` iterates in a random
+    /// order per process.)
+    pub catching_up: BTreeMap<ConnId, Seq>,
     /// `Resend`s from clients that follow a view newer than ours (ours is being
     /// installed): answered when it is.
-    pub resend_after_install: HashMap<ConnId, Seq>,
+    pub resend_after_install: BTreeMap<ConnId, Seq>,
     /// When it opened its latest ballot (ballots are spaced by `--ballot-interval-ms`).
     pub last_open: Option<Instant>,
     /// When it last spawned a backup (spawns are spaced by a heartbeat).

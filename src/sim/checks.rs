@@ -1,0 +1,131 @@
+//! What the simulator checks: after every input, the invariants of the process that took
+//! it; after every step, G4 (one primary per view number, and never two in charge at
+//! once); as each log line is appended, G1-G3 (`check::LiveCheck`); at the end, G5 (every
+//! client logged every ballot) and the batch checker.
+
+use super::net::Proc;
+use super::world::World;
+use super::SimFailure;
+use crate::check::{self, ClientLog, Expect};
+use std::net::SocketAddr;
+
+impl World {
+    pub(super) fn fail(&self, what: String) -> SimFailure {
+        SimFailure {
+            seed: self.seed,
+            step: self.step,
+            at_ms: self.now.as_millis() as u64,
+            what,
+        }
+    }
+
+    pub(super) fn check_one_primary_per_view(&mut self) -> Result<(), SimFailure> {
+        // In time, not only per view number: two servers may never both be in charge
+        // (acting primary with a majority's lease) at the same moment.
+        let now = self.instant();
+        let in_charge: Vec<SocketAddr> = self
+            .servers
+            .iter()
+            .filter(|s| s.alive && s.node.is_acting_primary() && s.node.holds_lease(now))
+            .map(|s| s.addr)
+            .collect();
+        if in_charge.len() > 1 {
+            return Err(self.fail(format!(
+                "G4: {in_charge:?} both act as primary with a majority's lease"
+            )));
+        }
+        for i in 0..self.servers.len() {
+            let s = &self.servers[i];
+            if !s.alive || !s.node.is_acting_primary() {
+                continue;
+            }
+            let number = s.node.view().number.0;
+            match self.primaries.get(&number) {
+                Some(&other) if other != i => {
+                    return Err(self.fail(format!(
+                        "G4: servers {} and {} both primary in view {number}",
+                        self.servers[other].addr, s.addr
+                    )));
+                }
+                Some(_) => {}
+                None => {
+                    self.primaries.insert(number, i);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    pub(super) fn final_check(&self) -> Result<(), SimFailure> {
+        let logs: Vec<ClientLog> = self
+            .clients
+            .iter()
+            .enumerate()
+            .map(|(i, c)| ClientLog {
+                name: format!("c{i}"),
+                lines: c.log.clone(),
+                torn: false,
+                policy: Some(self.scenario.policies[i]),
+            })
+            .collect();
+        let violations = check::check(
+            &logs,
+            &Expect {
+                ballots: Some(self.scenario.ballots),
+                voters: None,
+            },
+        );
+        match violations.first() {
+            None => Ok(()),
+            Some(v) => Err(self.fail(v.to_string())),
+        }
+    }
+
+    /// The invariants of `proc`, which has just taken an input.
+    pub(super) fn check_invariants(&self, proc: Proc) -> Result<(), SimFailure> {
+        let broken = match proc {
+            Proc::Server(i) => self.servers[i]
+                .node
+                .invariants()
+                .err()
+                .map(|b| format!("server {}: {b}", self.servers[i].addr)),
+            Proc::Client(i) => self.clients[i]
+                .core
+                .as_ref()
+                .and_then(|c| c.invariants().err())
+                .map(|b| format!("client c{i}: {b}")),
+        };
+        match broken {
+            None => Ok(()),
+            Some(what) => Err(self.fail(format!("invariant broken: {what}"))),
+        }
+    }
+
+    /// A failure caught as a panic knows no step: it is this world's current one.
+    pub(super) fn at_panic(&self, failure: SimFailure) -> SimFailure {
+        if failure.step != 0 {
+            return failure;
+        }
+        self.fail(failure.what)
+    }
+
+    /// G5: the run took too long. Says where every process stands.
+    pub(super) fn no_progress(&self) -> SimFailure {
+        let logged: Vec<u64> = self.clients.iter().map(|c| c.log.len() as u64).collect();
+        let servers: Vec<String> = self
+            .servers
+            .iter()
+            .filter(|s| s.alive)
+            .map(|s| format!("{}: {}", s.addr, s.node.describe(self.instant())))
+            .collect();
+        let clients: Vec<String> = self
+            .clients
+            .iter()
+            .map(|c| c.core.as_ref().map_or("down".to_string(), |c| c.describe()))
+            .collect();
+        self.fail(format!(
+            "G5: no progress: logs hold {logged:?} of {} ballots; servers {servers:#?}; clients {clients:#?}",
+            self.scenario.ballots
+        ))
+    }
+}

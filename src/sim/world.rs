@@ -1,0 +1,456 @@
+//! The simulated world: the processes (real [`Node`] and [`Client`] cores), the loop that
+//! advances virtual time to the next event or timer, and the one place where a process
+//! takes an input ([`World::apply`]), after which its invariants are checked.
+
+use super::net::{Endpoint, Event, LinkBreak, Payload, Proc, SimConn};
+use super::rng::Rng;
+use super::{Report, Scenario, SimFailure};
+use crate::ballot_log::LogLine;
+use crate::check::LiveCheck;
+use crate::client::{Client, ClientConfig, ClientOutput, Promised};
+use crate::link::ConnId;
+use crate::node::{Node, NodeConfig, Output, StartRole, StepDown};
+use crate::proto::{ClientId, NodeId, Seq};
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap, VecDeque};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+/// Virtual time the run may take before a lack of progress is a G5 failure.
+pub(super) const TIME_LIMIT: Duration = Duration::from_secs(600);
+pub(super) const STEP_LIMIT: u64 = 2_000_000;
+/// Chance per step that a fault strikes, out of 10,000 (while the run has faults left).
+pub(super) const FAULT_CHANCE: u64 = 40;
+
+/// One input to one process.
+pub(super) enum Input {
+    Connected(ConnId, SocketAddr),
+    DialFailed(SocketAddr),
+    Closed(ConnId),
+    Frame(ConnId, Payload),
+    ChildExited,
+    Timeout,
+}
+
+pub(super) struct SimServer {
+    pub(super) node: Node,
+    pub(super) addr: SocketAddr,
+    /// Where it spawns its backup: the spawner's own address, so the pair keeps swapping
+    /// between the two addresses clients know (as `pbvote server` does).
+    pub(super) backup_listen: SocketAddr,
+    pub(super) alive: bool,
+    /// SIGSTOPped until then.
+    pub(super) paused_until: Option<Duration>,
+    pub(super) parent: Option<usize>,
+    /// The backup it spawned last, if that still runs.
+    pub(super) child: Option<usize>,
+    /// Why it exited, if it stepped down.
+    pub(super) stepped_down: Option<StepDown>,
+}
+
+pub(super) struct SimClient {
+    /// `None` while crashed.
+    pub(super) core: Option<Client>,
+    pub(super) log: Vec<LogLine>,
+    /// Where a restart looks for servers (as a real client's `--servers`).
+    pub(super) servers: Vec<SocketAddr>,
+    /// Bumped at each crash so the dead incarnation's connections are ignored.
+    pub(super) incarnation: u32,
+    /// What the client persisted of its promises (its `.view` file): the number and the
+    /// servers of the view it was made to.
+    pub(super) promised: Promised,
+}
+
+pub struct World {
+    pub(super) seed: u64,
+    pub(super) rng: Rng,
+    pub(super) scenario: Scenario,
+    pub(super) base: Instant,
+    pub(super) now: Duration,
+    pub(super) step: u64,
+    pub(super) servers: Vec<SimServer>,
+    pub(super) clients: Vec<SimClient>,
+    pub(super) conns: Vec<SimConn>,
+    pub(super) queue: BinaryHeap<Reverse<(Duration, u64, usize)>>,
+    pub(super) events: Vec<Option<Event>>,
+    pub(super) live: LiveCheck,
+    pub(super) faults_left: u32,
+    pub(super) faults_done: u32,
+    /// G4: which server acted as primary in each view number.
+    pub(super) primaries: BTreeMap<u64, usize>,
+    /// The two addresses the cluster starts on; a cold restart reuses the first.
+    pub(super) addrs: (SocketAddr, SocketAddr),
+    pub(super) cold_restart_pending: bool,
+    /// Directed cuts in force: nothing from the first reaches the second.
+    pub(super) cuts: BTreeSet<(Endpoint, Endpoint)>,
+    /// Per (connection, sending side), what arrived at a cut, in order, for after it heals.
+    pub(super) held: BTreeMap<(usize, usize), VecDeque<Event>>,
+    pub(super) partitions_left: u32,
+    /// A server that took a message and has not yet performed its outputs, and when its
+    /// turn began: a host reads all that is ready before it writes, so the outputs of
+    /// several inputs may wait for one loop turn's end (and messages that ride together
+    /// join in the node's queue).
+    pub(super) undrained: Option<(usize, Duration)>,
+    /// A script's request: the link of the next frame this matches breaks with it in
+    /// flight (see `Sim::break_link_on`).
+    pub(super) break_on: Option<LinkBreak>,
+}
+
+/// The longest loop turn the simulator models: a message arriving this soon after the
+/// turn began may be read in it.
+pub(super) const TURN: Duration = Duration::from_millis(1);
+
+impl World {
+    pub(super) fn new(seed: u64, rng: Rng, scenario: Scenario) -> Result<World, SimFailure> {
+        let base = Instant::now();
+        let live = LiveCheck::new(scenario.clients as u32, scenario.policies.clone());
+        let mut world = World {
+            seed,
+            rng,
+            base,
+            now: Duration::ZERO,
+            step: 0,
+            servers: Vec::new(),
+            clients: Vec::new(),
+            conns: Vec::new(),
+            queue: BinaryHeap::new(),
+            events: Vec::new(),
+            live,
+            faults_left: scenario.faults,
+            faults_done: 0,
+            primaries: BTreeMap::new(),
+            addrs: (
+                SocketAddr::from(([10, 0, 0, 1], 7000)),
+                SocketAddr::from(([10, 0, 0, 2], 7000)),
+            ),
+            cold_restart_pending: scenario.cold_restart,
+            cuts: BTreeSet::new(),
+            held: BTreeMap::new(),
+            partitions_left: scenario.partitions,
+            undrained: None,
+            break_on: None,
+            scenario,
+        };
+        let (p_addr, b_addr) = world.addrs;
+        world.add_server(StartRole::Primary, p_addr, b_addr, None)?;
+        let known = if world.scenario.one_server_known {
+            vec![p_addr]
+        } else {
+            vec![p_addr, b_addr]
+        };
+        for _ in 0..world.scenario.clients {
+            world.clients.push(SimClient {
+                core: None,
+                log: Vec::new(),
+                servers: known.clone(),
+                incarnation: 0,
+                promised: Promised::default(),
+            });
+        }
+        for i in 0..world.clients.len() {
+            world.start_client(i)?;
+        }
+        Ok(world)
+    }
+
+    pub(super) fn instant(&self) -> Instant {
+        self.base + self.now
+    }
+
+    /// Starts client `i` (again) from what its log and promise file hold.
+    pub(super) fn start_client(&mut self, i: usize) -> Result<(), SimFailure> {
+        let cfg = ClientConfig {
+            id: ClientId(format!("c{i}")),
+            servers: self.clients[i].servers.clone(),
+            policy: self.scenario.policies[i],
+            until: Some(Seq(self.scenario.ballots)),
+            redial: Duration::from_millis(100),
+        };
+        let log = &self.clients[i].log;
+        let recent: Vec<_> = log.iter().map(|l| l.tally).collect();
+        let last = Seq(log.len() as u64);
+        let core = Client::new(
+            cfg,
+            last,
+            &recent,
+            &self.clients[i].promised,
+            self.instant(),
+        );
+        self.clients[i].core = Some(core);
+        self.apply(Proc::Client(i), Input::Timeout)
+    }
+
+    /// Starts a server process; returns its index.
+    pub(super) fn add_server(
+        &mut self,
+        start: StartRole,
+        addr: SocketAddr,
+        backup_listen: SocketAddr,
+        parent: Option<usize>,
+    ) -> Result<usize, SimFailure> {
+        let s = &self.scenario;
+        let cfg = NodeConfig {
+            node: NodeId(self.rng.next_u64()),
+            listen: addr,
+            start,
+            heartbeat: s.heartbeat,
+            miss_limit: s.miss_limit,
+            backup_start_delay: s.backup_start_delay,
+            ballot_interval: s.ballot_interval,
+            ballots: Some(s.ballots),
+            min_clients: s.clients,
+            window: s.window,
+            spawn_backup: true,
+        };
+        if let Err(e) = cfg.validate() {
+            return Err(self.fail(format!("the scenario's server config is invalid: {e}")));
+        }
+        let node = Node::new(cfg, self.instant());
+        self.servers.push(SimServer {
+            node,
+            addr,
+            backup_listen,
+            alive: true,
+            paused_until: None,
+            parent,
+            child: None,
+            stepped_down: None,
+        });
+        let idx = self.servers.len() - 1;
+        self.drain_server(idx)?;
+        Ok(idx)
+    }
+
+    /// Every client logged every ballot.
+    pub(super) fn done(&self) -> bool {
+        self.clients
+            .iter()
+            .all(|c| c.log.len() as u64 >= self.scenario.ballots)
+    }
+
+    pub(super) fn run(&mut self) -> Result<Report, SimFailure> {
+        self.start()?;
+        while !self.done() {
+            self.step()?;
+        }
+        self.final_check()?;
+        Ok(self.report())
+    }
+
+    /// What the clients' first turn queued goes out.
+    pub(super) fn start(&mut self) -> Result<(), SimFailure> {
+        for i in 0..self.clients.len() {
+            self.drain(Proc::Client(i))?;
+        }
+        Ok(())
+    }
+
+    pub(super) fn report(&self) -> Report {
+        Report {
+            steps: self.step,
+            clients: self.clients.len(),
+            ballots: self.scenario.ballots,
+            faults: self.faults_done,
+            virtual_ms: self.now.as_millis() as u64,
+        }
+    }
+
+    /// One step: maybe a random fault, then the next event or timer, then the checks.
+    pub(super) fn step(&mut self) -> Result<(), SimFailure> {
+        self.step += 1;
+        if self.now > TIME_LIMIT || self.step > STEP_LIMIT {
+            return Err(self.no_progress());
+        }
+        if self.faults_left > 0 && self.rng.chance(FAULT_CHANCE, 10_000) {
+            self.inject_fault()?;
+        }
+        if self.cold_restart_pending && self.steady() && self.rng.chance(5, 10_000) {
+            self.cold_restart();
+        }
+        if self.partitions_left > 0
+            && self.cuts.is_empty()
+            && self.steady()
+            && self.rng.chance(FAULT_CHANCE, 10_000)
+        {
+            self.partition();
+        }
+        self.step_once()?;
+        self.check_one_primary_per_view()
+    }
+
+    /// Advances to the earliest event or timer and performs it.
+    fn step_once(&mut self) -> Result<(), SimFailure> {
+        if let Some((i, began)) = self.undrained.take() {
+            if !self.next_event_delivers_to(Proc::Server(i), began) {
+                return self.drain_server(i);
+            }
+            self.undrained = Some((i, began));
+        }
+        let next_event = self.queue.peek().map(|Reverse((t, _, _))| *t);
+        match (next_event, self.next_timer()) {
+            (Some(te), Some((tt, _))) if te <= tt => self.pop_event(),
+            (Some(_), None) => self.pop_event(),
+            (_, Some((tt, proc))) => {
+                self.now = self.now.max(tt);
+                self.apply(proc, Input::Timeout)?;
+                self.drain(proc)
+            }
+            (None, None) => Err(self.fail("G5: nothing left to happen".to_string())),
+        }
+    }
+
+    /// The earliest timer of any process, and whose.
+    fn next_timer(&self) -> Option<(Duration, Proc)> {
+        let mut next: Option<(Duration, Proc)> = None;
+        for (i, s) in self.servers.iter().enumerate() {
+            if !s.alive {
+                continue;
+            }
+            if let Some(t) = s.node.poll_timeout() {
+                // A paused process's timers fire when it resumes.
+                let mut at = t.saturating_duration_since(self.base);
+                if let Some(until) = s.paused_until {
+                    at = at.max(until);
+                }
+                if next.is_none_or(|(nt, _)| at < nt) {
+                    next = Some((at, Proc::Server(i)));
+                }
+            }
+        }
+        for (i, c) in self.clients.iter().enumerate() {
+            if let Some(t) = c.core.as_ref().and_then(|c| c.poll_timeout()) {
+                let at = t.saturating_duration_since(self.base);
+                if next.is_none_or(|(nt, _)| at < nt) {
+                    next = Some((at, Proc::Client(i)));
+                }
+            }
+        }
+        next
+    }
+
+    /// `proc` takes `input` now; then its invariants must hold.
+    pub(super) fn apply(&mut self, proc: Proc, input: Input) -> Result<(), SimFailure> {
+        let now = self.instant();
+        match proc {
+            Proc::Server(i) => {
+                let node = &mut self.servers[i].node;
+                match input {
+                    Input::Connected(c, addr) => node.handle_connected(c, addr, now),
+                    Input::DialFailed(addr) => node.handle_dial_failed(addr, now),
+                    Input::Closed(c) => node.handle_closed(c, now),
+                    Input::Frame(c, Payload::Hello(hello)) => node.handle_hello(c, hello, now),
+                    Input::Frame(c, Payload::Client(msg)) => node.handle_client_msg(c, msg, now),
+                    Input::Frame(c, Payload::Peer(msg)) => node.handle_peer_msg(c, msg, now),
+                    Input::Frame(_, payload @ Payload::Server(_)) => {
+                        return Err(self.fail(format!("misrouted {payload:?} to {proc:?}")));
+                    }
+                    Input::ChildExited => node.handle_child_exit(now),
+                    Input::Timeout => node.handle_timeout(now),
+                }
+            }
+            Proc::Client(i) => {
+                let Some(core) = &mut self.clients[i].core else {
+                    return Ok(());
+                };
+                match input {
+                    Input::Connected(c, addr) => core.handle_connected(c, addr, now),
+                    Input::DialFailed(addr) => core.handle_dial_failed(addr, now),
+                    Input::Closed(c) => core.handle_closed(c, now),
+                    Input::Frame(c, Payload::Server(msg)) => core.handle_msg(c, msg, now),
+                    Input::Frame(_, payload) => {
+                        return Err(self.fail(format!("misrouted {payload:?} to {proc:?}")));
+                    }
+                    Input::ChildExited => {}
+                    Input::Timeout => core.handle_timeout(now),
+                }
+            }
+        }
+        self.check_invariants(proc)
+    }
+
+    pub(super) fn drain(&mut self, proc: Proc) -> Result<(), SimFailure> {
+        match proc {
+            Proc::Server(i) => self.drain_server(i),
+            Proc::Client(i) => self.drain_client(i),
+        }
+    }
+
+    /// Performs every output of a server.
+    pub(super) fn drain_server(&mut self, i: usize) -> Result<(), SimFailure> {
+        let proc = Proc::Server(i);
+        while let Some(out) = self.servers[i].node.poll_output() {
+            match out {
+                Output::Dial(addr) => self.dial(proc, addr),
+                Output::Hello(c, hello) => self.send(proc, c, Payload::Hello(hello)),
+                Output::ToClient(c, msg) => self.send(proc, c, Payload::Server(msg)),
+                Output::ToClients(conns, msg) => {
+                    for c in conns {
+                        self.send(proc, c, Payload::Server(msg.clone()));
+                    }
+                }
+                Output::ToPeer(c, msg) => self.send(proc, c, Payload::Peer(msg)),
+                Output::Status(_, _) => {}
+                Output::Close(c, _) => self.close(proc, c),
+                Output::SpawnBackup => self.spawn_backup_of(i)?,
+                Output::Exit(reason) => {
+                    self.servers[i].stepped_down = Some(reason);
+                    self.kill_server(i, false);
+                    return Ok(());
+                }
+                // Delivery is modelled per message; a connection's buffer is never full.
+                Output::WhenDrained(c) => {
+                    self.servers[i].node.handle_drained(c);
+                    self.check_invariants(proc)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Server `i` fork/execs a backup on its `backup_listen`, killing the one it spawned
+    /// before if that still runs.
+    fn spawn_backup_of(&mut self, i: usize) -> Result<(), SimFailure> {
+        if let Some(old) = self.servers[i].child.take() {
+            self.kill_server(old, true);
+        }
+        let (join, listen) = (self.servers[i].addr, self.servers[i].backup_listen);
+        if self.servers.iter().any(|s| s.alive && s.addr == listen) {
+            // The port is taken (a stale server still runs there): the child fails to
+            // bind and exits at once.
+            let at = self.now + self.delay();
+            self.schedule(at, Event::ChildExited { parent: i });
+            return Ok(());
+        }
+        let child = self.add_server(StartRole::Backup { join }, listen, join, Some(i))?;
+        self.servers[i].child = Some(child);
+        Ok(())
+    }
+
+    /// Performs every output of a client, checking each log line as it is appended.
+    fn drain_client(&mut self, i: usize) -> Result<(), SimFailure> {
+        let proc = Proc::Client(i);
+        loop {
+            let Some(out) = self.clients[i].core.as_mut().and_then(|c| c.poll_output()) else {
+                return Ok(());
+            };
+            match out {
+                ClientOutput::Dial(addr) => self.dial(proc, addr),
+                ClientOutput::Hello(c, hello) => self.send(proc, c, Payload::Hello(hello)),
+                ClientOutput::Send(c, msg) => self.send(proc, c, Payload::Client(msg)),
+                ClientOutput::Close(c) => self.close(proc, c),
+                ClientOutput::Promise(view) => {
+                    self.clients[i].promised = Promised {
+                        view: view.number,
+                        servers: view.servers().collect(),
+                    };
+                }
+                ClientOutput::Append(line) => {
+                    self.clients[i].log.push(line);
+                    if let Err(v) = self.live.observe(i, &format!("c{i}"), line) {
+                        return Err(self.fail(v.to_string()));
+                    }
+                }
+            }
+        }
+    }
+}

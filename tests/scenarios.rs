@@ -1,0 +1,198 @@
+//! Named fault scenarios on the deterministic simulator: each scripts one fault on the
+//! real cores and asserts the guarantee it is named after, in milliseconds, over several
+//! seeds (each seed reorders the messages differently). The process tests in
+//! failover.rs and partition.rs run the same scenarios end to end.
+//!
+//! Every step of every scenario also checks what a random simulation does: the invariants
+//! of the process that took an input, G4 (one primary per view), G1-G3 as each log line
+//! is appended; `finish` adds G5 (every client logged every ballot) and the batch checker.
+
+use pbvote::node::StepDown;
+use pbvote::proto::{PeerMsg, Role};
+use pbvote::sim::{Endpoint, Setup, Sim, SimFailure};
+use std::net::SocketAddr;
+use std::time::Duration;
+
+const SEEDS: std::ops::RangeInclusive<u64> = 1..=20;
+
+/// Runs `scenario` for every seed; a failure names the seed and the step.
+fn for_each_seed(scenario: impl Fn(u64) -> Result<(), SimFailure>) {
+    for seed in SEEDS {
+        if let Err(failure) = scenario(seed) {
+            panic!("{failure}");
+        }
+    }
+}
+
+fn peer_timeout(setup: &Setup) -> Duration {
+    setup.heartbeat * setup.miss_limit
+}
+
+/// Runs until a primary serves with an installed backup and every client logged `ballots`.
+fn serving_with_backup(sim: &mut Sim, ballots: u64) -> Result<(usize, usize), SimFailure> {
+    sim.run_until("a primary with an installed backup, ballots logged", |s| {
+        s.backup().is_some() && s.least_logged() >= ballots
+    })?;
+    Ok((
+        sim.primary().expect("a primary"),
+        sim.backup().expect("a backup"),
+    ))
+}
+
+fn server_at(addr: SocketAddr) -> Endpoint {
+    Endpoint::Server(addr)
+}
+
+#[test]
+fn paused_primary_is_fenced_when_it_resumes() {
+    for_each_seed(|seed| {
+        let setup = Setup::default();
+        let pause = peer_timeout(&setup) * 4;
+        let mut sim = Sim::new(seed, setup)?;
+        let (old, _) = serving_with_backup(&mut sim, 5)?;
+        sim.pause(old, pause)?;
+        sim.run_until("the backup takes over", |s| {
+            (0..s.server_count())
+                .any(|i| i != old && s.is_alive(i) && s.server(i).is_acting_primary())
+        })?;
+        sim.run_until("the old primary steps down", |s| !s.is_alive(old))?;
+        match sim.stepped_down(old) {
+            Some(StepDown::Replaced { .. }) => {}
+            other => panic!("seed {seed}: the old primary ended with {other:?}"),
+        }
+        sim.finish().map(drop)
+    });
+}
+
+#[test]
+fn joiner_with_no_primary_gives_up() {
+    for_each_seed(|seed| {
+        let setup = Setup::default();
+        let heartbeat = setup.heartbeat;
+        // Start delay, then one lease beyond the primary's own deadline to replace it.
+        let give_up = setup.backup_start_delay + peer_timeout(&setup) * 3;
+        let mut sim = Sim::new(seed, setup)?;
+        let nobody = SocketAddr::from(([10, 0, 0, 9], 7000));
+        let listen = SocketAddr::from(([10, 0, 0, 8], 7000));
+        let started = sim.now();
+        let joiner = sim.start_backup(nobody, listen)?;
+        sim.run_until("the lone joiner exits", |s| !s.is_alive(joiner))?;
+        let waited = sim.now() - started;
+        assert!(
+            waited >= give_up && waited <= give_up + heartbeat * 2,
+            "seed {seed}: gave up after {waited:?}, not {give_up:?}"
+        );
+        match sim.stepped_down(joiner) {
+            Some(StepDown::NoPrimaryToJoin { primary, .. }) => assert_eq!(*primary, nobody),
+            other => panic!("seed {seed}: the joiner ended with {other:?}"),
+        }
+        // The cluster beside it never noticed.
+        sim.finish().map(drop)
+    });
+}
+
+#[test]
+fn lost_install_ack_loses_no_result() {
+    for_each_seed(|seed| {
+        let mut sim = Sim::new(seed, Setup::default())?;
+        // The joiner applies its Install and acknowledges it; the link breaks with the
+        // ack in flight. The primary must treat the view as installed: the joiner may
+        // have told clients of it already.
+        sim.break_link_on(|msg| matches!(msg, PeerMsg::InstallAck { .. }));
+        sim.run_until("the InstallAck is lost", |s| !s.break_pending())?;
+        let joiner = sim.in_role(Role::Backup);
+        let [joiner] = joiner[..] else {
+            panic!("seed {seed}: the joiner did not apply its Install: {joiner:?}");
+        };
+        let joiner = sim.addr(joiner);
+        sim.run_until("the primary installs the joiner's view all the same", |s| {
+            s.primary()
+                .is_some_and(|p| s.server(p).view().backup == Some(joiner))
+        })?;
+        sim.run_until("a backup is installed again", |s| s.backup().is_some())?;
+        sim.finish().map(drop)
+    });
+}
+
+#[test]
+fn six_kills_in_a_row_leave_every_log_exact() {
+    for_each_seed(|seed| {
+        let setup = Setup {
+            ballots: 80,
+            ..Setup::default()
+        };
+        let mut sim = Sim::new(seed, setup)?;
+        // The pattern of the process test: P B P P B P, each after the previous
+        // replacement joined and two more ballots were logged.
+        for (round, kill_primary) in [true, false, true, true, false, true]
+            .into_iter()
+            .enumerate()
+        {
+            let logged = sim.least_logged();
+            let (primary, backup) = serving_with_backup(&mut sim, logged + 2)?;
+            assert!(
+                sim.least_logged() + 2 < 80,
+                "seed {seed}: ballots ran out before kill {round}"
+            );
+            sim.crash(if kill_primary { primary } else { backup });
+        }
+        sim.finish().map(drop)
+    });
+}
+
+#[test]
+fn cold_restart_rebuilds_results_from_client_logs() {
+    for_each_seed(|seed| {
+        let mut sim = Sim::new(seed, Setup::default())?;
+        serving_with_backup(&mut sim, 10)?;
+        sim.crash_every_server();
+        let logged = sim.least_logged();
+        sim.run_for(Duration::from_millis(100))?;
+        let fresh = sim.start_primary()?;
+        sim.run_until("the fresh primary has rebuilt the results", |s| {
+            s.server(fresh).is_acting_primary()
+        })?;
+        let committed = sim.server(fresh).committed().0;
+        assert!(
+            committed >= logged,
+            "seed {seed}: rebuilt {committed} results, the clients had logged {logged}"
+        );
+        sim.finish().map(drop)
+    });
+}
+
+/// scripts/partition.sh's cycle with a kill: the link is cut and one side dies before
+/// the cut is noticed; the other carries on, and the link heals later.
+fn cut_with_a_side_killed(kill_primary: bool) {
+    for_each_seed(|seed| {
+        let setup = Setup {
+            ballots: 40,
+            ..Setup::default()
+        };
+        let cut_for = peer_timeout(&setup) * 5;
+        let mut sim = Sim::new(seed, setup)?;
+        let (primary, backup) = serving_with_backup(&mut sim, 5)?;
+        let (p, b) = (server_at(sim.addr(primary)), server_at(sim.addr(backup)));
+        sim.cut(p, b);
+        sim.crash(if kill_primary { primary } else { backup });
+        sim.run_for(cut_for)?;
+        sim.heal(p, b);
+        let survivor = if kill_primary { backup } else { primary };
+        sim.run_until("a backup is installed again", |s| s.backup().is_some())?;
+        assert!(
+            sim.is_alive(survivor) && sim.server(survivor).role() == Role::Primary,
+            "seed {seed}: the surviving side is not the primary"
+        );
+        sim.finish().map(drop)
+    });
+}
+
+#[test]
+fn cut_link_with_the_primary_killed_leaves_every_log_exact() {
+    cut_with_a_side_killed(true);
+}
+
+#[test]
+fn cut_link_with_the_backup_killed_leaves_every_log_exact() {
+    cut_with_a_side_killed(false);
+}
