@@ -57,3 +57,27 @@ pub const MAX_RECOVERY_TAIL: usize = 64;
 /// Most votes the primary holds back before it forwards them to the backup (they also
 /// leave with every `Commit` and heartbeat).
 pub const MAX_FORWARD_BATCH: usize = 4096;
+
+/// The most bytes one tally takes in CBOR (a two-entry map of `u32`s: 18), rounded up.
+pub const MAX_TALLY_LEN: usize = 32;
+
+// How the limits must relate; a change that breaks one does not compile.
+const _: () = {
+    // A hello fits any link's frames, a client frame fits the largest frame.
+    assert!(MAX_HELLO_LEN <= MAX_CLIENT_FRAME_LEN && MAX_CLIENT_FRAME_LEN <= MAX_FRAME_LEN);
+    // A hello has room for the longest client id and its two numbers.
+    assert!(MAX_CLIENT_ID_LEN + 64 <= MAX_HELLO_LEN);
+    // A full catch-up frame fits a client frame, and a whole burst the client's output
+    // buffer, so that a catch-up never cuts the client it serves.
+    assert!(MAX_RESULTS_PER_FRAME * MAX_TALLY_LEN <= MAX_CLIENT_FRAME_LEN / 2);
+    assert!(CATCHUP_BURST * MAX_RESULTS_PER_FRAME * MAX_TALLY_LEN <= MAX_CLIENT_OUTBUF);
+    // The largest frame of each link fits its output buffer.
+    assert!(MAX_CLIENT_FRAME_LEN <= MAX_CLIENT_OUTBUF && MAX_FRAME_LEN <= MAX_PEER_OUTBUF);
+    // A cold restart's tail is within the history a server keeps; the history is
+    // trimmed in steps.
+    assert!(MAX_RECOVERY_TAIL <= MAX_RESULTS_HELD && RESULTS_TRIM_STEP > 0);
+    // The retained history alone fits a snapshot frame.
+    assert!((MAX_RESULTS_HELD + RESULTS_TRIM_STEP) * MAX_TALLY_LEN <= MAX_FRAME_LEN);
+    // A forward batch of (seq, index, vote) triples fits a peer frame.
+    assert!(MAX_FORWARD_BATCH * 32 <= MAX_FRAME_LEN);
+};
