@@ -2,17 +2,20 @@
 //! servers of that view. A promise must outlive an OS crash: a client that forgot one could
 //! promise the same number again, and two promises of one number can elect two primaries.
 //!
-//! The file is two fixed slots of [`SLOT_LEN`] bytes, each one line of text padded with
-//! spaces: `<view> <server>... sum=<checksum>`. A new promise overwrites, in place, the slot
-//! that does not hold the newest one, then `fdatasync`. The file's size and blocks never
-//! change, so making a promise durable writes one block and needs no journal commit, no
-//! rename and no fsync of the folder. A write torn by a crash fails its checksum; the other
-//! slot still holds the previous promise, the newest one the client may have acted on
-//! (its `Accept` leaves only once the write is durable).
+//! The file is two slots, each at the start of a [`BLOCK_LEN`] block of its own, each one
+//! line of text of [`SLOT_LEN`] bytes padded with spaces: `<view> <server>... sum=<checksum>`
+//! (the rest of each block is spaces). A new promise overwrites, in place, the slot that
+//! does not hold the newest one, then `fdatasync`. The file's size and blocks never change,
+//! so making a promise durable writes one block and needs no journal commit, no rename and
+//! no fsync of the folder. A write torn by a crash fails its checksum; the other slot still
+//! holds the previous promise, the newest one the client may have acted on (its `Accept`
+//! leaves only once the write is durable). A disk writes a sector at best atomically, and
+//! a torn write may garble all of one: with both slots in one sector, one torn write could
+//! destroy both, so each has a block (a page, eight sectors) of its own.
 //!
-//! A missing file, or one from before the slots (one line, `<view> <server>...`), is written
-//! whole beside its name, made durable and renamed over it, the first time the client
-//! promises.
+//! A missing file, or one of an older layout (one line, `<view> <server>...`; or the two
+//! slots in 512 bytes), is written whole beside its name, made durable and renamed over
+//! it, the first time the client promises.
 
 use crate::client::Promised;
 use crate::proto::{View, ViewInfo};
@@ -25,7 +28,24 @@ use std::path::{Path, PathBuf};
 /// Room for the view number, two IPv6 addresses with scope and port, and the checksum
 /// (about 160 bytes at most), with margin.
 pub const SLOT_LEN: usize = 256;
-const FILE_LEN: usize = 2 * SLOT_LEN;
+/// Each slot starts a block of this size: a page, and eight of the largest common sector.
+pub const BLOCK_LEN: usize = 4096;
+const FILE_LEN: usize = 2 * BLOCK_LEN;
+/// The layout before the blocks: the two slots side by side in one sector.
+const PACKED_FILE_LEN: usize = 2 * SLOT_LEN;
+
+const _: () = assert!(SLOT_LEN <= BLOCK_LEN);
+
+/// Where slot `k` starts in the file.
+fn slot_offset(k: usize) -> u64 {
+    (k * BLOCK_LEN) as u64
+}
+
+/// Why a file with no intact promise is refused, and what deleting it would risk.
+const BOTH_SLOTS_DAMAGED: &str = "no intact promise in either slot. Deleting the file \
+would let this client promise a view number twice, which can let two servers act as \
+primary at once: delete it only after every server of the cluster was stopped (then start \
+a fresh primary, a cold restart)";
 
 /// Where a client keeps its promise: beside its log, as `<log>.view`.
 pub fn promise_path(log: &Path) -> PathBuf {
@@ -64,13 +84,20 @@ impl PromiseFile {
             Err(e) => return Err(format!("{}: {e}", file.path.display())),
         };
         let damaged = |what: &str| format!("{}: {what}", file.path.display());
-        if bytes.len() != FILE_LEN {
-            let text = std::str::from_utf8(&bytes).map_err(|_| damaged("not text"))?;
-            let promised = parse_line(text).ok_or_else(|| damaged("not a promise"))?;
-            return Ok((file, promised));
-        }
-        file.create = false;
-        let slots = [read_slot(&bytes[..SLOT_LEN]), read_slot(&bytes[SLOT_LEN..])];
+        let slots = match bytes.len() {
+            FILE_LEN => {
+                file.create = false;
+                let at = |k: usize| &bytes[k * BLOCK_LEN..k * BLOCK_LEN + SLOT_LEN];
+                [read_slot(at(0)), read_slot(at(1))]
+            }
+            // Rewritten whole, in the new layout, at the next promise.
+            PACKED_FILE_LEN => [read_slot(&bytes[..SLOT_LEN]), read_slot(&bytes[SLOT_LEN..])],
+            _ => {
+                let text = std::str::from_utf8(&bytes).map_err(|_| damaged("not text"))?;
+                let promised = parse_line(text).ok_or_else(|| damaged("not a promise"))?;
+                return Ok((file, promised));
+            }
+        };
         let newest = (0..2)
             .filter_map(|k| match &slots[k] {
                 Slot::Promise(p) => Some((k, p)),
@@ -80,7 +107,7 @@ impl PromiseFile {
         match newest {
             Some((k, p)) => {
                 let promised = p.clone();
-                file.newest = Some(k);
+                file.newest = (!file.create).then_some(k);
                 Ok((file, promised))
             }
             None if slots.iter().all(|s| matches!(s, Slot::Blank)) => {
@@ -90,7 +117,7 @@ impl PromiseFile {
             // overwritten only while the other holds a promise: no crash leaves a file
             // without an intact one. Reading it as "nothing promised" could promise a
             // number twice.
-            None => Err(damaged("no intact promise in either slot")),
+            None => Err(damaged(BOTH_SLOTS_DAMAGED)),
         }
     }
 
@@ -205,7 +232,7 @@ fn write_in_place(files: Vec<(&mut PromiseFile, ViewInfo)>) -> Result<(), (PathB
             .open(&file.path)
             .map_err(fail)?;
         handle
-            .write_all_at(&image, (slot * SLOT_LEN) as u64)
+            .write_all_at(&image, slot_offset(slot))
             .map_err(fail)?;
         written.push((file, handle, slot));
     }
@@ -240,6 +267,7 @@ fn create_files(files: Vec<(&mut PromiseFile, ViewInfo)>) -> Result<(), (PathBuf
         let fail = |e: io::Error| (file.path.clone(), e);
         let mut whole = slot_image(view).map_err(fail)?;
         whole.resize(FILE_LEN - 1, b' ');
+        whole[BLOCK_LEN - 1] = b'\n';
         whole.push(b'\n');
         let mut tmp = File::create(tmp_of(&file.path)).map_err(fail)?;
         tmp.write_all(&whole).map_err(fail)?;
@@ -394,13 +422,12 @@ mod tests {
         }
         let bytes = std::fs::read(a.path()).expect("read");
         let newest = (0..2)
-            .find(|k| bytes[k * SLOT_LEN..].starts_with(b"7 "))
+            .find(|&k| bytes[slot_offset(k) as usize..].starts_with(b"7 "))
             .expect("7 in a slot");
-        assert!(bytes[(1 - newest) * SLOT_LEN..].starts_with(b"6 "));
+        assert!(bytes[slot_offset(1 - newest) as usize..].starts_with(b"6 "));
         // Tear the newest: half of it is the old bytes.
         let file = OpenOptions::new().write(true).open(a.path()).expect("open");
-        file.write_all_at(b"5", (newest * SLOT_LEN) as u64)
-            .expect("tear");
+        file.write_all_at(b"5", slot_offset(newest)).expect("tear");
         assert_eq!(f.read("a.log"), Ok(promised(6, vec![f.p])));
         // The next promise goes where the torn one was, not over 6.
         let (mut a, _) = f.open("a.log");
@@ -408,7 +435,7 @@ mod tests {
         write_due(std::iter::once(&mut a)).expect("write");
         assert_eq!(f.read("a.log"), Ok(promised(8, vec![f.p])));
         let bytes = std::fs::read(a.path()).expect("read");
-        assert!(bytes[(1 - newest) * SLOT_LEN..].starts_with(b"6 "));
+        assert!(bytes[slot_offset(1 - newest) as usize..].starts_with(b"6 "));
         // Both slots damaged, or one damaged and one blank (no crash leaves either):
         // refused, never read as "nothing promised".
         let (mut fresh, _) = f.open("b.log");
@@ -421,7 +448,7 @@ mod tests {
         other.write_all_at(b"x", 0).expect("damage");
         assert!(f.read("b.log").is_err());
         file.write_all_at(b"x", 0).expect("damage");
-        file.write_all_at(b"x", SLOT_LEN as u64).expect("damage");
+        file.write_all_at(b"x", slot_offset(1)).expect("damage");
         assert!(f.read("a.log").is_err());
     }
 
@@ -453,6 +480,17 @@ mod tests {
         assert_eq!(f.read("d.log"), Ok(promised(6, vec![f.p, f.b])));
         std::fs::write(promise_path(&f.log("e.log")), "5 nowhere\n").expect("write");
         assert!(f.read("e.log").is_err());
+        // The two slots packed in one sector: read, then rewritten whole in blocks.
+        let mut packed = slot_image(&f.view(9, false)).expect("image");
+        packed.resize(PACKED_FILE_LEN - 1, b' ');
+        packed.push(b'\n');
+        std::fs::write(promise_path(&f.log("g.log")), &packed).expect("write");
+        let (mut g, was) = f.open("g.log");
+        assert_eq!(was, promised(9, vec![f.p]));
+        g.stage(f.view(10, false));
+        write_due(std::iter::once(&mut g)).expect("write");
+        assert_eq!(f.read("g.log"), Ok(promised(10, vec![f.p])));
+        assert_eq!(std::fs::read(g.path()).expect("read").len(), FILE_LEN);
     }
 
     /// `--log c.log` names a file in the current folder: its rename must be made durable
@@ -462,6 +500,27 @@ mod tests {
         assert_eq!(folder_of(Path::new("c.log.view")), Path::new("."));
         assert_eq!(folder_of(Path::new("logs/c.log.view")), Path::new("logs"));
         assert_eq!(folder_of(Path::new("/c.log.view")), Path::new("/"));
+    }
+
+    /// A disk writes a 512-byte sector (or a 4 KiB page) as a unit at best: a crash
+    /// mid-write may garble all of it. Each slot has a block of its own, so a torn write
+    /// of one can never damage the other.
+    #[test]
+    fn a_garbled_sector_damages_one_slot_at_most() {
+        let f = Fixture::new();
+        let (mut a, _) = f.open("a.log");
+        for n in [5, 6] {
+            a.stage(f.view(n, false));
+            write_due(std::iter::once(&mut a)).expect("write");
+        }
+        let file = OpenOptions::new().write(true).open(a.path()).expect("open");
+        file.write_all_at(&[b'#'; 512], 0).expect("garble sector 0");
+        assert_eq!(f.read("a.log"), Ok(promised(6, vec![f.p])));
+        // Both damaged: refused, saying what deleting the file would risk.
+        file.write_all_at(&[b'#'; 512], slot_offset(1))
+            .expect("garble slot 1");
+        let refused = f.read("a.log").expect_err("no intact slot");
+        assert!(refused.contains("promise a view number twice"), "{refused}");
     }
 
     #[test]
