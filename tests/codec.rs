@@ -111,18 +111,28 @@ fn server_msg() -> impl Strategy<Value = ServerMsg> {
     prop_oneof![
         (view_info(), any::<u64>())
             .prop_map(|(view, lease_ms)| ServerMsg::Welcome { view, lease_ms }),
-        view_info().prop_map(|view| ServerMsg::NewView { view }),
-        (view_info(), any::<u64>(), any::<bool>(), any::<u64>()).prop_map(
-            |(view, b, recovering, n)| ServerMsg::Propose {
+        (view_info(), any::<u64>())
+            .prop_map(|(view, lease_ms)| ServerMsg::NewView { view, lease_ms }),
+        (
+            view_info(),
+            any::<u64>(),
+            any::<bool>(),
+            any::<u64>(),
+            any::<u64>()
+        )
+            .prop_map(|(view, b, recovering, n, lease_ms)| ServerMsg::Propose {
                 view,
                 base: View(b),
                 recovering,
                 node: NodeId(n),
+                lease_ms,
+            }),
+        (any::<u64>(), any::<u64>(), any::<u64>()).prop_map(|(v, round, lease_ms)| {
+            ServerMsg::Lease {
+                view: View(v),
+                round,
+                lease_ms,
             }
-        ),
-        (any::<u64>(), any::<u64>()).prop_map(|(v, round)| ServerMsg::Lease {
-            view: View(v),
-            round
         }),
         (any::<u64>(), any::<u64>(), any::<u32>()).prop_map(|(v, s, count)| {
             ServerMsg::VoteRequest {

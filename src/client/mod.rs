@@ -97,6 +97,21 @@ struct Proposal {
     base: View,
     recovering: bool,
     node: NodeId,
+    lease_ms: u64,
+}
+
+/// A client honours a lease this fraction (1/128, 0.8 %) longer than the server counts on
+/// it. The server counts from when it sent a renewal, the client from when it received
+/// it, so with clocks that run at one rate the client's window always covers the
+/// server's; the margin keeps it so while the two clocks' rates differ by less than
+/// 0.8 % (a quartz clock is off by about 0.01 %; a VM's that loses ticks, by more).
+const LEASE_DRIFT_DIVISOR: u32 = 128;
+
+/// How long a client refuses anyone else after hearing a lease of `lease_ms` from its
+/// holder.
+pub fn honoured_lease(lease_ms: u64) -> Duration {
+    let lease = Duration::from_millis(lease_ms);
+    lease + lease / LEASE_DRIFT_DIVISOR
 }
 
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -469,17 +484,23 @@ impl Client {
         match msg {
             ServerMsg::Welcome { view, lease_ms } => {
                 // The lease length is the primary's: a backup's own flags may differ.
-                if from == view.primary || self.lease.is_zero() {
-                    self.lease = Duration::from_millis(lease_ms);
+                if (from == view.primary && !self.is_older(view)) || self.lease.is_zero() {
+                    self.lease = honoured_lease(lease_ms);
                 }
                 self.adopt_view(conn, from, view, now);
             }
-            ServerMsg::NewView { view } => self.adopt_view(conn, from, view, now),
+            ServerMsg::NewView { view, lease_ms } => {
+                if from == view.primary && !self.is_older(view) {
+                    self.lease = honoured_lease(lease_ms);
+                }
+                self.adopt_view(conn, from, view, now);
+            }
             ServerMsg::Propose {
                 view,
                 base,
                 recovering,
                 node,
+                lease_ms,
             } => self.consider_proposal(
                 conn,
                 Proposal {
@@ -487,13 +508,19 @@ impl Client {
                     base,
                     recovering,
                     node,
+                    lease_ms,
                 },
                 now,
             ),
-            ServerMsg::Lease { view, round } => {
+            ServerMsg::Lease {
+                view,
+                round,
+                lease_ms,
+            } => {
                 // The lease is exclusive: granted only to the holder (not, say, to a primary
                 // we have just promised to replace).
                 if self.current(conn, from, view, now) && self.lease_holder == Some(from) {
+                    self.lease = honoured_lease(lease_ms);
                     self.out.push_back(ClientOutput::Send(
                         conn,
                         ClientMsg::LeaseAck { view, round },
@@ -571,6 +598,11 @@ impl Client {
         }
         self.heard_from(conn, from, now);
         true
+    }
+
+    /// `view` is older than the one this client follows.
+    fn is_older(&self, view: ViewInfo) -> bool {
+        self.view.is_some_and(|ours| view.number < ours.number)
     }
 
     /// A current message from `from` arrived on `conn`.
@@ -671,6 +703,7 @@ impl Client {
             base,
             recovering,
             node,
+            lease_ms,
         } = proposal;
         // A client that follows no view yet can only help a recovering server (a cold
         // restart), which asks for its log, not for a view it follows.
@@ -714,6 +747,8 @@ impl Client {
             }
         }
         self.deferred = None;
+        // The proposer counts on this client's lease for its own length from now on.
+        self.lease = honoured_lease(lease_ms);
         self.promised_to = Some(node);
         self.promised_view = Some(view);
         // The proposer may act as primary as soon as a majority answered like this: from
@@ -837,3 +872,6 @@ impl Client {
             .push_back(ClientOutput::Append(LogLine { seq, tally }));
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -52,7 +52,7 @@ impl Node {
     fn welcome(&self) -> ServerMsg {
         ServerMsg::Welcome {
             view: self.views.installed,
-            lease_ms: self.cfg.peer_timeout().as_millis() as u64,
+            lease_ms: self.lease_ms(),
         }
     }
 
@@ -172,6 +172,11 @@ impl Node {
         self.out
             .send_client(conn, ServerMsg::Refused { view, reason });
         self.out.close(conn, "client refused");
+    }
+
+    /// The lease this server counts on, as every view and lease message states it.
+    pub(super) fn lease_ms(&self) -> u64 {
+        self.cfg.peer_timeout().as_millis() as u64
     }
 
     /// `msg` to every connected registered client.

@@ -401,7 +401,12 @@ impl Node {
         if self.role.primary().is_some_and(|p| !p.is_recovering()) {
             let round = self.leases.new_round(now, self.cfg.lease_rounds_kept());
             let view = self.views.installed.number;
-            self.broadcast(ServerMsg::Lease { view, round });
+            let lease_ms = self.lease_ms();
+            self.broadcast(ServerMsg::Lease {
+                view,
+                round,
+                lease_ms,
+            });
         }
     }
 

@@ -52,7 +52,7 @@ fn step(node: &mut Node, voter: ConnId, now: Instant) -> (Vec<(ConnId, u64, usiz
                     votes: Vec::new(),
                     tail: Vec::new(),
                 }),
-                ServerMsg::Lease { view, round } if c == voter => {
+                ServerMsg::Lease { view, round, .. } if c == voter => {
                     replies.push(ClientMsg::LeaseAck { view, round })
                 }
                 ServerMsg::VoteRequest { view, first, count } if c == voter => {

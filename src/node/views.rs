@@ -99,6 +99,7 @@ impl Node {
             base: self.views.installed.number,
             recovering: self.role.is_recovering(),
             node: self.cfg.node,
+            lease_ms: self.lease_ms(),
         })
     }
 
@@ -303,7 +304,8 @@ impl Node {
             info!("client-registered client={id} at=takeover");
             self.register(id);
         }
-        self.broadcast(ServerMsg::NewView { view });
+        let lease_ms = self.lease_ms();
+        self.broadcast(ServerMsg::NewView { view, lease_ms });
         self.answer_resends_held_for_install();
         self.recommit();
         self.timers.set(Timer::Heartbeat, now);

@@ -93,8 +93,9 @@ pub enum ServerMsg {
     /// Registration accepted; the server's current view, and the lease: how long after
     /// hearing from a primary the client refuses to let anyone else take over.
     Welcome { view: ViewInfo, lease_ms: u64 },
-    /// A view a majority of clients accepted: vote to these servers from now on.
-    NewView { view: ViewInfo },
+    /// A view a majority of clients accepted: vote to these servers from now on. `lease_ms`:
+    /// how long the primary holds a client's lease after each renewal.
+    NewView { view: ViewInfo, lease_ms: u64 },
     /// "Accept `view`, in which I am primary": answered with `Accept` or `Reject`. `base`
     /// is the installed view the proposer's state comes from; a client refuses a proposal
     /// built on a view older than the one it follows.
@@ -107,9 +108,16 @@ pub enum ServerMsg {
         /// The proposing process: a re-sent proposal from the same process is accepted
         /// again, not refused as a second use of the number.
         node: NodeId,
+        /// The lease the proposer counts on from a client that accepts (as in `Welcome`).
+        lease_ms: u64,
     },
     /// The primary's lease renewal, every heartbeat interval; answered with `LeaseAck`.
-    Lease { view: View, round: u64 },
+    /// `lease_ms` as in `Welcome`: every renewal says how long it lasts.
+    Lease {
+        view: View,
+        round: u64,
+        lease_ms: u64,
+    },
     /// Ballots `first .. first + count` are open: please vote on each.
     VoteRequest { view: View, first: Seq, count: u32 },
     /// The final tallies of ballots `first`, `first + 1`, ... in order: the results

@@ -1,0 +1,117 @@
+//! The client core driven by hand.
+
+use super::*;
+
+fn addr(port: u16) -> SocketAddr {
+    SocketAddr::from(([10, 0, 0, 1], port))
+}
+
+/// A view of servers 1 and 2, one of them primary.
+fn view(number: u64, primary: u16) -> ViewInfo {
+    ViewInfo {
+        number: View(number),
+        primary: addr(primary),
+        backup: Some(addr(3 - primary)),
+    }
+}
+
+/// A client linked to servers on ports 1 and 2 (connections 1 and 2).
+fn linked_client(now: Instant) -> Client {
+    let cfg = ClientConfig {
+        id: ClientId("c".into()),
+        servers: vec![addr(1), addr(2)],
+        policy: Policy::Yes,
+        until: None,
+        redial: Duration::from_millis(100),
+    };
+    let mut client = Client::new(cfg, Seq(0), &[], &Promised::default(), now);
+    client.handle_timeout(now);
+    for port in 1..=2 {
+        client.handle_connected(conn(port), addr(port), now);
+    }
+    while client.poll_output().is_some() {}
+    client
+}
+
+fn conn(slot: u16) -> ConnId {
+    ConnId {
+        slot: u32::from(slot),
+        gen: 0,
+    }
+}
+
+fn propose(number: u64, primary: u16, base: u64, lease_ms: u64) -> ServerMsg {
+    ServerMsg::Propose {
+        view: view(number, primary),
+        base: View(base),
+        recovering: false,
+        node: NodeId(u64::from(primary)),
+        lease_ms,
+    }
+}
+
+/// The `retry_after_ms` of the `Reject` the client sent last, if it sent one.
+fn retry_after(client: &mut Client) -> Option<u64> {
+    let mut retry = None;
+    while let Some(out) = client.poll_output() {
+        if let ClientOutput::Send(
+            _,
+            ClientMsg::Reject {
+                retry_after_ms: Some(ms),
+                ..
+            },
+        ) = out
+        {
+            retry = Some(ms);
+        }
+    }
+    retry
+}
+
+/// A takeover by a server with other timing flags: the client honours the lease the new
+/// holder counts on, not the one it learned first (it kept the first for ever).
+#[test]
+fn the_lease_length_follows_its_holder() {
+    let t0 = Instant::now();
+    let mut client = linked_client(t0);
+    let welcome = ServerMsg::Welcome {
+        view: view(1, 1),
+        lease_ms: 5_000,
+    };
+    client.handle_msg(conn(1), welcome, t0);
+    // Server 2 takes over once server 1's lease has run out here; it counts on 1 s.
+    let t1 = t0 + Duration::from_secs(6);
+    client.handle_msg(conn(2), propose(2, 2, 1, 1_000), t1);
+    while client.poll_output().is_some() {}
+    // Server 1 asks again at once: it must wait out server 2's lease, 1 s and the margin.
+    let t2 = t1 + Duration::from_millis(10);
+    client.handle_msg(conn(1), propose(3, 1, 1, 1_000), t2);
+    let wait = retry_after(&mut client).expect("rejected for the lease");
+    let honoured = honoured_lease(1_000).as_millis() as u64;
+    assert!(wait <= honoured && wait > honoured - 20, "waits {wait} ms");
+    // A renewal says how long it lasts: a longer one is honoured from then on.
+    let lease = ServerMsg::Lease {
+        view: View(2),
+        round: 1,
+        lease_ms: 3_000,
+    };
+    client.handle_msg(
+        conn(2),
+        ServerMsg::NewView {
+            view: view(2, 2),
+            lease_ms: 1_000,
+        },
+        t2,
+    );
+    client.handle_msg(conn(2), lease, t2);
+    client.handle_msg(conn(1), propose(4, 1, 2, 1_000), t2);
+    let wait = retry_after(&mut client).expect("rejected for the lease");
+    assert!(wait > 3_000, "waits {wait} ms");
+}
+
+/// The client's side of a lease outlasts the server's by the drift margin.
+#[test]
+fn a_client_honours_a_lease_longer_than_the_server_counts_it() {
+    assert_eq!(honoured_lease(1_280), Duration::from_millis(1_290));
+    assert!(honoured_lease(5_000) > Duration::from_millis(5_000));
+}
