@@ -10,7 +10,9 @@
 use pbvote::node::StepDown;
 use pbvote::proto::{PeerMsg, Role};
 use pbvote::sim::{Endpoint, Setup, Sim, SimFailure};
+use std::cell::Cell;
 use std::net::SocketAddr;
+use std::rc::Rc;
 use std::time::Duration;
 
 const SEEDS: std::ops::RangeInclusive<u64> = 1..=20;
@@ -98,17 +100,38 @@ fn lost_install_ack_loses_no_result() {
         // The joiner applies its Install and acknowledges it; the link breaks with the
         // ack in flight. The primary must treat the view as installed: the joiner may
         // have told clients of it already.
-        sim.break_link_on(|msg| matches!(msg, PeerMsg::InstallAck { .. }));
+        let lost = Rc::new(Cell::new(None));
+        let seen = Rc::clone(&lost);
+        sim.break_link_on(move |msg| match msg {
+            PeerMsg::InstallAck { view } => {
+                seen.set(Some(*view));
+                true
+            }
+            _ => false,
+        });
         sim.run_until("the InstallAck is lost", |s| !s.break_pending())?;
-        let joiner = sim.in_role(Role::Backup);
-        let [joiner] = joiner[..] else {
-            panic!("seed {seed}: the joiner did not apply its Install: {joiner:?}");
+        let view = lost.get().expect("the lost ack's view");
+        let [joiner] = sim.in_role(Role::Backup)[..] else {
+            panic!("seed {seed}: the joiner did not apply its Install");
         };
-        let joiner = sim.addr(joiner);
-        sim.run_until("the primary installs the joiner's view all the same", |s| {
-            s.primary()
-                .is_some_and(|p| s.server(p).view().backup == Some(joiner))
-        })?;
+        let servers = sim.server_count();
+        // Before any other server starts (a replacement's ack would pass for the lost one).
+        sim.run_until(
+            "the primary installs the lost ack's view all the same",
+            |s| {
+                assert_eq!(
+                    s.server_count(),
+                    servers,
+                    "seed {seed}: a server started first"
+                );
+                s.primary()
+                    .is_some_and(|p| s.server(p).view().number == view)
+            },
+        )?;
+        assert_eq!(
+            sim.server(sim.primary().expect("primary")).view().backup,
+            Some(sim.addr(joiner))
+        );
         sim.run_until("a backup is installed again", |s| s.backup().is_some())?;
         sim.finish().map(drop)
     });

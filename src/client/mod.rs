@@ -182,11 +182,13 @@ impl Client {
         promised: &Promised,
         now: Instant,
     ) -> Client {
-        for &addr in &promised.servers {
-            if !cfg.servers.contains(&addr) {
-                cfg.servers.push(addr);
+        let mut servers: Vec<SocketAddr> = Vec::new();
+        for &addr in cfg.servers.iter().chain(&promised.servers) {
+            if !servers.contains(&addr) {
+                servers.push(addr);
             }
         }
+        cfg.servers = servers;
         let keep = recent.len().min(MAX_RECOVERY_TAIL);
         let recent = recent[recent.len() - keep..].iter().copied().collect();
         let links = cfg

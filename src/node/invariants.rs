@@ -6,6 +6,7 @@ use super::ballot::BallotState;
 use super::role::RoleState;
 use super::Node;
 use crate::proto::limits::MAX_OPEN_BALLOTS;
+use crate::proto::View;
 use std::fmt;
 
 /// A broken invariant: which, and what was seen.
@@ -115,9 +116,12 @@ impl Node {
         let Some(p) = &self.views.proposal else {
             return Ok(());
         };
+        // View numbers saturate (a peer may name the largest): past it nothing is proposed
+        // above, and the server stalls rather than reuse a number.
+        let above = p.view.number > installed || installed == View(u64::MAX);
         rule(
             "proposal-above-installed",
-            p.view.number > installed && p.view.number <= self.views.highest_seen(),
+            above && p.view.number <= self.views.highest_seen(),
             || format!("proposing {} with {installed} installed", p.view.number),
         )?;
         rule(

@@ -125,9 +125,11 @@ impl Node {
         }
         if let Err(why) = snapshot_is_whole(&snapshot) {
             warn!("snapshot-refused reason={why}");
-            if let Some(peer) = &self.peer {
+            // Nothing more from that link may count: what follows builds on the snapshot.
+            if let Some(peer) = self.forget_peer() {
                 self.out.close(peer.conn, "bad snapshot");
             }
+            self.retry_join(now);
             return;
         }
         self.registry.clear();
@@ -156,6 +158,10 @@ impl Node {
     /// The primary installs us as backup of `view`.
     pub(super) fn on_install(&mut self, conn: ConnId, view: ViewInfo) {
         if !(self.role.is_joining() || self.role.is_backup()) {
+            return;
+        }
+        if view.backup != Some(self.cfg.listen) {
+            warn!("install-refused view={view} reason=not-our-view");
             return;
         }
         info!("view-change role=backup view={view}");
@@ -500,19 +506,18 @@ impl Node {
 /// A snapshot's open ballots follow its results without a gap: it is input, and the
 /// joiner's state must keep that rule.
 fn snapshot_is_whole(snapshot: &Snapshot) -> Result<(), String> {
-    let mut expected = snapshot
-        .results_first
-        .0
-        .max(1)
-        .saturating_add(snapshot.results.len() as u64);
+    // Room for every seq it names, and for the ballots after them.
+    let headroom = (snapshot.results.len() + snapshot.open.len()) as u64 + MAX_OPEN_BALLOTS;
+    let first = snapshot.results_first.0.max(1);
+    if first.checked_add(headroom).is_none() {
+        return Err(format!("results from {first} overflow a seq"));
+    }
     if snapshot.open.len() as u64 > MAX_OPEN_BALLOTS {
         return Err(format!("{} open ballots", snapshot.open.len()));
     }
-    for ballot in &snapshot.open {
-        if ballot.seq.0 != expected {
-            return Err(format!("ballot {} where {expected} is due", ballot.seq));
-        }
-        expected = expected.saturating_add(1);
+    let due = first + snapshot.results.len() as u64..;
+    match due.zip(&snapshot.open).find(|(seq, b)| b.seq.0 != *seq) {
+        Some((seq, b)) => Err(format!("ballot {} where {seq} is due", b.seq)),
+        None => Ok(()),
     }
-    Ok(())
 }

@@ -118,7 +118,7 @@ impl fmt::Display for StepDown {
                 evidence.as_str()
             ),
             StepDown::FencedWhileJoining { view } => {
-                write!(f, "fenced while joining: view {} is newer", view.number)
+                write!(f, "fenced while joining: view {view} is newer")
             }
             StepDown::NoPrimaryToJoin { primary, waited_ms } => {
                 write!(f, "no primary to join at {primary} within {waited_ms} ms")
