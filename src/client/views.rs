@@ -1,0 +1,280 @@
+//! Views as a client weighs them: the view it follows, the promises it makes (a proposal
+//! is accepted only above every number promised), the lease it honours (nobody but the
+//! lease holder until the holder has been silent for a lease), and the view check every
+//! server message passes.
+
+use super::links::{LinkState, ServerLink};
+use super::{Client, ClientOutput};
+use crate::link::ConnId;
+use crate::proto::{ClientMsg, NodeId, View, ViewInfo};
+use log::{debug, info};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+/// A `Propose` as the client weighs it.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Proposal {
+    pub(super) view: ViewInfo,
+    pub(super) base: View,
+    pub(super) recovering: bool,
+    pub(super) node: NodeId,
+    pub(super) lease_ms: u64,
+}
+
+/// A client honours a lease this fraction (1/128, 0.8 %) longer than the server counts on
+/// it. The server counts from when it sent a renewal, the client from when it received
+/// it, so with clocks that run at one rate the client's window always covers the
+/// server's; the margin keeps it so while the two clocks' rates differ by less than
+/// 0.8 % (a quartz clock is off by about 0.01 %; a VM's that loses ticks, by more).
+const LEASE_DRIFT_DIVISOR: u32 = 128;
+
+/// How long a client refuses anyone else after hearing a lease of `lease_ms` from its
+/// holder.
+pub fn honoured_lease(lease_ms: u64) -> Duration {
+    let lease = Duration::from_millis(lease_ms);
+    lease + lease / LEASE_DRIFT_DIVISOR
+}
+
+impl Client {
+    pub(super) fn promise(&mut self, view: ViewInfo) {
+        if view.number > self.promised {
+            self.promised = view.number;
+            self.out.push_back(ClientOutput::Promise(view));
+        }
+    }
+
+    /// Whether a message tagged `view` may be acted on. One from a view older than ours
+    /// comes from a replaced server: it is told so and ignored. Hearing from our primary
+    /// renews its lease.
+    pub(super) fn current(
+        &mut self,
+        conn: ConnId,
+        from: SocketAddr,
+        view: View,
+        now: Instant,
+    ) -> bool {
+        let Some(ours) = self.view else {
+            return false;
+        };
+        if view < ours.number {
+            debug!(
+                "stale-message client={} from={from} view={view} ours={}",
+                self.cfg.id, ours.number
+            );
+            self.out.push_back(ClientOutput::Send(
+                conn,
+                ClientMsg::Stale { accepted: ours },
+            ));
+            return false;
+        }
+        self.heard_from(conn, from, now);
+        true
+    }
+
+    /// `view` is older than the one this client follows.
+    pub(super) fn is_older(&self, view: ViewInfo) -> bool {
+        self.view.is_some_and(|ours| view.number < ours.number)
+    }
+
+    /// A current message from `from` arrived on `conn`.
+    pub(super) fn heard_from(&mut self, conn: ConnId, from: SocketAddr, now: Instant) {
+        if self.lease_holder == Some(from) {
+            self.heard_holder = Some(now);
+        }
+        if let Some(view) = self
+            .view
+            .filter(|v| self.resend_pending && v.primary == from)
+        {
+            self.resend_pending = false;
+            self.out.push_back(ClientOutput::Send(
+                conn,
+                ClientMsg::Resend {
+                    view: view.number,
+                    from: self.last_logged.next(),
+                },
+            ));
+        }
+    }
+
+    /// An installed view (a majority accepted it): follow it if it is newer.
+    pub(super) fn adopt_view(
+        &mut self,
+        conn: ConnId,
+        from: SocketAddr,
+        view: ViewInfo,
+        now: Instant,
+    ) {
+        if let Some(ours) = self.view {
+            if view.number < ours.number {
+                self.out.push_back(ClientOutput::Send(
+                    conn,
+                    ClientMsg::Stale { accepted: ours },
+                ));
+                return;
+            }
+            if view.number == ours.number {
+                self.heard_from(conn, from, now);
+                return;
+            }
+        }
+        info!("view-accepted client={} view={view}", self.cfg.id);
+        self.view = Some(view);
+        // A view below our promise does not take the lease from the proposer we promised
+        // (it may be acting on it already).
+        if view.number >= self.promised {
+            if self.lease_holder == Some(view.primary) {
+                // Its proposal, which we accepted: the lease runs from then (the primary
+                // counts it so), even if the backup's Welcome told us of the view first.
+                if from == view.primary {
+                    self.heard_holder = Some(now);
+                }
+            } else {
+                self.lease_holder = Some(view.primary);
+                self.heard_holder = (from == view.primary).then_some(now);
+            }
+        }
+        self.promise(view);
+        self.link_to_servers_of(view, now);
+        self.resend_pending = from != view.primary;
+        self.on_timeout(now);
+    }
+
+    /// Follows `view`: talks to its servers, tells anyone else they were replaced, and
+    /// tells its primary how far the log goes.
+    fn link_to_servers_of(&mut self, view: ViewInfo, now: Instant) {
+        let wanted: Vec<SocketAddr> = view.servers().collect();
+        self.links.retain(|link| {
+            let keep = wanted.contains(&link.addr);
+            if let (false, LinkState::Up(c)) = (keep, link.state) {
+                self.out
+                    .push_back(ClientOutput::Send(c, ClientMsg::Stale { accepted: view }));
+                self.out.push_back(ClientOutput::Close(c));
+            }
+            keep
+        });
+        for &addr in &wanted {
+            if !self.links.iter().any(|l| l.addr == addr) {
+                self.links.push(ServerLink {
+                    addr,
+                    state: LinkState::Idle { redial_at: now },
+                });
+            }
+        }
+        // A new primary may not know how far our log goes: tell it. (A link still to be
+        // dialed says so in its hello.)
+        if let Some(LinkState::Up(c)) = self
+            .links
+            .iter()
+            .find(|l| l.addr == view.primary)
+            .map(|l| l.state)
+        {
+            self.out.push_back(ClientOutput::Send(
+                c,
+                ClientMsg::Resend {
+                    view: view.number,
+                    from: self.last_logged.next(),
+                },
+            ));
+        }
+    }
+
+    /// A lease renewal: acknowledged only to the holder (the lease is exclusive: not, say,
+    /// to a primary we have just promised to replace).
+    pub(super) fn on_lease(
+        &mut self,
+        conn: ConnId,
+        from: SocketAddr,
+        view: View,
+        round: u64,
+        lease_ms: u64,
+        now: Instant,
+    ) {
+        if self.current(conn, from, view, now) && self.lease_holder == Some(from) {
+            self.lease = honoured_lease(lease_ms);
+            self.out.push_back(ClientOutput::Send(
+                conn,
+                ClientMsg::LeaseAck { view, round },
+            ));
+        }
+    }
+
+    /// Anyone but the lease holder waits until its lease has run out here: how many ms
+    /// `proposer` must wait, if any.
+    fn lease_left_for(&self, proposer: SocketAddr, now: Instant) -> Option<u64> {
+        if self.lease_holder.is_none_or(|h| h == proposer) {
+            return None;
+        }
+        let age = now.saturating_duration_since(self.heard_holder?);
+        (age < self.lease).then(|| (self.lease - age).as_millis() as u64 + 1)
+    }
+
+    /// A server asks us to accept a view in which it is primary.
+    pub(super) fn consider_proposal(&mut self, conn: ConnId, proposal: Proposal, now: Instant) {
+        let Proposal {
+            view,
+            base,
+            recovering,
+            node,
+            lease_ms,
+        } = proposal;
+        // A client that follows no view yet can only help a recovering server (a cold
+        // restart), which asks for its log, not for a view it follows.
+        let ours = match (self.view, recovering) {
+            (Some(ours), _) => ours,
+            (None, true) => view,
+            (None, false) => return,
+        };
+        let reject = |retry_after_ms| ClientMsg::Reject {
+            proposed: view.number,
+            accepted: ours,
+            promised: self.promised,
+            retry_after_ms,
+        };
+        // A proposer whose state predates the view we follow was replaced: it may lack
+        // results that view produced. A promise is never given twice for one number.
+        let resent = view.number == self.promised && self.promised_to == Some(node);
+        if (view.number <= self.promised && !resent) || (base < ours.number && !recovering) {
+            debug!(
+                "proposal-rejected client={} view={view} base={base} promised={} ours={}",
+                self.cfg.id, self.promised, ours.number
+            );
+            self.out.push_back(ClientOutput::Send(conn, reject(None)));
+            return;
+        }
+        if let Some(wait) = self.lease_left_for(view.primary, now) {
+            debug!(
+                "proposal-rejected client={} view={view} lease_left_ms={wait}",
+                self.cfg.id
+            );
+            self.out
+                .push_back(ClientOutput::Send(conn, reject(Some(wait))));
+            self.deferred = Some((conn, proposal));
+            return;
+        }
+        self.deferred = None;
+        // The proposer counts on this client's lease for its own length from now on.
+        self.lease = honoured_lease(lease_ms);
+        self.promised_to = Some(node);
+        self.promised_view = Some(view);
+        // The proposer may act as primary as soon as a majority answered like this: from
+        // now on it holds our lease.
+        self.lease_holder = Some(view.primary);
+        self.heard_holder = Some(now);
+        info!("proposal-accepted client={} view={view}", self.cfg.id);
+        self.promise(view);
+        let votes = self.cast.from(self.last_logged.next()).collect();
+        self.out.push_back(ClientOutput::Send(
+            conn,
+            ClientMsg::Accept {
+                view: view.number,
+                last_seq: self.last_logged,
+                votes,
+                tail: if recovering {
+                    self.recent.iter().copied().collect()
+                } else {
+                    Vec::new()
+                },
+            },
+        ));
+    }
+}
