@@ -546,6 +546,7 @@ fn check_logs(
         &Expect {
             ballots,
             voters: None,
+            ..Expect::default()
         },
     ))
 }

@@ -39,6 +39,9 @@ pub struct Expect {
     /// The electorate of every ballot, when it is not exactly the clients whose logs are
     /// given.
     pub voters: Option<u32>,
+    /// Where known, a ballot's own electorate (indexes into the logs given): it wins over
+    /// `voters` for that ballot.
+    pub electorates: BTreeMap<Seq, Vec<usize>>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -126,6 +129,30 @@ pub fn check(logs: &[ClientLog], expect: &Expect) -> Vec<Violation> {
     let policies: Option<Vec<Policy>> = logs.iter().map(|l| l.policy).collect();
     let policies = policies.filter(|p| p.len() as u32 == voters);
     for (seq, (tally, log)) in &agreed {
+        if let Some(electorate) = expect.electorates.get(seq) {
+            let yes = electorate
+                .iter()
+                .filter(|&&i| {
+                    logs.get(i)
+                        .and_then(|l| l.policy)
+                        .is_some_and(|p| p.vote(seq.0))
+                })
+                .count() as u32;
+            if tally.yes + tally.no != electorate.len() as u32 || tally.yes != yes {
+                v(
+                    "G3",
+                    log,
+                    Some(*seq),
+                    format!(
+                        "tally {} {}, but its {} voters cast {yes} yes",
+                        tally.yes,
+                        tally.no,
+                        electorate.len()
+                    ),
+                );
+            }
+            continue;
+        }
         if tally.yes + tally.no != voters {
             v(
                 "G3",
@@ -157,6 +184,11 @@ pub struct LiveCheck {
     agreed: Vec<Tally>,
     /// Per log, the last seq appended.
     last: Vec<Seq>,
+    /// Where the caller knows it, each ballot's electorate (log indexes), and whether that
+    /// came from a lasting copy; a ballot without one counts every log's voter.
+    electorates: BTreeMap<Seq, (Vec<usize>, bool)>,
+    /// The highest seq with an electorate from a lasting copy.
+    lasting_known: Seq,
 }
 
 impl LiveCheck {
@@ -166,7 +198,74 @@ impl LiveCheck {
             last: vec![Seq(0); policies.len()],
             policies,
             agreed: Vec::new(),
+            electorates: BTreeMap::new(),
+            lasting_known: Seq(0),
         }
+    }
+
+    /// One more log, from a voter that votes `policy`; returns its index.
+    pub fn add_log(&mut self, policy: Policy) -> usize {
+        self.policies.push(policy);
+        self.last.push(Seq(0));
+        self.policies.len() - 1
+    }
+
+    /// Ballot `seq`'s electorate, as a server holds it. `lasting`: from a copy that
+    /// survives the server (a backup's, or a primary's in a view without one); such a
+    /// word replaces one that was not, and two lasting ones must agree, or the servers
+    /// disagree on whose votes the ballot counts. A word that is not lasting is kept only
+    /// until a lasting one comes, for a ballot whose only copy publishes before that.
+    pub fn electorate(
+        &mut self,
+        seq: Seq,
+        mut voters: Vec<usize>,
+        lasting: bool,
+    ) -> Result<(), Violation> {
+        voters.sort_unstable();
+        match self.electorates.get(&seq) {
+            Some((known, true)) if lasting && *known != voters => Err(Violation {
+                guarantee: "G3",
+                log: "servers".to_string(),
+                seq: Some(seq),
+                what: format!("electorate {voters:?} here but {known:?} before"),
+            }),
+            Some((_, true)) => Ok(()),
+            Some((_, false)) if !lasting => Ok(()),
+            Some((_, false)) | None => {
+                self.electorates.insert(seq, (voters, lasting));
+                if lasting {
+                    self.lasting_known = self.lasting_known.max(seq);
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// The highest seq whose electorate is known, from any copy (`lasting`: from one that
+    /// lasts).
+    pub fn electorates_known(&self, lasting: bool) -> Seq {
+        if lasting {
+            self.lasting_known
+        } else {
+            self.electorates
+                .keys()
+                .next_back()
+                .copied()
+                .unwrap_or(Seq(0))
+        }
+    }
+
+    /// Every electorate known, for the batch checker.
+    pub fn electorates(&self) -> BTreeMap<Seq, Vec<usize>> {
+        let known = self.electorates.iter();
+        known
+            .map(|(seq, (voters, _))| (*seq, voters.clone()))
+            .collect()
+    }
+
+    /// How many voters ballot `seq` has, if its electorate is known.
+    pub fn electorate_len(&self, seq: Seq) -> Option<usize> {
+        self.electorates.get(&seq).map(|(voters, _)| voters.len())
     }
 
     pub fn observe(&mut self, log: usize, name: &str, line: LogLine) -> Result<(), Violation> {
@@ -201,13 +300,25 @@ impl LiveCheck {
                 self.agreed.push(line.tally);
             }
         }
-        let yes = self.policies.iter().filter(|p| p.vote(line.seq.0)).count() as u32;
-        if line.tally.yes + line.tally.no != self.voters || line.tally.yes != yes {
+        let (voters, yes) = match self.electorates.get(&line.seq) {
+            Some((electorate, _)) => {
+                let yes = electorate
+                    .iter()
+                    .filter(|&&i| self.policies[i].vote(line.seq.0))
+                    .count();
+                (electorate.len() as u32, yes as u32)
+            }
+            None => {
+                let yes = self.policies.iter().filter(|p| p.vote(line.seq.0)).count();
+                (self.voters, yes as u32)
+            }
+        };
+        if line.tally.yes + line.tally.no != voters || line.tally.yes != yes {
             return Err(violation(
                 "G3",
                 format!(
-                    "tally {} {} but the {} voters cast {} yes",
-                    line.tally.yes, line.tally.no, self.voters, yes
+                    "tally {} {} but the {voters} voters cast {yes} yes",
+                    line.tally.yes, line.tally.no
                 ),
             ));
         }
@@ -234,7 +345,8 @@ mod tests {
                 &logs,
                 &Expect {
                     ballots: Some(2),
-                    voters: None
+                    voters: None,
+                    ..Expect::default()
                 }
             ),
             vec![]
@@ -280,6 +392,7 @@ mod tests {
             &Expect {
                 ballots: Some(2),
                 voters: None,
+                ..Expect::default()
             },
         );
         assert_eq!(v.len(), 2, "{v:?}");

@@ -484,6 +484,7 @@ fn run_check(args: CheckArgs) -> Result<(), Failure> {
         &Expect {
             ballots: args.ballots,
             voters: args.voters,
+            ..Expect::default()
         },
     );
     for v in &violations {

@@ -162,19 +162,21 @@ fn snapshot() -> impl Strategy<Value = Snapshot> {
     (
         view_info(),
         proptest::collection::vec(client_id(), 0..8),
+        proptest::collection::vec(any::<u32>(), 0..8),
         proptest::collection::vec(tally(), 0..8),
         proptest::collection::vec(
             (
                 any::<u64>(),
-                any::<u32>(),
-                proptest::collection::vec(any::<Option<bool>>(), 0..8),
+                proptest::collection::vec(any::<u32>(), 0..8),
+                proptest::collection::vec((any::<u32>(), any::<bool>()), 0..8),
             ),
             0..4,
         ),
     )
-        .prop_map(|(view, clients, results, open)| Snapshot {
+        .prop_map(|(view, clients, members, results, open)| Snapshot {
             view,
             clients,
+            members,
             results_first: Seq(1),
             results,
             open: open
@@ -193,7 +195,8 @@ fn peer_msg() -> impl Strategy<Value = PeerMsg> {
     let s = any::<u64>().prop_map(Seq);
     prop_oneof![
         snapshot().prop_map(|s| PeerMsg::Snapshot(Box::new(s))),
-        view_info().prop_map(|view| PeerMsg::Install { view }),
+        (view_info(), proptest::collection::vec(any::<u32>(), 0..8))
+            .prop_map(|(view, members)| PeerMsg::Install { view, members }),
         any::<u64>().prop_map(|v| PeerMsg::InstallAck { view: View(v) }),
         v.clone().prop_map(|view| PeerMsg::Heartbeat { view }),
         (v.clone(), client_id()).prop_map(|(view, client)| PeerMsg::Register { view, client }),

@@ -2,6 +2,7 @@
 //! electorate of a ballot is the client indexes `0..voters`: clients registered when it
 //! opened (indexes are dense and only grow).
 
+use super::membership::Members;
 use crate::proto::{Seq, Tally};
 use std::collections::VecDeque;
 use std::time::Instant;
@@ -16,12 +17,21 @@ pub enum BallotState {
     Acked,
 }
 
+/// A client's place in one ballot.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Slot {
+    /// Not in the electorate (not a member when the ballot opened).
+    NotVoter,
+    Awaited,
+    Voted(bool),
+}
+
 #[derive(Clone, Debug)]
 pub struct Ballot {
     pub seq: Seq,
-    pub voters: u32,
-    /// `votes[i]`: client i's vote, once counted.
-    pub votes: Vec<Option<bool>>,
+    /// `slots[i]`: client index i's place; indexes past the end are not voters.
+    slots: Vec<Slot>,
+    voters: u32,
     counted: u32,
     pub state: BallotState,
     pub opened: Instant,
@@ -34,78 +44,121 @@ pub enum VoteOutcome {
     Duplicate,
     /// A different vote from a client already counted: the first one stands.
     Conflict,
-    /// The client registered after this ballot opened.
+    /// The client was not a member when this ballot opened.
     NotAVoter,
 }
 
 impl Ballot {
-    pub fn new(seq: Seq, voters: u32, now: Instant) -> Ballot {
+    /// A ballot whose electorate is `members`, the membership of the view it opens in.
+    pub fn new(seq: Seq, members: &Members, now: Instant) -> Ballot {
+        let mut slots = vec![Slot::NotVoter; members.bound() as usize];
+        for idx in members.iter() {
+            slots[idx as usize] = Slot::Awaited;
+        }
         Ballot {
             seq,
-            voters,
-            votes: vec![None; voters as usize],
+            slots,
+            voters: members.len() as u32,
             counted: 0,
             state: BallotState::Open,
             opened: now,
         }
     }
 
-    /// From a snapshot. Votes beyond the electorate are dropped: a snapshot is input.
-    pub fn restore(seq: Seq, voters: u32, mut votes: Vec<Option<bool>>, now: Instant) -> Ballot {
-        votes.resize(voters as usize, None);
-        let counted = votes.iter().filter(|v| v.is_some()).count() as u32;
-        Ballot {
-            seq,
-            voters,
-            votes,
-            counted,
-            state: BallotState::Open,
-            opened: now,
+    /// From a snapshot: its electorate and the votes counted so far. Votes from outside
+    /// the electorate are dropped: a snapshot is input.
+    pub fn restore(
+        seq: Seq,
+        electorate: &Members,
+        votes: impl IntoIterator<Item = (u32, bool)>,
+        now: Instant,
+    ) -> Ballot {
+        let mut ballot = Ballot::new(seq, electorate, now);
+        for (client, yes) in votes {
+            ballot.record(client, yes);
         }
+        ballot
     }
 
     pub fn record(&mut self, client: u32, yes: bool) -> VoteOutcome {
-        let Some(slot) = self.votes.get_mut(client as usize) else {
+        let Some(slot) = self.slots.get_mut(client as usize) else {
             return VoteOutcome::NotAVoter;
         };
         match *slot {
-            None => {
-                *slot = Some(yes);
+            Slot::NotVoter => VoteOutcome::NotAVoter,
+            Slot::Awaited => {
+                *slot = Slot::Voted(yes);
                 self.counted += 1;
                 debug_assert!(self.counted <= self.voters);
                 VoteOutcome::Counted
             }
-            Some(v) if v == yes => VoteOutcome::Duplicate,
-            Some(_) => VoteOutcome::Conflict,
+            Slot::Voted(v) if v == yes => VoteOutcome::Duplicate,
+            Slot::Voted(_) => VoteOutcome::Conflict,
         }
     }
 
     /// Whether client `idx` is a voter whose vote is not in yet.
     pub fn awaits(&self, idx: u32) -> bool {
-        matches!(self.votes.get(idx as usize), Some(None))
+        matches!(self.slots.get(idx as usize), Some(Slot::Awaited))
+    }
+
+    /// The client indexes of the electorate.
+    pub fn electorate(&self) -> Members {
+        Members::from_indexes(self.indexes_where(|s| s != Slot::NotVoter))
+    }
+
+    /// The votes counted: `(client index, yes)`.
+    pub fn votes(&self) -> Vec<(u32, bool)> {
+        let voted = self.indexes_where(|s| matches!(s, Slot::Voted(_)));
+        voted
+            .into_iter()
+            .map(|i| (i, self.slots[i as usize] == Slot::Voted(true)))
+            .collect()
+    }
+
+    /// The voters still awaited.
+    pub fn missing(&self) -> Vec<u32> {
+        self.indexes_where(|s| s == Slot::Awaited)
+    }
+
+    fn indexes_where(&self, pick: impl Fn(Slot) -> bool) -> Vec<u32> {
+        (0..self.slots.len() as u32)
+            .filter(|&i| pick(self.slots[i as usize]))
+            .collect()
     }
 
     pub fn complete(&self) -> bool {
         self.counted == self.voters
     }
 
-    /// Its vote count agrees with the votes it holds, within its electorate.
+    /// Its counts agree with its slots.
     pub fn check(&self) -> Result<(), String> {
-        let held = self.votes.iter().filter(|v| v.is_some()).count();
-        if self.votes.len() != self.voters as usize || held != self.counted as usize {
+        let voters = self.slots.iter().filter(|s| **s != Slot::NotVoter).count();
+        let voted = self
+            .slots
+            .iter()
+            .filter(|s| matches!(s, Slot::Voted(_)))
+            .count();
+        if voters != self.voters as usize || voted != self.counted as usize {
             return Err(format!(
-                "ballot {} counts {} of {} voters but holds {held} votes in {} slots",
-                self.seq,
-                self.counted,
-                self.voters,
-                self.votes.len()
+                "ballot {} counts {} of {} voters but holds {voted} votes of {voters}",
+                self.seq, self.counted, self.voters
             ));
         }
         Ok(())
     }
 
+    /// One past the highest client index with a slot.
+    pub fn bound(&self) -> u32 {
+        self.slots.len() as u32
+    }
+
     pub fn tally(&self) -> Tally {
-        let yes = self.votes.iter().filter(|v| **v == Some(true)).count() as u32;
+        let yes = self
+            .slots
+            .iter()
+            .filter(|s| **s == Slot::Voted(true))
+            .count() as u32;
         Tally {
             yes,
             no: self.counted - yes,
@@ -186,22 +239,33 @@ mod tests {
 
     #[test]
     fn completes_only_when_every_voter_voted_once() {
-        let mut b = Ballot::new(Seq(1), 3, Instant::now());
+        let members = Members::from_indexes([0, 1, 3]);
+        let mut b = Ballot::new(Seq(1), &members, Instant::now());
         assert_eq!(b.record(0, true), VoteOutcome::Counted);
         assert_eq!(b.record(0, true), VoteOutcome::Duplicate);
         assert_eq!(b.record(0, false), VoteOutcome::Conflict);
-        assert_eq!(b.record(3, true), VoteOutcome::NotAVoter);
+        assert_eq!(b.record(2, true), VoteOutcome::NotAVoter);
+        assert_eq!(b.record(4, true), VoteOutcome::NotAVoter);
         assert!(!b.complete());
+        assert_eq!(b.missing(), vec![1, 3]);
         b.record(1, false);
-        b.record(2, true);
+        b.record(3, true);
         assert!(b.complete());
         assert_eq!(b.tally(), Tally { yes: 2, no: 1 });
+        assert_eq!(b.electorate(), members);
+        assert_eq!(b.check(), Ok(()));
     }
 
     #[test]
     fn restore_ignores_votes_beyond_the_electorate() {
-        let b = Ballot::restore(Seq(4), 1, vec![Some(true), Some(false)], Instant::now());
+        let b = Ballot::restore(
+            Seq(4),
+            &Members::from_indexes([0]),
+            [(0, true), (1, false)],
+            Instant::now(),
+        );
         assert!(b.complete());
         assert_eq!(b.tally(), Tally { yes: 1, no: 0 });
+        assert_eq!(b.votes(), vec![(0, true)]);
     }
 }

@@ -14,9 +14,16 @@ use std::time::Instant;
 
 impl Node {
     fn can_open(&self, now: Instant) -> bool {
+        // While a view waits for its backup's InstallAck no ballot opens: the backup takes a
+        // ballot's electorate from the view it has installed, and it may have installed the
+        // new one already.
+        let settled = self
+            .role
+            .primary()
+            .is_some_and(|p| !p.is_recovering() && p.pending_install.is_none());
         self.holds_lease(now)
-            && self.role.primary().is_some_and(|p| !p.is_recovering())
-            && self.registry.len() >= self.cfg.min_clients
+            && settled
+            && self.views.members.len() >= self.cfg.min_clients
             && (self.ballots.len() as u64) < self.cfg.window
             && self.cfg.ballots.is_none_or(|n| self.next_seq().0 <= n)
     }
@@ -62,14 +69,15 @@ impl Node {
     /// Opens the next ballot; the caller asks the clients for the votes of all it opened.
     fn open_one_ballot(&mut self, now: Instant) {
         let seq = self.next_seq();
-        let voters = self.registry.len() as u32;
+        let voters = self.views.members.len() as u32;
         let view = self.views.installed.number;
         info!("ballot-open seq={seq} voters={voters} view={view}");
         if let Some(peer) = &self.peer {
             self.out
                 .send_peer(peer.conn, PeerMsg::Open { view, seq, voters });
         }
-        self.ballots.push(Ballot::new(seq, voters, now));
+        self.ballots
+            .push(Ballot::new(seq, &self.views.members, now));
         debug_assert!(self.ballots.len() as u64 <= self.cfg.window);
         self.timers
             .set_if_stopped(Timer::Reask, now + self.cfg.vote_timeout());

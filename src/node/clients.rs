@@ -40,7 +40,8 @@ impl Node {
                     None => self.registry.note_unregistered(conn, id),
                 }
                 self.out.send_client(conn, self.welcome());
-                if let Some(msg) = self.proposal_msg() {
+                let idx = self.registry.resolve(conn);
+                if let Some(msg) = idx.and_then(|idx| self.proposal_msg_for(idx)) {
                     self.out.send_client(conn, msg);
                 }
             }
@@ -100,7 +101,7 @@ impl Node {
         }
         if recovering && self.views.proposal.is_none() {
             self.propose(None, now);
-        } else if let Some(msg) = self.proposal_msg() {
+        } else if let Some(msg) = self.proposal_msg_for(idx) {
             self.out.send_client(conn, msg);
         }
         if last_seq > self.committed() && !recovering {
@@ -112,6 +113,8 @@ impl Node {
         self.send_results_from(conn, last_seq.next());
         self.ask_missing_votes(idx, conn);
         self.arm_open_ballot(now);
+        // A client that is no member yet joins through the next view.
+        self.propose_joiners(now);
     }
 
     /// Adds a client to the registry (idempotent) and returns its index.
@@ -119,6 +122,7 @@ impl Node {
         let (idx, new) = self.registry.register(id);
         if new {
             self.leases.add_client();
+            self.registered(idx);
         }
         idx
     }
@@ -133,7 +137,7 @@ impl Node {
     }
 
     /// A connection closed; returns whether it was a client's.
-    pub(super) fn client_conn_closed(&mut self, conn: ConnId) -> bool {
+    pub(super) fn client_conn_closed(&mut self, conn: ConnId, now: Instant) -> bool {
         if let Some(primary) = self.role.primary_mut() {
             primary.catching_up.remove(&conn);
             primary.resend_after_install.remove(&conn);
@@ -145,6 +149,7 @@ impl Node {
                 // The client voids our lease when this connection closes: so do we.
                 self.leases.void(idx);
                 info!("client-gone client={} conn={conn}", self.registry.id(idx));
+                self.joiner_gone(idx, now);
                 true
             }
         }

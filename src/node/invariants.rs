@@ -54,12 +54,9 @@ impl Node {
             || format!("{} open", self.ballots.len()),
         )?;
         let clients = self.registry.len() as u32;
-        if let Some(b) = self.ballots.iter().find(|b| b.voters > clients) {
+        if let Some(b) = self.ballots.iter().find(|b| b.bound() > clients) {
             return rule("electorate-registered", false, || {
-                format!(
-                    "ballot {} has {} voters of {clients} clients",
-                    b.seq, b.voters
-                )
+                format!("ballot {} has voters beyond the {clients} clients", b.seq)
             });
         }
         if self.role.has_stepped_down() {
@@ -98,6 +95,16 @@ impl Node {
                     self.registry.len()
                 )
             },
+        )?;
+        rule(
+            "members-registered",
+            self.views.members.bound() as usize <= self.registry.len(),
+            || format!("a member beyond the {} clients", self.registry.len()),
+        )?;
+        rule(
+            "leases-counted-over-the-members",
+            self.leases.members() == &self.views.members,
+            || "the lease majority is counted over other clients than the members".into(),
         )
     }
 
@@ -130,15 +137,15 @@ impl Node {
             || format!("proposing {}", p.view),
         )?;
         rule(
-            "accepts-from-registered-clients",
-            p.accepted.len() <= self.registry.len(),
-            || {
-                format!(
-                    "{} accept slots, {} clients",
-                    p.accepted.len(),
-                    self.registry.len()
-                )
-            },
+            "proposal-built-on-the-installed-members",
+            p.base == self.views.members,
+            || "the proposal counts its base majority over other members".into(),
+        )?;
+        rule(
+            "proposal-members-registered",
+            p.members.bound() as usize <= self.registry.len()
+                && p.accepted.bound() as usize <= self.registry.len(),
+            || format!("proposal names clients beyond the {}", self.registry.len()),
         )
     }
 
@@ -160,10 +167,10 @@ impl Node {
                         )
                     },
                 )?;
-                let joiner = primary.pending_install.and_then(|v| v.backup);
+                let backup = primary.pending_install.as_ref().map(|i| i.view.backup);
                 rule(
-                    "install-pending-for-a-joiner",
-                    primary.pending_install.is_none() || joiner.is_some(),
+                    "install-pending-for-a-backup",
+                    backup.is_none_or(|b| b.is_some()),
                     || "a pending install without a backup".into(),
                 )
             }

@@ -3,6 +3,7 @@
 //! majority's leases run nobody else can install a view: the primary may open ballots
 //! and tell results. Every `heartbeat` the primary sends a numbered renewal round.
 
+use super::membership::Members;
 use super::Node;
 use std::cell::Cell;
 use std::collections::VecDeque;
@@ -28,6 +29,8 @@ pub struct Leases {
     /// until then plus `length`. Indexed like the registry.
     from: Vec<Option<Instant>>,
     cache: Cell<LeaseCache>,
+    /// Whose leases count: the installed view's members.
+    members: Members,
     /// Renewals sent and not yet too old to matter: (round, when sent).
     rounds: VecDeque<(u64, Instant)>,
     next_round: u64,
@@ -39,6 +42,7 @@ impl Leases {
             length,
             from: Vec::new(),
             cache: Cell::default(),
+            members: Members::default(),
             rounds: VecDeque::new(),
             next_round: 1,
         }
@@ -46,6 +50,16 @@ impl Leases {
 
     pub fn len(&self) -> usize {
         self.from.len()
+    }
+
+    /// From now on a majority of `members` must hold the lease.
+    pub fn set_members(&mut self, members: &Members) {
+        self.members = members.clone();
+        self.cache.set(LeaseCache::default());
+    }
+
+    pub fn members(&self) -> &Members {
+        &self.members
     }
 
     /// A newly registered client: no lease yet, and the majority may be larger.
@@ -114,15 +128,17 @@ impl Leases {
         held
     }
 
-    /// When the lease of a majority of the clients ends: the majority-th latest lease end.
+    /// When the lease of a majority of the members ends: the majority-th latest lease end.
     fn majority_end(&self) -> Option<Instant> {
         let mut ends: Vec<Instant> = self
-            .from
+            .members
             .iter()
-            .filter_map(|from| from.map(|t| t + self.length))
+            .filter_map(|idx| self.from.get(idx as usize).copied().flatten())
+            .map(|t| t + self.length)
             .collect();
-        let k = self.from.len() / 2 + 1;
-        if ends.len() < k {
+        // With no members nobody holds it: there is nobody to tell anything.
+        let k = self.members.majority();
+        if k == 0 || ends.len() < k {
             return None;
         }
         // The k-th latest end: k leases (a majority) run until then.
@@ -159,6 +175,7 @@ mod tests {
         for _ in 0..3 {
             leases.add_client();
         }
+        leases.set_members(&Members::from_indexes(0..3));
         let round = leases.new_round(now, 4);
         assert_eq!(leases.sent_at(round), Some(now));
         leases.extend(0, now);

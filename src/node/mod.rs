@@ -39,6 +39,7 @@ mod config;
 mod history;
 mod invariants;
 mod leases;
+mod membership;
 mod output;
 mod recovery;
 mod registry;
@@ -53,7 +54,7 @@ pub use role::{Evidence, StepDown};
 
 use crate::link::ConnId;
 use crate::proto::{
-    ClientMsg, Hello, PeerMsg, PeerStatus, Role, Seq, StatusReply, Tally, View, ViewInfo,
+    ClientId, ClientMsg, Hello, PeerMsg, PeerStatus, Role, Seq, StatusReply, Tally, View, ViewInfo,
 };
 use ballot::OpenBallots;
 use history::History;
@@ -216,6 +217,18 @@ impl Node {
         (Seq(self.history.first()), self.history.results())
     }
 
+    /// The electorate of each open ballot after `after`: the members it counts.
+    pub fn electorates_after(&self, after: Seq) -> Vec<(Seq, Vec<ClientId>)> {
+        let ballots = self.ballots.iter().filter(|b| b.seq > after);
+        ballots
+            .map(|b| {
+                let electorate = b.electorate();
+                let names = electorate.iter().map(|i| self.registry.id(i).clone());
+                (b.seq, names.collect())
+            })
+            .collect()
+    }
+
     /// A majority of the clients hold our lease: no one else can become primary before it
     /// runs out, so we may open ballots and tell results.
     pub fn holds_lease(&self, now: Instant) -> bool {
@@ -260,10 +273,7 @@ impl Node {
 
     /// One line on the state, for a simulator failure report.
     pub fn describe(&self, now: Instant) -> String {
-        let front_missing = self
-            .ballots
-            .front()
-            .map(|b| (0..b.voters).filter(|i| b.awaits(*i)).collect::<Vec<_>>());
+        let front_missing = self.ballots.front().map(|b| b.missing());
         format!(
             "role={} view={} proposing={:?} committed={} ballots={:?} peer={:?} lease={} clients={} timers={:?} conns={:?} missing={:?}",
             self.role(),
@@ -340,7 +350,8 @@ impl Node {
         if self.has_exited() {
             return;
         }
-        if !self.client_conn_closed(conn) && self.peer.as_ref().is_some_and(|p| p.conn == conn) {
+        if !self.client_conn_closed(conn, now) && self.peer.as_ref().is_some_and(|p| p.conn == conn)
+        {
             self.peer_lost(PeerLoss::Closed, now);
         }
         self.debug_check("handle_closed");
@@ -448,7 +459,7 @@ impl Node {
         match msg {
             PeerMsg::Heartbeat { .. } => {}
             PeerMsg::Snapshot(snapshot) => self.install_snapshot(*snapshot, now),
-            PeerMsg::Install { view } => self.on_install(conn, view),
+            PeerMsg::Install { view, members } => self.on_install(conn, view, members),
             PeerMsg::InstallAck { view } => self.on_install_ack(view, now),
             PeerMsg::Register { view: _, client } => {
                 self.register(client);
@@ -521,7 +532,7 @@ impl PeerMsg {
     fn view(&self) -> View {
         match self {
             PeerMsg::Snapshot(s) => s.view.number,
-            PeerMsg::Install { view } | PeerMsg::Fence { view } => view.number,
+            PeerMsg::Install { view, .. } | PeerMsg::Fence { view } => view.number,
             PeerMsg::Heartbeat { view }
             | PeerMsg::Register { view, .. }
             | PeerMsg::Open { view, .. }

@@ -43,11 +43,6 @@ impl Registry {
         self.clients.len()
     }
 
-    /// How many clients make a majority of the registered ones.
-    pub fn majority(&self) -> usize {
-        self.clients.len() / 2 + 1
-    }
-
     pub fn index_of(&self, id: &ClientId) -> Option<u32> {
         self.index.get(id).copied()
     }

@@ -3,11 +3,12 @@
 //! (`Register`, `Open`, `Forward`, `Commit` and their acks), and spawning a backup.
 
 use super::ballot::Ballot;
-use super::role::{Evidence, RoleState, StepDown};
+use super::membership::Members;
+use super::role::{Evidence, Installing, RoleState, StepDown};
 use super::timers::Timer;
 use super::{Node, Output};
 use crate::link::ConnId;
-use crate::proto::limits::{MAX_CLIENTS, MAX_OPEN_BALLOTS};
+use crate::proto::limits::MAX_OPEN_BALLOTS;
 use crate::proto::messages::OpenBallot;
 use crate::proto::{
     Hello, JoinRefusal, NodeId, PeerMsg, Seq, ServerMsg, Snapshot, Tally, View, ViewInfo,
@@ -140,11 +141,18 @@ impl Node {
         self.history
             .restore(snapshot.results_first.0, snapshot.results);
         let clients = self.registry.len() as u32;
-        self.ballots.restore(snapshot.open.into_iter().map(|b| {
-            // An electorate larger than the clients the snapshot lists is corrupt.
-            Ballot::restore(b.seq, b.voters.min(clients), b.votes, now)
-        }));
+        // Members and voters beyond the clients the snapshot lists are corrupt: dropped.
+        let known =
+            |indexes: Vec<u32>| Members::from_indexes(indexes.into_iter().filter(|&i| i < clients));
+        self.ballots.restore(
+            snapshot
+                .open
+                .into_iter()
+                .map(|b| Ballot::restore(b.seq, &known(b.voters), b.votes, now)),
+        );
         self.views.installed = snapshot.view;
+        self.views.members = known(snapshot.members);
+        self.leases.set_members(&self.views.members);
         self.views.saw(snapshot.view.number);
         info!(
             "snapshot-installed view={} clients={} committed={} open={}",
@@ -155,8 +163,8 @@ impl Node {
         );
     }
 
-    /// The primary installs us as backup of `view`.
-    pub(super) fn on_install(&mut self, conn: ConnId, view: ViewInfo) {
+    /// The primary installs us as backup of `view`, whose voters are `members`.
+    pub(super) fn on_install(&mut self, conn: ConnId, view: ViewInfo, members: Vec<u32>) {
         if !(self.role.is_joining() || self.role.is_backup()) {
             return;
         }
@@ -164,26 +172,41 @@ impl Node {
             warn!("install-refused view={view} reason=not-our-view");
             return;
         }
-        info!("view-change role=backup view={view}");
+        let clients = self.registry.len() as u32;
+        if members.iter().any(|&i| i >= clients) {
+            warn!("install-refused view={view} reason=unknown-member");
+            return;
+        }
+        let members = Members::from_indexes(members);
+        info!(
+            "view-change role=backup view={view} members={}",
+            members.len()
+        );
         self.views.installed = view;
+        self.leases.set_members(&members);
+        self.views.members = members;
         self.views.saw(view.number);
         self.role.become_backup();
         self.out
             .send_peer(conn, PeerMsg::InstallAck { view: view.number });
     }
 
+    /// Ballot `seq` opened at the primary, with the members of the view we both installed
+    /// (`voters` of them) as its electorate.
     pub(super) fn on_open(&mut self, seq: Seq, voters: u32, now: Instant) {
-        let fits = voters as usize <= MAX_CLIENTS.min(self.registry.len())
+        let fits = voters as usize == self.views.members.len()
             && (self.ballots.len() as u64) < MAX_OPEN_BALLOTS;
         if seq != self.next_seq() || !fits {
             warn!(
-                "replication-gap expected={} got={seq} voters={voters} open={}",
+                "replication-gap expected={} got={seq} voters={voters} members={} open={}",
                 self.next_seq(),
+                self.views.members.len(),
                 self.ballots.len()
             );
             return;
         }
-        self.ballots.push(Ballot::new(seq, voters, now));
+        self.ballots
+            .push(Ballot::new(seq, &self.views.members, now));
     }
 
     /// The primary's final tally of ballot `seq`: record it, acknowledge it.
@@ -269,7 +292,7 @@ impl Node {
             RoleState::Primary(_) if self.peer.is_some() => Some(JoinRefusal::HasBackup),
             RoleState::Primary(p) if p.is_recovering() => Some(JoinRefusal::Recovering),
             // Every view change needs clients as witnesses; a backup joins once they are here.
-            RoleState::Primary(_) if self.registry.len() < self.cfg.min_clients => {
+            RoleState::Primary(_) if self.views.members.len() < self.cfg.min_clients => {
                 Some(JoinRefusal::WaitingForClients)
             }
             RoleState::Primary(_) => None,
@@ -283,6 +306,7 @@ impl Node {
         Snapshot {
             view: self.views.installed,
             clients: self.registry.ids(),
+            members: self.views.members.iter().collect(),
             results_first: Seq(self.history.first()),
             results: self.history.results().to_vec(),
             open: self
@@ -290,8 +314,8 @@ impl Node {
                 .iter()
                 .map(|b| OpenBallot {
                     seq: b.seq,
-                    voters: b.voters,
-                    votes: b.votes.clone(),
+                    voters: b.electorate().iter().collect(),
+                    votes: b.votes(),
                 })
                 .collect(),
         }
@@ -299,14 +323,14 @@ impl Node {
 
     /// The joiner applied `Install`: the view is real, act in it.
     pub(super) fn on_install_ack(&mut self, view: View, now: Instant) {
-        let pending = self
-            .role
-            .primary_mut()
-            .and_then(|p| p.pending_install.take_if(|pending| pending.number == view));
+        let pending = self.role.primary_mut().and_then(|p| {
+            p.pending_install
+                .take_if(|pending| pending.view.number == view)
+        });
         match pending {
-            Some(pending) => {
-                let accepted = self.registry.majority();
-                self.install(pending, accepted, now);
+            Some(Installing { view, members }) => {
+                let accepted = members.majority();
+                self.install(view, members, accepted, now);
             }
             None => debug!("install-ack-ignored view={view}"),
         }
@@ -334,8 +358,8 @@ impl Node {
     pub(super) fn commit_backup(&self) -> Option<SocketAddr> {
         self.role
             .primary()
-            .and_then(|p| p.pending_install)
-            .and_then(|v| v.backup)
+            .and_then(|p| p.pending_install.as_ref())
+            .and_then(|i| i.view.backup)
             .or(self.views.installed.backup)
     }
 
@@ -455,16 +479,16 @@ impl Node {
     /// a view that a majority installed without that backup. Until then this primary may
     /// itself be the stale one, and the "dead" backup its successor.
     fn backup_lost(&mut self, why: PeerLoss, now: Instant) {
-        if let Some(view) = self
+        if let Some(Installing { view, members }) = self
             .role
             .primary_mut()
             .and_then(|p| p.pending_install.take())
         {
-            // The joiner may have acted on its Install (and told clients of the view in
+            // The backup may have acted on its Install (and told clients of the view in
             // its Welcome): the view is real, so install it and lose its backup like any
             // other. Proposals then build on it.
-            let accepted = self.registry.majority();
-            self.install(view, accepted, now);
+            let accepted = members.majority();
+            self.install(view, members, accepted, now);
         }
         // The configuration we are heading for: the pending proposal's, else the installed.
         let target_backup = match &self.views.proposal {

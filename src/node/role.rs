@@ -8,6 +8,7 @@
 //!   any of them ──replaced, or no primary to join──► SteppedDown (exits)
 //! ```
 
+use super::membership::Members;
 use super::recovery::Recovery;
 use crate::link::ConnId;
 use crate::proto::{Role, Seq, ViewInfo};
@@ -42,9 +43,9 @@ pub struct Joining {
 /// What only the primary holds.
 #[derive(Debug, Default)]
 pub struct Primary {
-    /// A view with a joiner that a majority accepted, sent to the joiner as `Install`:
-    /// installed here when the joiner acknowledges it.
-    pub pending_install: Option<ViewInfo>,
+    /// A view with a backup that its witnesses accepted, sent to the backup as `Install`:
+    /// installed here when the backup acknowledges it.
+    pub pending_install: Option<Installing>,
     /// Votes counted and not yet forwarded to the peer: `(seq, client, yes)`.
     pub pending_forward: Vec<(Seq, u32, bool)>,
     /// A fresh primary that found clients with history (a cold restart): it rebuilds the
@@ -61,6 +62,13 @@ pub struct Primary {
     pub last_open: Option<Instant>,
     /// When it last spawned a backup (spawns are spaced by a heartbeat).
     pub last_spawn: Option<Instant>,
+}
+
+/// A view waiting for its backup's `InstallAck`, and its members.
+#[derive(Clone, Debug)]
+pub struct Installing {
+    pub view: ViewInfo,
+    pub members: Members,
 }
 
 impl Primary {

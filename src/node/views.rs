@@ -3,8 +3,9 @@
 //! refuse a new primary while the current one's lease holds; a server that learns of an
 //! installed view newer than its own, in which it has no place, steps down.
 
+use super::membership::Members;
 use super::recovery::Recovery;
-use super::role::{Evidence, RoleState, StepDown};
+use super::role::{Evidence, Installing, RoleState, StepDown};
 use super::timers::Timer;
 use super::{Node, Output};
 use crate::link::ConnId;
@@ -13,29 +14,86 @@ use log::{debug, info, warn};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-/// The view a server acts in, the one it wants to act in, and the highest number heard of.
+/// The view a server acts in and its members, the one it wants to act in, and the highest
+/// number heard of.
 #[derive(Debug)]
 pub struct Views {
     /// The installed view: the one this server acts in.
     pub installed: ViewInfo,
+    /// The installed view's voters.
+    pub members: Members,
     pub proposal: Option<Proposal>,
     /// The highest view number heard of anywhere; proposals go above it.
     highest_seen: View,
 }
 
-/// A view this server wants to act in, waiting for a majority of the clients.
+/// A view this server wants to act in, waiting for its witnesses: a majority of the
+/// installed view's members and a majority of the proposed view's members.
 #[derive(Clone, Debug)]
 pub struct Proposal {
     pub view: ViewInfo,
-    /// `accepted[i]`: client i accepted.
-    pub accepted: Vec<bool>,
+    /// The installed view's members when it was proposed.
+    pub base: Members,
+    /// The members the proposed view will have.
+    pub members: Members,
+    /// The clients (of either) that accepted.
+    pub accepted: Members,
+    /// Of those, how many are in `base` and how many in `members`.
+    in_base: usize,
+    in_members: usize,
     /// When it was first sent: an accept grants the proposer the client's lease from then.
     pub sent: Option<Instant>,
 }
 
 impl Proposal {
+    fn new(view: ViewInfo, base: Members, members: Members) -> Proposal {
+        Proposal {
+            view,
+            base,
+            members,
+            accepted: Members::default(),
+            in_base: 0,
+            in_members: 0,
+            sent: None,
+        }
+    }
+
     pub fn count(&self) -> usize {
-        self.accepted.iter().filter(|a| **a).count()
+        self.accepted.len()
+    }
+
+    /// Whether client `idx` is a witness of this proposal.
+    pub fn asks(&self, idx: u32) -> bool {
+        self.base.contains(idx) || self.members.contains(idx)
+    }
+
+    /// Client `idx` accepted; returns whether it counts (a witness, and new).
+    fn accept(&mut self, idx: u32) -> bool {
+        if !self.asks(idx) || self.accepted.contains(idx) {
+            return false;
+        }
+        self.accepted.insert(idx);
+        self.in_base += usize::from(self.base.contains(idx));
+        self.in_members += usize::from(self.members.contains(idx));
+        true
+    }
+
+    /// A recovering proposal takes every client that registers in as a member.
+    fn add_member(&mut self, idx: u32) {
+        if !self.members.contains(idx) {
+            self.members.insert(idx);
+            self.in_members += usize::from(self.accepted.contains(idx));
+        }
+    }
+
+    /// A majority of the old members and a majority of the new ones accepted.
+    pub fn won(&self) -> bool {
+        self.in_base >= self.base.majority() && self.in_members >= self.members.majority()
+    }
+
+    /// Every new member accepted (what a recovering proposal waits for).
+    fn all_members_accepted(&self) -> bool {
+        self.in_members == self.members.len()
     }
 }
 
@@ -43,6 +101,7 @@ impl Views {
     pub fn new(installed: ViewInfo) -> Views {
         Views {
             installed,
+            members: Members::default(),
             proposal: None,
             highest_seen: installed.number,
         }
@@ -73,7 +132,7 @@ impl Views {
 
 impl Node {
     /// Proposes a view in which this server is primary with `backup`; it is installed
-    /// once a majority of the registered clients accepted it.
+    /// once a majority of the installed members and of the proposed ones accepted it.
     pub(super) fn propose(&mut self, backup: Option<SocketAddr>, now: Instant) {
         self.new_proposal(backup);
         self.send_proposal(now);
@@ -85,12 +144,77 @@ impl Node {
             primary: self.cfg.listen,
             backup,
         };
-        info!("view-propose view={view} clients={}", self.registry.len());
-        self.views.proposal = Some(Proposal {
-            view,
-            accepted: vec![false; self.registry.len()],
-            sent: None,
-        });
+        let members = self.members_to_propose();
+        info!(
+            "view-propose view={view} members={} joining={}",
+            members.len(),
+            members
+                .iter()
+                .filter(|&i| !self.views.members.contains(i))
+                .count()
+        );
+        let base = self.views.members.clone();
+        self.views.proposal = Some(Proposal::new(view, base, members));
+    }
+
+    /// The members a view this server proposes will have: as primary, the installed ones
+    /// and every connected client that is not one yet (it joins); a recovering primary,
+    /// every client that registered; a backup taking over, the installed ones.
+    fn members_to_propose(&self) -> Members {
+        match &self.role {
+            RoleState::Primary(p) if p.is_recovering() => {
+                Members::from_indexes(0..self.registry.len() as u32)
+            }
+            RoleState::Primary(_) => self.views.members.union(self.joiners()),
+            RoleState::Joining(_) | RoleState::Backup | RoleState::SteppedDown { .. } => {
+                self.views.members.clone()
+            }
+        }
+    }
+
+    /// Registered, connected clients that are not members.
+    pub(super) fn joiners(&self) -> Vec<u32> {
+        (0..self.registry.len() as u32)
+            .filter(|&i| !self.views.members.contains(i) && self.registry.conn(i).is_some())
+            .collect()
+    }
+
+    /// As primary with nothing pending, proposes a view that adds the clients waiting to
+    /// join. One proposal takes in every joiner there is; the ones that come meanwhile wait
+    /// for the next.
+    pub(super) fn propose_joiners(&mut self, now: Instant) {
+        let idle = self
+            .role
+            .primary()
+            .is_some_and(|p| !p.is_recovering() && p.pending_install.is_none());
+        // A view whose backup is not linked is about to give way to one without it.
+        let backup_linked = self.views.installed.backup.is_none() || self.peer.is_some();
+        if idle && backup_linked && self.views.proposal.is_none() && !self.joiners().is_empty() {
+            self.propose(self.views.installed.backup, now);
+        }
+    }
+
+    /// A client that left before accepting was to join in the pending proposal: it would
+    /// hold up the new members' majority, so the primary proposes again without it.
+    pub(super) fn joiner_gone(&mut self, idx: u32, now: Instant) {
+        let Some(p) = &self.views.proposal else {
+            return;
+        };
+        let waited_for = p.members.contains(idx) && !p.base.contains(idx);
+        let primary = self.role.primary().is_some_and(|p| !p.is_recovering());
+        if primary && waited_for && !p.accepted.contains(idx) {
+            let backup = p.view.backup;
+            self.propose(backup, now);
+        }
+    }
+
+    /// A client registered: a recovering proposal takes it in.
+    pub(super) fn registered(&mut self, idx: u32) {
+        if self.role.is_recovering() {
+            if let Some(p) = &mut self.views.proposal {
+                p.add_member(idx);
+            }
+        }
     }
 
     pub(super) fn proposal_msg(&self) -> Option<ServerMsg> {
@@ -103,16 +227,17 @@ impl Node {
         })
     }
 
-    /// Sends the proposal to every connected client that has not accepted it; also
+    /// The pending proposal, for client `idx` if it is one of its witnesses.
+    pub(super) fn proposal_msg_for(&self, idx: u32) -> Option<ServerMsg> {
+        let asks = self.views.proposal.as_ref().is_some_and(|p| p.asks(idx));
+        self.proposal_msg().filter(|_| asks)
+    }
+
+    /// Sends the proposal to every connected witness that has not accepted it; also
     /// [`Timer::Propose`]'s handler.
     pub(super) fn send_proposal(&mut self, now: Instant) {
-        let clients = self.registry.len();
-        let Some(p) = &mut self.views.proposal else {
-            return;
-        };
-        p.accepted.resize(clients, false);
-        if clients == 0 {
-            // No client can have seen anything: nothing to witness.
+        if self.proposal_may_install() {
+            // No witness needed (no members on either side).
             self.install_proposal(now);
             return;
         }
@@ -123,9 +248,9 @@ impl Node {
             return;
         };
         p.sent.get_or_insert(now);
-        let conns: Vec<ConnId> = (0..clients as u32)
-            .zip(&p.accepted)
-            .filter_map(|(idx, accepted)| self.registry.conn(idx).filter(|_| !accepted))
+        let conns: Vec<ConnId> = (0..self.registry.len() as u32)
+            .filter(|&idx| p.asks(idx) && !p.accepted.contains(idx))
+            .filter_map(|idx| self.registry.conn(idx))
             .collect();
         self.out.send_clients(conns, msg);
         self.timers.set(Timer::Propose, now + self.cfg.heartbeat);
@@ -144,38 +269,41 @@ impl Node {
         // Results the client lacks: it asks (`Resend`) when it adopts the view we install,
         // or says `last_seq` in its hello when it connects later.
         self.count_votes(votes.into_iter().map(|(seq, yes)| (idx, seq, yes)), now);
-        let clients = self.registry.len();
         let Some(p) = &mut self.views.proposal else {
             return;
         };
-        if p.view.number != view {
+        if p.view.number != view || !p.accept(idx) {
             return;
         }
-        p.accepted.resize(clients, false);
-        if let Some(slot) = p.accepted.get_mut(idx as usize) {
-            *slot = true;
-        }
-        let (sent, count) = (p.sent, p.count());
+        let (sent, count, members) = (p.sent, p.count(), p.members.len());
         // Accepting, the client made us its lease holder (from when it heard us).
         if let Some(sent) = sent {
             self.leases.extend(idx, sent);
         }
         if let Some(recovery) = self.recovery_mut() {
             recovery.add_tail(last_seq, tail);
-            // Every client must have answered: a result that reached only one of them
-            // must not be run again with a different electorate.
             debug!(
-                "view-accept client={idx} view={view} accepted={count}/{clients} recovering=true"
+                "view-accept client={idx} view={view} accepted={count}/{members} recovering=true"
             );
-            if count == clients && clients >= self.cfg.min_clients {
-                self.install_proposal(now);
-            }
-            return;
+        } else {
+            debug!("view-accept client={idx} view={view} accepted={count} members={members}");
         }
-        let majority = self.registry.majority();
-        debug!("view-accept client={idx} view={view} accepted={count}/{majority}");
-        if count >= majority {
+        if self.proposal_may_install() {
             self.install_proposal(now);
+        }
+    }
+
+    /// The pending proposal has its witnesses. A recovering one needs every client that
+    /// registered (at least `--min-clients`): a result that reached only one of them must
+    /// not be run again with a different electorate.
+    fn proposal_may_install(&self) -> bool {
+        let Some(p) = &self.views.proposal else {
+            return false;
+        };
+        if self.role.is_recovering() {
+            p.all_members_accepted() && p.members.len() >= self.cfg.min_clients
+        } else {
+            p.won()
         }
     }
 
@@ -261,45 +389,60 @@ impl Node {
         self.out.push(Output::Exit(reason));
     }
 
-    /// A majority accepted: act in the proposed view.
+    /// The witnesses accepted: act in the proposed view.
     pub(super) fn install_proposal(&mut self, now: Instant) {
         let Some(p) = self.views.proposal.take() else {
             return;
         };
         self.timers.stop(Timer::Propose);
         let view = p.view;
-        // A view adding a joiner: the joiner first, the clients after its ack.
+        // A view with a backup linked here: the backup first, the clients after its ack.
         if let (Some(backup), Some(peer), RoleState::Primary(primary)) =
             (view.backup, &self.peer, &mut self.role)
         {
             if peer.addr == backup {
                 info!(
-                    "view-accepted view={view} accepted={}/{} waiting=install-ack",
+                    "view-accepted view={view} accepted={} members={} waiting=install-ack",
                     p.count(),
-                    self.registry.len()
+                    p.members.len()
                 );
-                self.out.send_peer(peer.conn, PeerMsg::Install { view });
-                primary.pending_install = Some(view);
-                // From now on what we tell clients must be known to the joiner too.
+                let members = p.members.iter().collect();
+                self.out
+                    .send_peer(peer.conn, PeerMsg::Install { view, members });
+                primary.pending_install = Some(Installing {
+                    view,
+                    members: p.members,
+                });
+                // From now on what we tell clients must be known to the backup too.
                 self.recommit();
                 self.commit_ready(now);
                 return;
             }
         }
-        self.install(view, p.count(), now);
+        let accepted = p.count();
+        self.install(view, p.members, accepted, now);
     }
 
-    /// Acts in `view` as its primary from now on and tells every client.
-    pub(super) fn install(&mut self, view: ViewInfo, accepted: usize, now: Instant) {
+    /// Acts in `view`, with `members` as its voters, as its primary from now on and tells
+    /// every client.
+    pub(super) fn install(
+        &mut self,
+        view: ViewInfo,
+        members: Members,
+        accepted: usize,
+        now: Instant,
+    ) {
         let took_over = self.role.become_primary();
         info!(
-            "view-change role=primary view={view} accepted={accepted}/{} took_over={took_over}",
-            self.registry.len()
+            "view-change role=primary view={view} accepted={accepted} members={} took_over={took_over}",
+            members.len()
         );
         self.views.installed = view;
+        self.leases.set_members(&members);
+        self.views.members = members;
         self.finish_recovery();
         // Clients that said hello while we were backup and that the old primary never
-        // registered: they are ours to register now.
+        // registered: they are ours to register now (they join).
         for id in self.registry.unregistered_ids() {
             info!("client-registered client={id} at=takeover");
             self.register(id);
@@ -323,6 +466,7 @@ impl Node {
         }
         self.commit_ready(now);
         self.arm_open_ballot(now);
+        self.propose_joiners(now);
     }
 
     /// A recovering primary's view is installed: the longest tail the clients reported is

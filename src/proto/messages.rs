@@ -137,17 +137,20 @@ pub enum PeerMsg {
     /// Primary to joining backup: the whole replicated state, then the live stream follows
     /// on the same connection.
     Snapshot(Box<Snapshot>),
-    /// Primary to joining backup: a majority accepted the view that includes you; act as
-    /// its backup. The primary installs it (and tells the clients) only on `InstallAck`,
-    /// so no client can follow a view whose backup could not take over.
-    Install { view: ViewInfo },
+    /// Primary to its backup (or the joiner becoming it): a majority accepted `view`, whose
+    /// voters are the client indexes `members`; act as its backup. The primary installs it
+    /// (and tells the clients) only on `InstallAck`, so no client can follow a view whose
+    /// backup could not take over, or would count its majorities over other members.
+    Install { view: ViewInfo, members: Vec<u32> },
     /// Backup to primary: `Install` applied; everything sent before it has arrived.
     InstallAck { view: View },
     /// Both ways, every heartbeat interval.
     Heartbeat { view: View },
     /// Primary to backup: a client registered and got the next client index.
     Register { view: View, client: ClientId },
-    /// Primary to backup: ballot `seq` opened; its electorate is client indexes `0..voters`.
+    /// Primary to backup: ballot `seq` opened; its electorate is the members of the view
+    /// both have installed, `voters` of them (a check: the backup refuses a count that is
+    /// not its own).
     Open { view: View, seq: Seq, voters: u32 },
     /// Primary to backup: votes the primary counted, `(seq, client index, yes)`.
     Forward {
@@ -199,6 +202,8 @@ pub struct Snapshot {
     pub view: ViewInfo,
     /// Registered clients in index order.
     pub clients: Vec<ClientId>,
+    /// The voters of `view`: client indexes.
+    pub members: Vec<u32>,
     /// The committed results the primary holds: `results[i]` is ballot
     /// `results_first + i` (a primary rebuilt by a cold restart holds only recent ones).
     pub results_first: Seq,
@@ -210,9 +215,10 @@ pub struct Snapshot {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct OpenBallot {
     pub seq: Seq,
-    pub voters: u32,
-    /// `votes[i]`: client index i's vote, if counted yet.
-    pub votes: Vec<Option<bool>>,
+    /// Its electorate: client indexes.
+    pub voters: Vec<u32>,
+    /// The votes counted so far: `(client index, yes)`.
+    pub votes: Vec<(u32, bool)>,
 }
 
 /// Server to `pbvote status`.

@@ -7,6 +7,7 @@ use super::net::Proc;
 use super::world::World;
 use super::SimFailure;
 use crate::check::{self, ClientLog, Expect};
+use crate::proto::Role;
 use std::net::SocketAddr;
 
 impl World {
@@ -73,6 +74,7 @@ impl World {
             &Expect {
                 ballots: Some(self.scenario.ballots),
                 voters: None,
+                electorates: self.live.electorates(),
             },
         );
         match violations.first() {
@@ -82,7 +84,7 @@ impl World {
     }
 
     /// The invariants of `proc`, which has just taken an input.
-    pub(super) fn check_invariants(&self, proc: Proc) -> Result<(), SimFailure> {
+    pub(super) fn check_invariants(&mut self, proc: Proc) -> Result<(), SimFailure> {
         let broken = match proc {
             Proc::Server(i) => self.servers[i]
                 .node
@@ -95,10 +97,45 @@ impl World {
                 .and_then(|c| c.invariants().err())
                 .map(|b| format!("client c{i}: {b}")),
         };
-        match broken {
-            None => Ok(()),
-            Some(what) => Err(self.fail(format!("invariant broken: {what}"))),
+        if let Some(what) = broken {
+            return Err(self.fail(format!("invariant broken: {what}")));
         }
+        if let Proc::Server(i) = proc {
+            self.note_electorates(i)?;
+        }
+        Ok(())
+    }
+
+    /// The electorates of ballots server `i` holds open that the checker has not seen
+    /// yet: G3 counts each ballot's votes over its own electorate. A copy that survives
+    /// its server (a backup's, or a primary's in a view without a backup) is lasting; a
+    /// primary's with a backup is not: if the backup never heard of the ballot it dies
+    /// with the primary (no result left before the backup acknowledged it), and the
+    /// successor opens that seq afresh with the members of its own view.
+    fn note_electorates(&mut self, i: usize) -> Result<(), SimFailure> {
+        let node = &self.servers[i].node;
+        if node.has_exited() {
+            return Ok(());
+        }
+        let lasting = match node.role() {
+            Role::Backup => true,
+            Role::Primary => node.view().backup.is_none(),
+            Role::Joining => return Ok(()),
+        };
+        let known = self.live.electorates_known(lasting);
+        if node.next_seq().0 <= known.0 + 1 {
+            return Ok(());
+        }
+        for (seq, names) in node.electorates_after(known) {
+            let voters: Vec<usize> = names
+                .iter()
+                .filter_map(|id| id.0.strip_prefix('c')?.parse().ok())
+                .collect();
+            if let Err(v) = self.live.electorate(seq, voters, lasting) {
+                return Err(self.fail(v.to_string()));
+            }
+        }
+        Ok(())
     }
 
     /// A failure caught as a panic knows no step: it is this world's current one.

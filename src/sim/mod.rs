@@ -57,12 +57,20 @@ pub struct Scenario {
     /// Clients start knowing only the first primary's address (`--servers` naming one
     /// server), not both: they find every other server through the views they accept.
     pub one_server_known: bool,
+    /// Clients that start later, while ballots run (their policies follow the first
+    /// `clients` ones in `policies`): they join the membership.
+    pub late_clients: usize,
 }
 
 impl Scenario {
     pub fn from_seed(rng: &mut Rng) -> Scenario {
         let clients = rng.range(1, 7) as usize;
-        let policies = (0..clients)
+        let late_clients = if rng.chance(1, 3) {
+            rng.range(1, 2) as usize
+        } else {
+            0
+        };
+        let policies = (0..clients + late_clients)
             .map(|i| match rng.range(0, 2) {
                 0 => Policy::Yes,
                 1 => Policy::No,
@@ -82,13 +90,18 @@ impl Scenario {
             max_delay: Duration::from_millis(rng.range(0, 30)),
             policies,
             faults: rng.range(0, 6) as u32,
-            cold_restart: rng.chance(1, 6),
+            // Not yet with late joiners: a cold restart needs the members persisted at
+            // the clients (issue 12), or the fresh primary rebuilds with the clients it
+            // sees and reruns a ballot with another electorate (G3; scenarios.rs has the
+            // execution, ignored until then).
+            cold_restart: rng.chance(1, 6) && late_clients == 0,
             partitions: if rng.chance(1, 2) {
                 rng.range(1, 4) as u32
             } else {
                 0
             },
             one_server_known: rng.chance(1, 2),
+            late_clients,
         }
     }
 }

@@ -54,6 +54,10 @@ pub(super) enum Event {
     ClientRestart {
         client: usize,
     },
+    /// A client that was not running starts for the first time (it joins).
+    ClientStart {
+        client: usize,
+    },
     /// A fresh primary starts on the first address (after a cold restart).
     ColdStart,
     /// The cut from one host to another heals.
@@ -85,6 +89,7 @@ impl Event {
             Event::Deliver { to, .. } | Event::Closed { to, .. } => Some(*to),
             Event::ChildExited { parent, .. } => Some(Proc::Server(*parent)),
             Event::ClientRestart { .. }
+            | Event::ClientStart { .. }
             | Event::ColdStart
             | Event::Heal { .. }
             | Event::Release { .. } => None,
@@ -307,6 +312,11 @@ impl World {
                 let i = self.add_server(StartRole::Primary, p_addr, b_addr, None)?;
                 self.drain(Proc::Server(i))
             }
+            Event::ClientStart { client } => {
+                log::warn!("sim-join client=c{client} t_ms={}", self.now.as_millis());
+                self.start_client(client)?;
+                self.drain(Proc::Client(client))
+            }
             Event::ClientRestart { client } => {
                 log::warn!("sim-restart client=c{client} t_ms={}", self.now.as_millis());
                 self.start_client(client)?;
@@ -340,6 +350,7 @@ impl World {
             | Event::DialFailed { .. }
             | Event::ChildExited { .. }
             | Event::ClientRestart { .. }
+            | Event::ClientStart { .. }
             | Event::ColdStart
             | Event::Heal { .. }
             | Event::Release { .. } => None,

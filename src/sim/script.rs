@@ -75,6 +75,7 @@ impl Sim {
                 cold_restart: false,
                 partitions: 0,
                 one_server_known: false,
+                late_clients: 0,
             };
             let mut world = World::new(seed, Rng::new(seed), scenario)?;
             world.start()?;
@@ -188,6 +189,22 @@ impl Sim {
         for i in 0..self.server_count() {
             self.world.kill_server(i, true);
         }
+    }
+
+    /// A new client starts now (`pbvote client` with both first addresses): it joins
+    /// while ballots run. Returns its index (`c<i>`).
+    pub fn add_client(&mut self, policy: Policy) -> Result<usize, SimFailure> {
+        self.world.add_client(policy)
+    }
+
+    /// How many voters ballot `seq` counts, once a server has opened it.
+    pub fn electorate_len(&self, seq: u64) -> Option<usize> {
+        self.world.live.electorate_len(crate::proto::Seq(seq))
+    }
+
+    /// Lines in client `c`'s log.
+    pub fn logged(&self, c: usize) -> u64 {
+        self.world.clients[c].log.len() as u64
     }
 
     /// SIGKILL client `c`; it restarts from its log after a short while.

@@ -7,6 +7,7 @@ use super::rng::Rng;
 use super::{Report, Scenario, SimFailure};
 use crate::ballot_log::LogLine;
 use crate::check::LiveCheck;
+use crate::client::policy::Policy;
 use crate::client::{Client, ClientConfig, ClientOutput, Promised};
 use crate::link::ConnId;
 use crate::node::{Node, NodeConfig, Output, StartRole, StepDown};
@@ -138,7 +139,7 @@ impl World {
         } else {
             vec![p_addr, b_addr]
         };
-        for _ in 0..world.scenario.clients {
+        for _ in 0..world.scenario.policies.len() {
             world.clients.push(SimClient {
                 core: None,
                 log: Vec::new(),
@@ -147,14 +148,38 @@ impl World {
                 promised: Promised::default(),
             });
         }
-        for i in 0..world.clients.len() {
+        for i in 0..world.scenario.clients {
             world.start_client(i)?;
+        }
+        // The late ones start while the first ballots run.
+        let span = world.scenario.ballot_interval.as_millis() as u64 * world.scenario.ballots;
+        for client in world.scenario.clients..world.clients.len() {
+            let at = Duration::from_millis(world.rng.range(0, span));
+            world.schedule(at, Event::ClientStart { client });
         }
         Ok(world)
     }
 
     pub(super) fn instant(&self) -> Instant {
         self.base + self.now
+    }
+
+    /// A new client, `c<i>`, starts now knowing both first addresses; returns `i`.
+    pub(super) fn add_client(&mut self, policy: Policy) -> Result<usize, SimFailure> {
+        let (p, b) = self.addrs;
+        self.clients.push(SimClient {
+            core: None,
+            log: Vec::new(),
+            servers: vec![p, b],
+            incarnation: 0,
+            promised: Promised::default(),
+        });
+        self.scenario.policies.push(policy);
+        let i = self.live.add_log(policy);
+        debug_assert_eq!(i, self.clients.len() - 1);
+        self.start_client(i)?;
+        self.drain(Proc::Client(i))?;
+        Ok(i)
     }
 
     /// Starts client `i` (again) from what its log and promise file hold.

@@ -217,6 +217,7 @@ pub fn check_logs(dir: &Path, clients: &[(&str, Policy)], ballots: u64) -> Vec<V
         &Expect {
             ballots: Some(ballots),
             voters: None,
+            ..Expect::default()
         },
     )
 }
