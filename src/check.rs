@@ -5,7 +5,7 @@
 use crate::ballot_log::{self, LogLine};
 use crate::client::policy::Policy;
 use crate::proto::{Seq, Tally};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
 /// One client's log as found.
@@ -42,6 +42,9 @@ pub struct Expect {
     /// Where known, a ballot's own electorate (indexes into the logs given): it wins over
     /// `voters` for that ballot.
     pub electorates: BTreeMap<Seq, Vec<usize>>,
+    /// Logs of clients that left the membership: each may stop short of `ballots` (it
+    /// must still be 1..k, and agree with the others).
+    pub left: BTreeSet<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -92,7 +95,7 @@ pub fn check(logs: &[ClientLog], expect: &Expect) -> Vec<Violation> {
         if log.torn {
             v("G1", &log.name, None, "ends in a torn line".to_string());
         }
-        if let Some(n) = expect.ballots {
+        if let Some(n) = expect.ballots.filter(|_| !expect.left.contains(&log.name)) {
             if log.lines.len() as u64 != n {
                 v(
                     "G1",

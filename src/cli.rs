@@ -6,9 +6,9 @@ use crate::check::{self, ClientLog, Expect};
 use crate::client::policy::{splitmix64, Policy};
 use crate::client::{Client, ClientConfig};
 use crate::node::{NodeConfig, StartRole};
-use crate::proto::limits::{MAX_CLIENT_ID_LEN, MAX_OPEN_BALLOTS};
+use crate::proto::limits::{LEAVE_WAIT_MS, MAX_CLIENT_ID_LEN, MAX_OPEN_BALLOTS};
 use crate::proto::{ClientId, NodeId, Seq};
-use crate::reactor::client::{open_log, ClientHost, Hosted, REDIAL};
+use crate::reactor::client::{open_log, ClientHost, Ended, Hosted, REDIAL};
 use crate::reactor::promise::PromiseFile;
 use crate::reactor::spawn::SpawnSpec;
 use crate::reactor::{server, status};
@@ -411,16 +411,24 @@ fn run_client(args: ClientArgs) -> Result<(), Failure> {
     let core = Client::new(cfg, last, &recent, &promised, Instant::now());
     let mut host = ClientHost::new(vec![Hosted::new(core, log, promise)])
         .map_err(|e| Failure::Runtime(format!("client {}: {e}", args.id)))?;
-    host.run(None)
+    host.leave_when_done(Duration::from_millis(LEAVE_WAIT_MS));
+    let ended = host
+        .run(None)
         .map_err(|e| Failure::Runtime(format!("client {}: {e}", args.id)))?;
-    if host.all_done() {
-        log::info!(
-            "client-done client={} last_seq={}",
-            args.id,
-            host.clients[0].core.last_logged()
-        );
+    let last = host.clients[0].core.last_logged();
+    match ended {
+        Ended::Done | Ended::Stopped | Ended::Deadline => {
+            if host.all_done() {
+                log::info!("client-done client={} last_seq={last}", args.id);
+            }
+            Ok(())
+        }
+        Ended::LeaveUnconfirmed => Err(Failure::Runtime(format!(
+            "client {}: leaving was not agreed within {LEAVE_WAIT_MS} ms (log at {last}); \
+             the servers may still count it as a voter: `pbvote remove-client --id {}` takes it out",
+            args.id, args.id
+        ))),
     }
-    Ok(())
 }
 
 fn run_status(args: StatusArgs) -> Result<(), Failure> {

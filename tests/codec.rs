@@ -104,6 +104,7 @@ fn client_msg() -> impl Strategy<Value = ClientMsg> {
             view: View(v),
             round
         }),
+        any::<u64>().prop_map(|v| ClientMsg::Leave { view: View(v) }),
     ]
 }
 
@@ -155,6 +156,7 @@ fn server_msg() -> impl Strategy<Value = ServerMsg> {
             view: View(v),
             reason,
         }),
+        any::<u64>().prop_map(|v| ServerMsg::Left { view: View(v) }),
     ]
 }
 

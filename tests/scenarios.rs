@@ -19,7 +19,17 @@ use std::time::Duration;
 const SEEDS: std::ops::RangeInclusive<u64> = 1..=20;
 
 /// Runs `scenario` for every seed; a failure names the seed and the step.
+/// `PBVOTE_SCENARIO_SEED=S` runs only seed S, with every protocol log line on stderr.
 fn for_each_seed(scenario: impl Fn(u64) -> Result<(), SimFailure>) {
+    let only = std::env::var("PBVOTE_SCENARIO_SEED").ok();
+    if let Some(seed) = only.and_then(|s| s.parse::<u64>().ok()) {
+        let config = simplelog::ConfigBuilder::new().build();
+        let _ = simplelog::SimpleLogger::init(simplelog::LevelFilter::Debug, config);
+        if let Err(failure) = scenario(seed) {
+            panic!("{failure}");
+        }
+        return;
+    }
     for seed in SEEDS {
         if let Err(failure) = scenario(seed) {
             panic!("{failure}");
@@ -309,6 +319,69 @@ fn cold_restart_waits_for_the_members_it_cannot_see() {
         sim.run_until("the fresh primary acts", |s| {
             s.server(fresh).is_acting_primary()
         })?;
+        sim.finish().map(drop)
+    });
+}
+
+/// Issue 12, execution 3: two of three clients reach their last ballot and exit, and the
+/// primary dies before the third has what it needs. Before, nobody ever left: the backup
+/// needed 2 of 3 accepts, one client remained, and it never finished. Now the two leave
+/// first (a view without them, then `Left`), so the backup takes over with the one member
+/// left and the third client's log completes.
+#[test]
+fn clients_that_leave_do_not_block_the_ones_that_stay() {
+    for_each_seed(|seed| {
+        let setup = Setup {
+            policies: vec![Policy::Yes, Policy::No, Policy::Yes],
+            ballots: 20,
+            ..Setup::default()
+        };
+        let mut sim = Sim::new(seed, setup)?;
+        serving_with_backup(&mut sim, 5)?;
+        sim.leave(0)?;
+        sim.leave(1)?;
+        sim.run_until("both leaves are agreed", |s| s.has_left(0) && s.has_left(1))?;
+        let (left_at_0, left_at_1) = (sim.logged(0), sim.logged(1));
+        sim.exit_client(0);
+        sim.exit_client(1);
+        let primary = sim.primary().expect("primary");
+        sim.run_until("a ballot without them", |s| {
+            (left_at_0.max(left_at_1) + 1..=20).any(|seq| s.electorate_len(seq) == Some(1))
+        })?;
+        sim.crash(primary);
+        sim.run_until("the one member left logs every ballot", |s| {
+            s.logged(2) == 20
+        })?;
+        assert!(sim.logged(0) < 20 && sim.logged(1) < 20, "seed {seed}");
+        sim.finish().map(drop)
+    });
+}
+
+/// A view that only changes the members, installed while the spawned backup is still in
+/// its start delay, must not replace that backup: with clients joining more often than a
+/// backup takes to start, it would never come up.
+#[test]
+fn members_changing_while_the_backup_starts_do_not_respawn_it() {
+    for_each_seed(|seed| {
+        let setup = Setup {
+            policies: vec![Policy::Yes],
+            backup_start_delay: Duration::from_millis(400),
+            ..Setup::default()
+        };
+        let mut sim = Sim::new(seed, setup)?;
+        sim.run_until("ballots run", |s| s.least_logged() >= 1)?;
+        for _ in 0..3 {
+            sim.add_client(Policy::No)?;
+            sim.run_for(Duration::from_millis(60))?;
+        }
+        sim.run_until("the first spawned backup is installed", |s| {
+            s.backup().is_some()
+        })?;
+        assert_eq!(
+            sim.server_count(),
+            2,
+            "seed {seed}: the backup was respawned"
+        );
         sim.finish().map(drop)
     });
 }

@@ -122,6 +122,11 @@ pub struct Client {
     /// (the catch-up our hello or `Resend` asked for) is dropped as stale. Ask again on
     /// the first current message from it.
     resend_pending: bool,
+    /// Since when it asks to leave the membership (`--until` reached, or a signal).
+    leaving: Option<Instant>,
+    /// The primary answered `Left`: a view without it is installed and no open ballot
+    /// waits for its vote.
+    left: bool,
     out: VecDeque<ClientOutput>,
 }
 
@@ -170,6 +175,8 @@ impl Client {
             promised_to: None,
             promised_view: None,
             resend_pending: false,
+            leaving: None,
+            left: false,
             out: VecDeque::new(),
         }
     }
@@ -201,6 +208,16 @@ impl Client {
                 .map(|l| (l.addr, l.state))
                 .collect::<Vec<_>>()
         )
+    }
+
+    /// Whether it asks to leave, and since when.
+    pub fn leaving_since(&self) -> Option<Instant> {
+        self.leaving
+    }
+
+    /// Its leave is agreed: it may exit.
+    pub fn has_left(&self) -> bool {
+        self.left
     }
 
     /// The log holds every ballot up to `--until`.
@@ -276,7 +293,12 @@ impl Client {
                 if (from == view.primary && !self.is_older(view)) || self.lease.is_zero() {
                     self.lease = honoured_lease(lease_ms);
                 }
+                let same = self.view.is_some_and(|v| v.number == view.number);
                 self.adopt_view(conn, from, view, now);
+                if same && from == view.primary {
+                    // A new link to our primary (a reconnect): it may not have our leave.
+                    self.ask_to_leave();
+                }
             }
             ServerMsg::NewView { view, lease_ms } => {
                 if from == view.primary && !self.is_older(view) {
@@ -322,6 +344,7 @@ impl Client {
                     }
                 }
             }
+            ServerMsg::Left { view } => self.on_left(from, view),
             ServerMsg::Refused { view, reason } => {
                 info!(
                     "refused client={} conn={conn} view={view} reason={reason}",

@@ -136,6 +136,9 @@ impl Client {
         self.promise(view);
         self.link_to_servers_of(view, now);
         self.resend_pending = from != view.primary;
+        // A new primary does not know this client wants out: ask it (a link still to be
+        // dialed asks after its Welcome).
+        self.ask_to_leave();
         self.on_timeout(now);
     }
 
@@ -175,6 +178,42 @@ impl Client {
                     from: self.last_logged.next(),
                 },
             ));
+        }
+    }
+
+    /// Asks to leave the membership (`--until` reached, or a signal): the primary of the
+    /// view it follows drops it from the next view. It goes on voting, and logging, until
+    /// the primary answers `Left`; it asks each new primary again.
+    pub fn leave(&mut self, now: Instant) {
+        if self.leaving.is_some() {
+            return;
+        }
+        info!(
+            "client-leave client={} logged={}",
+            self.cfg.id, self.last_logged
+        );
+        self.leaving = Some(now);
+        self.ask_to_leave();
+    }
+
+    /// Sends `Leave` to the primary of the view it follows, if linked.
+    pub(super) fn ask_to_leave(&mut self) {
+        let Some(view) = self.view.filter(|_| self.leaving.is_some() && !self.left) else {
+            return;
+        };
+        let primary = self.links.iter().find(|l| l.addr == view.primary);
+        if let Some(LinkState::Up(conn)) = primary.map(|l| l.state) {
+            let leave = ClientMsg::Leave { view: view.number };
+            self.out.push_back(ClientOutput::Send(conn, leave));
+        }
+    }
+
+    /// The primary of the view it follows says its leave is agreed.
+    pub(super) fn on_left(&mut self, from: SocketAddr, view: View) {
+        let ours = self.view.filter(|v| v.primary == from && view >= v.number);
+        if ours.is_some() && self.leaving.is_some() && !self.left {
+            info!("client-left client={} view={view}", self.cfg.id);
+            self.left = true;
         }
     }
 

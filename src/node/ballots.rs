@@ -23,9 +23,16 @@ impl Node {
             .is_some_and(|p| !p.is_recovering() && p.pending_install.is_none());
         self.holds_lease(now)
             && settled
-            && self.views.members.len() >= self.cfg.min_clients
+            && self.enough_members()
             && (self.ballots.len() as u64) < self.cfg.window
             && self.cfg.ballots.is_none_or(|n| self.next_seq().0 <= n)
+    }
+
+    /// Ballot 1 waits for `--min-clients` members; after that any member will do (members
+    /// leave), but a view with none has nobody to vote.
+    pub(super) fn enough_members(&self) -> bool {
+        let members = self.views.members.len();
+        members > 0 && (self.next_seq() > Seq(1) || members >= self.cfg.min_clients)
     }
 
     /// Ballots open in groups: once half the window is free, the primary fills all of it.
@@ -214,6 +221,7 @@ impl Node {
         if self.ballots.is_empty() {
             self.timers.stop(Timer::Reask);
         }
+        self.release_leavers();
         self.arm_open_ballot(now);
     }
 

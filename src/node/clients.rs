@@ -90,6 +90,10 @@ impl Node {
             }
         };
         self.attach_client(idx, conn);
+        if let Some(primary) = self.role.primary_mut() {
+            // A new process under this name: whatever its predecessor asked is void.
+            primary.leaving.remove(&idx);
+        }
         info!(
             "client-registered client={id} idx={idx} conn={conn} last_seq={last_seq} client_view={view}"
         );
@@ -114,7 +118,7 @@ impl Node {
         self.ask_missing_votes(idx, conn);
         self.arm_open_ballot(now);
         // A client that is no member yet joins through the next view.
-        self.propose_joiners(now);
+        self.propose_membership_change(now);
     }
 
     /// Adds a client to the registry (idempotent) and returns its index.
@@ -148,6 +152,12 @@ impl Node {
             Detached::Gone(idx) => {
                 // The client voids our lease when this connection closes: so do we.
                 self.leases.void(idx);
+                if let Some(primary) = self.role.primary_mut() {
+                    // Told it may go, and gone: a later hello is a new start.
+                    if primary.leaving.get(&idx) == Some(&true) {
+                        primary.leaving.remove(&idx);
+                    }
+                }
                 info!("client-gone client={} conn={conn}", self.registry.id(idx));
                 self.joiner_gone(idx, now);
                 true

@@ -1,7 +1,15 @@
 //! Which registered clients are voters: the membership, part of every view. It changes
 //! only through a view change that a majority of the old membership *and* a majority of
 //! the new one accepted (joint consensus in one step), so any two memberships that can
-//! install anything have a member in common; docs/PROTOCOL.md §6 argues it.
+//! install anything have a member in common; docs/PROTOCOL.md §1 (membership) and §6
+//! argue it. Clients join (a view adds every connected non-member) and leave (`Leave`, a
+//! view without them, then `Left`) here.
+
+use super::role::RoleState;
+use super::Node;
+use crate::proto::ServerMsg;
+use log::info;
+use std::time::Instant;
 
 /// A set of client indexes (the registry's), with its size kept.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -25,6 +33,13 @@ impl Members {
 
     pub fn contains(&self, idx: u32) -> bool {
         self.is.get(idx as usize).copied().unwrap_or(false)
+    }
+
+    pub fn remove(&mut self, idx: u32) {
+        if let Some(m) = self.is.get_mut(idx as usize).filter(|m| **m) {
+            *m = false;
+            self.count -= 1;
+        }
     }
 
     pub fn insert(&mut self, idx: u32) {
@@ -69,6 +84,126 @@ impl Members {
             members.insert(idx);
         }
         members
+    }
+}
+
+impl Node {
+    /// The members a view this server proposes will have: as primary, the installed ones,
+    /// plus every connected client that is not one yet (it joins), minus the ones that
+    /// asked to leave; a recovering primary, every client that registered; a backup taking
+    /// over, the installed ones.
+    pub(super) fn members_to_propose(&self) -> Members {
+        match &self.role {
+            RoleState::Primary(p) if p.is_recovering() => {
+                Members::from_indexes(0..self.registry.len() as u32)
+            }
+            RoleState::Primary(p) => {
+                let mut members = self.views.members.union(self.joiners());
+                for &idx in p.leaving.keys() {
+                    members.remove(idx);
+                }
+                members
+            }
+            RoleState::Joining(_) | RoleState::Backup | RoleState::SteppedDown { .. } => {
+                self.views.members.clone()
+            }
+        }
+    }
+
+    /// Registered, connected clients that are not members and do not want out.
+    pub(super) fn joiners(&self) -> Vec<u32> {
+        let leaving = |i| {
+            self.role
+                .primary()
+                .is_some_and(|p| p.leaving.contains_key(&i))
+        };
+        (0..self.registry.len() as u32)
+            .filter(|&i| !self.views.members.contains(i) && self.registry.conn(i).is_some())
+            .filter(|&i| !leaving(i))
+            .collect()
+    }
+
+    /// As primary with nothing pending, proposes a view that adds the clients waiting to
+    /// join and drops the members that asked to leave. One proposal takes every such
+    /// change there is; the ones that come meanwhile wait for the next.
+    pub(super) fn propose_membership_change(&mut self, now: Instant) {
+        let Some(primary) = self.role.primary() else {
+            return;
+        };
+        let idle = !primary.is_recovering() && primary.pending_install.is_none();
+        let leaving = primary
+            .leaving
+            .keys()
+            .any(|&i| self.views.members.contains(i));
+        // A view whose backup is not linked is about to give way to one without it.
+        let backup_linked = self.views.installed.backup.is_none() || self.peer.is_some();
+        let wanted = leaving || !self.joiners().is_empty();
+        // A pending proposal nobody can accept gives way to one with the joiners in it.
+        let free = self.views.proposal.as_ref().is_none_or(|p| p.unwitnessed());
+        if idle && backup_linked && wanted && free {
+            let backup = match &self.views.proposal {
+                Some(p) => p.view.backup,
+                None => self.views.installed.backup,
+            };
+            self.propose(backup, now);
+        }
+    }
+
+    /// A client that left before accepting was to join in the pending proposal: it would
+    /// hold up the new members' majority, so the primary proposes again without it.
+    pub(super) fn joiner_gone(&mut self, idx: u32, now: Instant) {
+        let Some(p) = &self.views.proposal else {
+            return;
+        };
+        let waited_for = p.members.contains(idx) && !p.base.contains(idx);
+        let primary = self.role.primary().is_some_and(|p| !p.is_recovering());
+        if primary && waited_for && !p.accepted.contains(idx) {
+            let backup = p.view.backup;
+            self.propose(backup, now);
+        }
+    }
+
+    /// A client registered: a recovering proposal takes it in.
+    pub(super) fn registered(&mut self, idx: u32) {
+        if self.role.is_recovering() {
+            if let Some(p) = &mut self.views.proposal {
+                p.add_member(idx);
+            }
+        }
+    }
+
+    /// Client `idx` asks to leave. It is dropped from the next view; once that view is
+    /// installed and no open ballot waits for its vote, it gets `Left`.
+    pub(super) fn on_leave(&mut self, idx: u32, now: Instant) {
+        let Some(primary) = self.role.primary_mut() else {
+            return;
+        };
+        if primary.leaving.insert(idx, false).is_none() {
+            info!("client-leaving client={}", self.registry.id(idx));
+        }
+        self.propose_membership_change(now);
+        self.release_leavers();
+    }
+
+    /// Tells every client that asked to leave, is no member, and has no vote an open
+    /// ballot waits for, that it may go.
+    pub(super) fn release_leavers(&mut self) {
+        let view = self.views.installed.number;
+        let Some(primary) = self.role.primary_mut() else {
+            return;
+        };
+        let free = |idx: &u32| {
+            !self.views.members.contains(*idx) && self.ballots.iter().all(|b| !b.awaits(*idx))
+        };
+        let due = primary.leaving.iter().filter(|(_, told)| !**told);
+        let released: Vec<u32> = due.map(|(&idx, _)| idx).filter(free).collect();
+        for idx in released {
+            primary.leaving.insert(idx, true);
+            info!("client-left client={} view={view}", self.registry.id(idx));
+            if let Some(conn) = self.registry.conn(idx) {
+                self.out.send_client(conn, ServerMsg::Left { view });
+            }
+        }
     }
 }
 

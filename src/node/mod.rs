@@ -411,6 +411,7 @@ impl Node {
                 retry_after_ms,
             } => self.on_reject(proposed, accepted, promised, retry_after_ms, now),
             ClientMsg::LeaseAck { view: _, round } => self.on_lease_ack(idx, round, now),
+            ClientMsg::Leave { view: _ } => self.on_leave(idx, now),
             ClientMsg::Stale { .. } => {}
         }
     }

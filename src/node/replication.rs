@@ -292,9 +292,7 @@ impl Node {
             RoleState::Primary(_) if self.peer.is_some() => Some(JoinRefusal::HasBackup),
             RoleState::Primary(p) if p.is_recovering() => Some(JoinRefusal::Recovering),
             // Every view change needs clients as witnesses; a backup joins once they are here.
-            RoleState::Primary(_) if self.views.members.len() < self.cfg.min_clients => {
-                Some(JoinRefusal::WaitingForClients)
-            }
+            RoleState::Primary(_) if !self.enough_members() => Some(JoinRefusal::WaitingForClients),
             RoleState::Primary(_) => None,
             RoleState::Joining(_) | RoleState::Backup | RoleState::SteppedDown { .. } => {
                 Some(JoinRefusal::NotPrimary)

@@ -62,6 +62,10 @@ pub struct Primary {
     pub last_open: Option<Instant>,
     /// When it last spawned a backup (spawns are spaced by a heartbeat).
     pub last_spawn: Option<Instant>,
+    /// Clients that asked to leave (client indexes), and whether they were told `Left`.
+    /// One that was stays here until its connection closes, so that it is not taken back
+    /// in as a joiner meanwhile. Not replicated: a leaving client asks each new primary.
+    pub leaving: BTreeMap<u32, bool>,
 }
 
 /// A view waiting for its backup's `InstallAck`, and its members.

@@ -78,6 +78,10 @@ impl TimerTable {
         self.at[timer.index()].get_or_insert(at);
     }
 
+    pub fn is_armed(&self, timer: Timer) -> bool {
+        self.at[timer.index()].is_some()
+    }
+
     #[cfg(test)]
     pub fn get(&self, timer: Timer) -> Option<Instant> {
         self.at[timer.index()]

@@ -79,16 +79,26 @@ impl Proposal {
     }
 
     /// A recovering proposal takes every client that registers in as a member.
-    fn add_member(&mut self, idx: u32) {
+    pub(super) fn add_member(&mut self, idx: u32) {
         if !self.members.contains(idx) {
             self.members.insert(idx);
             self.in_members += usize::from(self.accepted.contains(idx));
         }
     }
 
-    /// A majority of the old members and a majority of the new ones accepted.
+    /// A majority of the old members and a majority of the new ones accepted. A view
+    /// change with no member on either side has no witness at all, and two servers could
+    /// both install one: it never wins (a client that joins makes it one that can).
     pub fn won(&self) -> bool {
-        self.in_base >= self.base.majority() && self.in_members >= self.members.majority()
+        let witnessed = self.base.len() + self.members.len() > 0;
+        witnessed
+            && self.in_base >= self.base.majority()
+            && self.in_members >= self.members.majority()
+    }
+
+    /// Neither side has a member: nobody can accept it.
+    pub fn unwitnessed(&self) -> bool {
+        self.base.len() + self.members.len() == 0
     }
 
     /// Every new member accepted (what a recovering proposal waits for).
@@ -157,66 +167,6 @@ impl Node {
         self.views.proposal = Some(Proposal::new(view, base, members));
     }
 
-    /// The members a view this server proposes will have: as primary, the installed ones
-    /// and every connected client that is not one yet (it joins); a recovering primary,
-    /// every client that registered; a backup taking over, the installed ones.
-    fn members_to_propose(&self) -> Members {
-        match &self.role {
-            RoleState::Primary(p) if p.is_recovering() => {
-                Members::from_indexes(0..self.registry.len() as u32)
-            }
-            RoleState::Primary(_) => self.views.members.union(self.joiners()),
-            RoleState::Joining(_) | RoleState::Backup | RoleState::SteppedDown { .. } => {
-                self.views.members.clone()
-            }
-        }
-    }
-
-    /// Registered, connected clients that are not members.
-    pub(super) fn joiners(&self) -> Vec<u32> {
-        (0..self.registry.len() as u32)
-            .filter(|&i| !self.views.members.contains(i) && self.registry.conn(i).is_some())
-            .collect()
-    }
-
-    /// As primary with nothing pending, proposes a view that adds the clients waiting to
-    /// join. One proposal takes in every joiner there is; the ones that come meanwhile wait
-    /// for the next.
-    pub(super) fn propose_joiners(&mut self, now: Instant) {
-        let idle = self
-            .role
-            .primary()
-            .is_some_and(|p| !p.is_recovering() && p.pending_install.is_none());
-        // A view whose backup is not linked is about to give way to one without it.
-        let backup_linked = self.views.installed.backup.is_none() || self.peer.is_some();
-        if idle && backup_linked && self.views.proposal.is_none() && !self.joiners().is_empty() {
-            self.propose(self.views.installed.backup, now);
-        }
-    }
-
-    /// A client that left before accepting was to join in the pending proposal: it would
-    /// hold up the new members' majority, so the primary proposes again without it.
-    pub(super) fn joiner_gone(&mut self, idx: u32, now: Instant) {
-        let Some(p) = &self.views.proposal else {
-            return;
-        };
-        let waited_for = p.members.contains(idx) && !p.base.contains(idx);
-        let primary = self.role.primary().is_some_and(|p| !p.is_recovering());
-        if primary && waited_for && !p.accepted.contains(idx) {
-            let backup = p.view.backup;
-            self.propose(backup, now);
-        }
-    }
-
-    /// A client registered: a recovering proposal takes it in.
-    pub(super) fn registered(&mut self, idx: u32) {
-        if self.role.is_recovering() {
-            if let Some(p) = &mut self.views.proposal {
-                p.add_member(idx);
-            }
-        }
-    }
-
     pub(super) fn proposal_msg(&self) -> Option<ServerMsg> {
         self.views.proposal.as_ref().map(|p| ServerMsg::Propose {
             view: p.view,
@@ -237,7 +187,6 @@ impl Node {
     /// [`Timer::Propose`]'s handler.
     pub(super) fn send_proposal(&mut self, now: Instant) {
         if self.proposal_may_install() {
-            // No witness needed (no members on either side).
             self.install_proposal(now);
             return;
         }
@@ -456,7 +405,10 @@ impl Node {
             // Finish the past: ask for every vote still missing.
             self.reask_missing_voters(now);
         }
-        if view.backup.is_none() && self.peer.is_none() {
+        // A backup spawned before and still starting (its join deadline armed) is the
+        // replacement: a view that only changes the members must not kill it.
+        let starting = self.timers.is_armed(Timer::JoinDeadline);
+        if view.backup.is_none() && self.peer.is_none() && !starting {
             let reason = if took_over {
                 "took-over"
             } else {
@@ -466,7 +418,8 @@ impl Node {
         }
         self.commit_ready(now);
         self.arm_open_ballot(now);
-        self.propose_joiners(now);
+        self.propose_membership_change(now);
+        self.release_leavers();
     }
 
     /// A recovering primary's view is installed: the longest tail the clients reported is

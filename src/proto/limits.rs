@@ -58,6 +58,12 @@ pub const MAX_RECOVERY_TAIL: usize = 64;
 /// leave with every `Commit` and heartbeat).
 pub const MAX_FORWARD_BATCH: usize = 4096;
 
+/// How long `pbvote client` waits, once it is done (`--until`) or told to stop (SIGTERM,
+/// SIGINT), for the primary to agree that it left (`Left`). Past it the client exits 1,
+/// saying it may still be a voter: `pbvote remove-client` takes it out. A leave takes one
+/// view change and the ballots the client still votes on, so this is generous.
+pub const LEAVE_WAIT_MS: u64 = 30_000;
+
 /// The most bytes one tally takes in CBOR (a two-entry map of `u32`s: 18), rounded up.
 pub const MAX_TALLY_LEN: usize = 32;
 

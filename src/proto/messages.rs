@@ -85,6 +85,9 @@ pub enum ClientMsg {
     /// "Your lease renewal `round` reached me": the primary holds this client's lease for
     /// one lease time from when it sent that round.
     LeaseAck { view: View, round: u64 },
+    /// "Take me out of the membership": the client reached `--until` or was told to stop.
+    /// It keeps voting on every ballot it is a voter of until the primary answers `Left`.
+    Leave { view: View },
 }
 
 /// Server to client.
@@ -129,6 +132,9 @@ pub enum ServerMsg {
     },
     /// The server will not serve this client; the connection closes after this frame.
     Refused { view: View, reason: String },
+    /// The answer to `Leave`: a view without this client is installed and no open ballot
+    /// waits for its vote. It may go.
+    Left { view: View },
 }
 
 /// Server to server, both directions.

@@ -162,7 +162,8 @@ impl Probe {
             | ServerMsg::NewView { .. }
             | ServerMsg::Propose { .. }
             | ServerMsg::Lease { .. }
-            | ServerMsg::Refused { .. } => {}
+            | ServerMsg::Refused { .. }
+            | ServerMsg::Left { .. } => {}
         }
     }
 
@@ -202,6 +203,26 @@ pub struct ClientHost {
     /// When the votes held back for backups are written (set while some are held).
     held_until: Option<Instant>,
     shutdown: bool,
+    /// Signals seen: the first asks the clients to leave, a second stops at once.
+    signals_seen: u32,
+    /// `pbvote client`: a client that is done (`--until`) or told to stop leaves the
+    /// membership first, for at most this long. `None` (the bench): it just stops.
+    leave_wait: Option<Duration>,
+    /// Until when the clients wait for their leave to be agreed.
+    leave_until: Option<Instant>,
+}
+
+/// How a host's run ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ended {
+    /// Every client is done (`--until`) and, where it leaves, left.
+    Done,
+    /// A signal, and every client that leaves has left.
+    Stopped,
+    /// Leaving was not agreed within the wait (or a second signal came first).
+    LeaveUnconfirmed,
+    /// The deadline passed.
+    Deadline,
 }
 
 impl ClientHost {
@@ -223,6 +244,9 @@ impl ClientHost {
             promises_due: false,
             held_until: None,
             shutdown: false,
+            signals_seen: 0,
+            leave_wait: None,
+            leave_until: None,
             probe: None,
         };
         for i in 0..host.clients.len() {
@@ -247,20 +271,70 @@ impl ClientHost {
         self.clients.iter().all(|c| c.core.is_done())
     }
 
-    /// Runs until every client is done (`--until`), a signal, or `deadline`.
-    pub fn run(&mut self, deadline: Option<Instant>) -> io::Result<()> {
+    /// From now on a client that is done, or told to stop, first leaves the membership,
+    /// waiting at most `wait` for the leave to be agreed.
+    pub fn leave_when_done(&mut self, wait: Duration) {
+        self.leave_wait = Some(wait);
+    }
+
+    /// Whether the run is over, and how. Starts the leave when it is due.
+    fn ended(&mut self, now: Instant, deadline: Option<Instant>) -> Option<Ended> {
+        if deadline.is_some_and(|d| d <= now) {
+            return Some(Ended::Deadline);
+        }
+        let wants_out = self.shutdown || self.all_done();
+        let Some(wait) = self.leave_wait else {
+            return wants_out.then_some(if self.shutdown {
+                Ended::Stopped
+            } else {
+                Ended::Done
+            });
+        };
+        if !wants_out {
+            return None;
+        }
+        if self.leave_until.is_none() {
+            self.leave_until = Some(now + wait);
+            for i in 0..self.clients.len() {
+                self.clients[i].core.leave(now);
+                self.touched.push(i);
+            }
+            return None;
+        }
+        if self.clients.iter().all(|c| c.core.has_left()) {
+            return Some(if self.shutdown {
+                Ended::Stopped
+            } else {
+                Ended::Done
+            });
+        }
+        let overdue = self.leave_until.is_some_and(|t| t <= now) || self.signals_seen > 1;
+        overdue.then_some(Ended::LeaveUnconfirmed)
+    }
+
+    /// Runs until every client is done (`--until`), a signal, or `deadline`; a host that
+    /// leaves (`leave_when_done`) runs on until the leaves are agreed or its wait is over.
+    pub fn run(&mut self, deadline: Option<Instant>) -> io::Result<Ended> {
         let mut events = Events::with_capacity(1024);
         let mut expired = Vec::new();
         loop {
             let now = Instant::now();
             self.after_turn(now)?;
-            if self.shutdown || self.all_done() || deadline.is_some_and(|d| d <= now) {
-                return Ok(());
+            if let Some(ended) = self.ended(now, deadline) {
+                return Ok(ended);
             }
-            let wake = [self.wheel.next_deadline(), deadline, self.held_until]
-                .into_iter()
-                .flatten()
-                .min();
+            if !self.touched.is_empty() {
+                continue; // the leave just started: send it before sleeping
+            }
+            let wake = [
+                self.wheel.next_deadline(),
+                deadline,
+                self.held_until,
+                self.leave_until,
+            ]
+            .into_iter()
+            .flatten()
+            .min();
             if let Err(e) = self.poll.poll(&mut events, timeout_until(wake, now)) {
                 if e.kind() == io::ErrorKind::Interrupted {
                     continue;
@@ -277,6 +351,7 @@ impl ClientHost {
                         for signal in self.signals.pending() {
                             info!("signal number={signal}");
                             self.shutdown = true;
+                            self.signals_seen += 1;
                             self.conns.release_held();
                         }
                     }

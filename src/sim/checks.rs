@@ -75,6 +75,10 @@ impl World {
                 ballots: Some(self.scenario.ballots),
                 voters: None,
                 electorates: self.live.electorates(),
+                left: (0..self.clients.len())
+                    .filter(|&i| self.clients[i].gone)
+                    .map(|i| format!("c{i}"))
+                    .collect(),
             },
         );
         match violations.first() {

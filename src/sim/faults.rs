@@ -220,6 +220,15 @@ impl World {
         self.servers[i].paused_until = Some(self.now + pause);
     }
 
+    /// Client `c`, whose leave was agreed, exits for good (`client-left`, exit 0).
+    pub(super) fn exit_client(&mut self, c: usize) {
+        log::warn!("sim-exit client=c{c} t_ms={}", self.now.as_millis());
+        self.clients[c].core = None;
+        self.clients[c].gone = true;
+        self.clients[c].incarnation += 1;
+        self.close_all(Proc::Client(c));
+    }
+
     pub(super) fn crash_client(&mut self, c: usize) {
         self.note_fault(format!("crash client=c{c}"));
         // A restarted client knows what `pbvote client` would: its `--servers` and the

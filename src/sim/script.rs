@@ -207,6 +207,28 @@ impl Sim {
         self.world.clients[c].log.len() as u64
     }
 
+    /// Client `c` asks to leave (`--until` reached, or SIGTERM).
+    pub fn leave(&mut self, c: usize) -> Result<(), SimFailure> {
+        let now = self.world.instant();
+        if let Some(core) = &mut self.world.clients[c].core {
+            core.leave(now);
+        }
+        self.world.drain(super::net::Proc::Client(c))
+    }
+
+    /// Client `c` was told `Left`.
+    pub fn has_left(&self, c: usize) -> bool {
+        self.world.clients[c]
+            .core
+            .as_ref()
+            .is_some_and(|core| core.has_left())
+    }
+
+    /// Client `c` exits for good (after its leave, or as a one-off that never comes back).
+    pub fn exit_client(&mut self, c: usize) {
+        self.world.exit_client(c);
+    }
+
     /// SIGKILL client `c`; it restarts from its log after a short while.
     pub fn crash_client(&mut self, c: usize) {
         self.world.crash_client(c);

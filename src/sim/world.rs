@@ -60,6 +60,8 @@ pub(super) struct SimClient {
     /// What the client persisted of its promises (its `.view` file): the number and the
     /// servers of the view it was made to.
     pub(super) promised: Promised,
+    /// It left the membership and exited for good: its log may stop short.
+    pub(super) gone: bool,
 }
 
 pub struct World {
@@ -146,6 +148,7 @@ impl World {
                 servers: known.clone(),
                 incarnation: 0,
                 promised: Promised::default(),
+                gone: false,
             });
         }
         for i in 0..world.scenario.clients {
@@ -173,6 +176,7 @@ impl World {
             servers: vec![p, b],
             incarnation: 0,
             promised: Promised::default(),
+            gone: false,
         });
         self.scenario.policies.push(policy);
         let i = self.live.add_log(policy);
@@ -246,11 +250,11 @@ impl World {
         Ok(idx)
     }
 
-    /// Every client logged every ballot.
+    /// Every client still there logged every ballot.
     pub(super) fn done(&self) -> bool {
         self.clients
             .iter()
-            .all(|c| c.log.len() as u64 >= self.scenario.ballots)
+            .all(|c| c.gone || c.log.len() as u64 >= self.scenario.ballots)
     }
 
     pub(super) fn run(&mut self) -> Result<Report, SimFailure> {

@@ -98,7 +98,8 @@ pub fn encode_server(msg: &ServerMsg, out: &mut Vec<u8>) -> bool {
         | ServerMsg::NewView { .. }
         | ServerMsg::Propose { .. }
         | ServerMsg::Lease { .. }
-        | ServerMsg::Refused { .. } => return false,
+        | ServerMsg::Refused { .. }
+        | ServerMsg::Left { .. } => return false,
     }
     true
 }
@@ -119,7 +120,8 @@ pub fn encode_client(msg: &ClientMsg, out: &mut Vec<u8>) -> bool {
         | ClientMsg::Accept { .. }
         | ClientMsg::Reject { .. }
         | ClientMsg::Stale { .. }
-        | ClientMsg::LeaseAck { .. } => return false,
+        | ClientMsg::LeaseAck { .. }
+        | ClientMsg::Leave { .. } => return false,
     }
     true
 }

@@ -1,0 +1,94 @@
+//! Membership with real processes on loopback: clients join while ballots run, and leave
+//! by SIGTERM or at `--until`, and the ballots after a change count the new electorate
+//! while every log stays exact (G1) and agrees with every other (G2).
+
+mod common;
+
+use common::*;
+use pbvote::check::{self, ClientLog, Expect};
+use pbvote::client::policy::Policy;
+use std::collections::BTreeMap;
+use std::fs;
+use std::time::Duration;
+
+const T: Duration = Duration::from_secs(30);
+
+/// Each ballot's electorate size, from the servers' `ballot-open seq= voters=` lines (the
+/// last one for a seq: a takeover may open it again).
+fn voters_per_ballot(err: &std::path::Path) -> BTreeMap<u64, u32> {
+    let mut voters = BTreeMap::new();
+    for line in lines_with(err, "ballot-open seq=") {
+        let field = |name: &str| -> Option<u64> {
+            let rest = line.split(&format!(" {name}=")).nth(1)?;
+            rest.split_whitespace().next()?.parse().ok()
+        };
+        if let (Some(seq), Some(n)) = (field("seq"), field("voters")) {
+            voters.insert(seq, n as u32);
+        }
+    }
+    voters
+}
+
+#[test]
+fn clients_join_and_leave_while_ballots_run() {
+    let ballots = 60;
+    let mut c = Cluster::start(ballots, &["--ballot-interval-ms", "30"]);
+    let (dir, err) = (c.dir.path().to_path_buf(), c.err.clone());
+    wait_line(&err, "ballot-open seq=10 ", T);
+    let mut joiners = [
+        start_client(&dir, "j1", &c.addr, "yes", ballots),
+        start_client(&dir, "j2", &c.addr, "no", ballots),
+    ];
+    wait_line(&err, "voters=7 ", T);
+    // One of the first five leaves by SIGTERM: asked, agreed, and gone with exit 0.
+    let leaver = c.clients[4].0;
+    signal(c.procs[4].pid(), libc::SIGTERM);
+    c.procs[4].wait_line("client-left", T);
+    let status = c.procs[4].wait_exit(T);
+    assert!(status.success(), "the leaver exited {status}");
+    wait_line(&err, "voters=6 ", T);
+    for p in c.procs[..4].iter_mut().chain(joiners.iter_mut()) {
+        let status = p.wait_exit(Duration::from_secs(120));
+        assert!(status.success(), "{} exited {status}", p.name);
+    }
+
+    let mut names: Vec<(&str, Policy)> = c.clients.clone();
+    names.extend([("j1", Policy::Yes), ("j2", Policy::No)]);
+    let logs: Vec<ClientLog> = names
+        .iter()
+        .map(|(id, policy)| {
+            let text = fs::read_to_string(dir.join(format!("{id}.log"))).unwrap_or_default();
+            ClientLog::parse(id, &text, Some(*policy)).expect("log parses")
+        })
+        .collect();
+    let expect = Expect {
+        ballots: Some(ballots),
+        left: [leaver.to_string()].into(),
+        ..Expect::default()
+    };
+    // G1 and G2 from the checker; G3's counts from the servers' own electorates.
+    let found = check::check(&logs, &expect);
+    let broken: Vec<_> = found.iter().filter(|v| v.guarantee != "G3").collect();
+    assert!(broken.is_empty(), "{broken:#?}");
+    let voters = voters_per_ballot(&err);
+    let full = fs::read_to_string(dir.join("n1.log")).unwrap_or_default();
+    for line in full.lines() {
+        let nums: Vec<u64> = line.split(' ').filter_map(|w| w.parse().ok()).collect();
+        let (seq, counted) = (nums[0], nums[1] + nums[2]);
+        assert_eq!(
+            Some(&(counted as u32)),
+            voters.get(&seq),
+            "ballot {seq}: {line}"
+        );
+    }
+    let sizes: Vec<u32> = voters.values().copied().collect();
+    assert!(
+        sizes.contains(&5) && sizes.contains(&7) && sizes.contains(&6),
+        "{sizes:?}"
+    );
+    let left = fs::read_to_string(dir.join(format!("{leaver}.log"))).unwrap_or_default();
+    assert!(
+        (left.lines().count() as u64) < ballots,
+        "the leaver logged every ballot"
+    );
+}
