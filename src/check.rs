@@ -192,6 +192,8 @@ pub struct LiveCheck {
     electorates: BTreeMap<Seq, (Vec<usize>, bool)>,
     /// The highest seq with an electorate from a lasting copy.
     lasting_known: Seq,
+    /// Clients an operator removed: a ballot open at the removal may count without them.
+    removed: BTreeSet<usize>,
 }
 
 impl LiveCheck {
@@ -203,6 +205,7 @@ impl LiveCheck {
             agreed: Vec::new(),
             electorates: BTreeMap::new(),
             lasting_known: Seq(0),
+            removed: BTreeSet::new(),
         }
     }
 
@@ -258,6 +261,12 @@ impl LiveCheck {
         }
     }
 
+    /// An operator removed client `log`: the ballots open then stop waiting for its vote,
+    /// so each may count with or without it.
+    pub fn removed(&mut self, log: usize) {
+        self.removed.insert(log);
+    }
+
     /// Every electorate known, for the batch checker.
     pub fn electorates(&self) -> BTreeMap<Seq, Vec<usize>> {
         let known = self.electorates.iter();
@@ -303,13 +312,26 @@ impl LiveCheck {
                 self.agreed.push(line.tally);
             }
         }
+        let counts = |voters: &[usize]| {
+            let yes = voters
+                .iter()
+                .filter(|&&i| self.policies[i].vote(line.seq.0));
+            (voters.len() as u32, yes.count() as u32)
+        };
         let (voters, yes) = match self.electorates.get(&line.seq) {
-            Some((electorate, _)) => {
-                let yes = electorate
-                    .iter()
-                    .filter(|&&i| self.policies[i].vote(line.seq.0))
-                    .count();
-                (electorate.len() as u32, yes as u32)
+            Some((electorate, lasting)) => {
+                let mut expected = counts(electorate);
+                let kept: Vec<usize> = (electorate.iter().copied())
+                    .filter(|i| !self.removed.contains(i))
+                    .collect();
+                let without = counts(&kept);
+                if (line.tally.yes + line.tally.no, line.tally.yes) == without {
+                    // Counted without the removed: that is its electorate from now on.
+                    expected = without;
+                    let lasting = *lasting;
+                    self.electorates.insert(line.seq, (kept, lasting));
+                }
+                expected
             }
             None => {
                 let yes = self.policies.iter().filter(|p| p.vote(line.seq.0)).count();

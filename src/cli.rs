@@ -7,7 +7,7 @@ use crate::client::policy::{splitmix64, Policy};
 use crate::client::{Client, ClientConfig};
 use crate::node::{NodeConfig, StartRole};
 use crate::proto::limits::{LEAVE_WAIT_MS, MAX_CLIENT_ID_LEN, MAX_OPEN_BALLOTS};
-use crate::proto::{ClientId, NodeId, Seq};
+use crate::proto::{ClientId, NodeId, RemoveReply, Seq};
 use crate::reactor::client::{open_log, ClientHost, Ended, Hosted, REDIAL};
 use crate::reactor::promise::PromiseFile;
 use crate::reactor::spawn::SpawnSpec;
@@ -29,6 +29,8 @@ pub enum Command {
     Client(ClientArgs),
     /// Ask a server for its role, view, ballots, clients and peer health.
     Status(StatusArgs),
+    /// Take a client that is gone for good out of the membership (ask either server).
+    RemoveClient(RemoveArgs),
     /// Check client logs for G1 (exactly once), G2 (agreement) and G3 (every vote counted).
     CheckLogs(CheckArgs),
     /// Run the deterministic simulator over many seeds, or replay one.
@@ -184,6 +186,19 @@ pub struct StatusArgs {
 }
 
 #[derive(Debug, StructOpt)]
+pub struct RemoveArgs {
+    /// A server of the cluster: the primary, or the backup (which names the primary).
+    #[structopt(long)]
+    pub server: SocketAddr,
+    /// The client to remove.
+    #[structopt(long)]
+    pub id: String,
+    /// One JSON object instead of text.
+    #[structopt(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, StructOpt)]
 pub struct CheckArgs {
     /// Every log must hold exactly 1..N.
     #[structopt(long)]
@@ -230,6 +245,7 @@ pub fn main() -> i32 {
         Command::Server(args) => run_server(args),
         Command::Client(args) => run_client(args),
         Command::Status(args) => run_status(args),
+        Command::RemoveClient(args) => run_remove(args),
         Command::CheckLogs(args) => run_check(args),
         Command::Sim(args) => run_sim(args),
         Command::Bench(args) => run_bench(args),
@@ -429,6 +445,61 @@ fn run_client(args: ClientArgs) -> Result<(), Failure> {
             args.id, args.id
         ))),
     }
+}
+
+/// How long `remove-client` waits for the removal to be agreed (a view change).
+const REMOVE_WAIT: Duration = Duration::from_secs(30);
+
+fn run_remove(args: RemoveArgs) -> Result<(), Failure> {
+    if args.id.is_empty() || args.id.len() > MAX_CLIENT_ID_LEN {
+        return Err(Failure::Usage(format!(
+            "--id must be 1..={MAX_CLIENT_ID_LEN} bytes"
+        )));
+    }
+    let id = ClientId(args.id.clone());
+    let mut server = args.server;
+    // The backup names the primary; one hop more is enough, two would be a loop.
+    for _ in 0..2 {
+        let reply = status::remove(server, &id, REMOVE_WAIT).map_err(Failure::Runtime)?;
+        match reply {
+            RemoveReply::Removed { view, unblocked } => {
+                let seqs: Vec<u64> = unblocked.iter().map(|s| s.0).collect();
+                if args.json {
+                    let json = serde_json::json!({
+                        "removed": args.id, "view": view.0, "server": server.to_string(),
+                        "unblocked": seqs,
+                    });
+                    println!("{json}");
+                } else {
+                    println!(
+                        "removed {} in view {view} (primary {server}); unblocked ballots: {}",
+                        args.id,
+                        if seqs.is_empty() {
+                            "none".to_string()
+                        } else {
+                            seqs.iter()
+                                .map(u64::to_string)
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        }
+                    );
+                }
+                return Ok(());
+            }
+            RemoveReply::NoSuchClient => {
+                return Err(Failure::Runtime(format!(
+                    "{server}: no client {} ever registered",
+                    args.id
+                )))
+            }
+            RemoveReply::AskPrimary { primary: Some(p) } if p != server => server = p,
+            RemoveReply::AskPrimary { .. } => break,
+        }
+    }
+    Err(Failure::Runtime(format!(
+        "no primary can be reached to remove {} (asked {server})",
+        args.id
+    )))
 }
 
 fn run_status(args: StatusArgs) -> Result<(), Failure> {

@@ -5,8 +5,8 @@ use pbvote::proto::codec::{decode_frame, frame, DecodeError, Wire};
 use pbvote::proto::limits::{MAX_CLIENT_FRAME_LEN, MAX_FRAME_LEN, MAX_HELLO_LEN};
 use pbvote::proto::messages::OpenBallot;
 use pbvote::proto::{
-    ClientId, ClientMsg, Hello, JoinRefusal, NodeId, PeerMsg, PeerStatus, Role, Seq, ServerMsg,
-    Snapshot, StatusReply, Tally, View, ViewInfo,
+    ClientId, ClientMsg, Hello, JoinRefusal, NodeId, PeerMsg, PeerStatus, RemoveReply, Role, Seq,
+    ServerMsg, Snapshot, StatusReply, Tally, View, ViewInfo,
 };
 use proptest::prelude::*;
 use std::net::SocketAddr;
@@ -56,6 +56,7 @@ fn hello() -> impl Strategy<Value = Hello> {
             view: View(v),
         }),
         Just(Hello::Status),
+        client_id().prop_map(|id| Hello::Remove { id }),
     ]
 }
 
@@ -197,8 +198,16 @@ fn peer_msg() -> impl Strategy<Value = PeerMsg> {
     let s = any::<u64>().prop_map(Seq);
     prop_oneof![
         snapshot().prop_map(|s| PeerMsg::Snapshot(Box::new(s))),
-        (view_info(), proptest::collection::vec(any::<u32>(), 0..8))
-            .prop_map(|(view, members)| PeerMsg::Install { view, members }),
+        (
+            view_info(),
+            proptest::collection::vec(any::<u32>(), 0..8),
+            proptest::collection::vec(any::<u32>(), 0..3)
+        )
+            .prop_map(|(view, members, removed)| PeerMsg::Install {
+                view,
+                members,
+                removed
+            }),
         any::<u64>().prop_map(|v| PeerMsg::InstallAck { view: View(v) }),
         v.clone().prop_map(|view| PeerMsg::Heartbeat { view }),
         (v.clone(), client_id()).prop_map(|(view, client)| PeerMsg::Register { view, client }),
@@ -226,6 +235,19 @@ fn peer_msg() -> impl Strategy<Value = PeerMsg> {
         (v.clone(), s).prop_map(|(view, seq)| PeerMsg::CommitAck { view, seq }),
         (v, join_refusal()).prop_map(|(view, reason)| PeerMsg::JoinRefused { view, reason }),
         view_info().prop_map(|view| PeerMsg::Fence { view }),
+    ]
+}
+
+fn remove_reply() -> impl Strategy<Value = RemoveReply> {
+    prop_oneof![
+        (any::<u64>(), proptest::collection::vec(any::<u64>(), 0..5)).prop_map(|(v, seqs)| {
+            RemoveReply::Removed {
+                view: View(v),
+                unblocked: seqs.into_iter().map(Seq).collect(),
+            }
+        }),
+        Just(RemoveReply::NoSuchClient),
+        proptest::option::of(addr()).prop_map(|primary| RemoveReply::AskPrimary { primary }),
     ]
 }
 
@@ -315,6 +337,9 @@ proptest! {
 
     #[test]
     fn status_frames(msg in status_reply()) { check_frame(&msg) }
+
+    #[test]
+    fn remove_reply_frames(msg in remove_reply()) { check_frame(&msg) }
 
     /// Whatever the hand-written decoder accepts, serde_cbor reads as the same message:
     /// valid frames with one byte changed, cut short or extended.

@@ -92,3 +92,71 @@ fn clients_join_and_leave_while_ballots_run() {
         "the leaver logged every ballot"
     );
 }
+
+fn pbvote(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(BIN)
+        .args(args)
+        .output()
+        .expect("run pbvote")
+}
+
+/// A SIGKILLed client is a crash, not a leave: the ballots wait for it. `remove-client`,
+/// pointed at the backup (which names the primary), takes it out: it says which ballots
+/// it unblocked, those complete without its vote, and the rest count one voter fewer.
+#[test]
+fn a_client_killed_for_good_is_removed_with_remove_client() {
+    let ballots = 40;
+    let mut c = Cluster::start(ballots, &["--ballot-interval-ms", "20"]);
+    let (dir, err) = (c.dir.path().to_path_buf(), c.err.clone());
+    wait_line(&err, "view-change role=backup", T);
+    wait_line(&err, "ballot-open seq=8 ", T);
+    c.procs[4].kill_group();
+    let status = pbvote(&["status", "--server", &c.addr, "--json"]);
+    let status: serde_json::Value = serde_json::from_slice(&status.stdout).expect("status json");
+    let backup = status["peer"]["addr"]
+        .as_str()
+        .expect("a backup")
+        .to_string();
+    let unknown = pbvote(&["remove-client", "--server", &c.addr, "--id", "nobody"]);
+    assert_eq!(unknown.status.code(), Some(1), "{unknown:?}");
+    let out = pbvote(&["remove-client", "--server", &backup, "--id", "n2", "--json"]);
+    assert!(out.status.success(), "{out:?}");
+    let reply: serde_json::Value = serde_json::from_slice(&out.stdout).expect("reply json");
+    assert_eq!(reply["removed"], "n2");
+    let unblocked: Vec<u64> = (reply["unblocked"].as_array().expect("unblocked").iter())
+        .filter_map(|s| s.as_u64())
+        .collect();
+    wait_line(&err, "client-removed client=n2 reason=operator", T);
+    for p in c.procs[..4].iter_mut() {
+        let status = p.wait_exit(Duration::from_secs(120));
+        assert!(status.success(), "{} exited {status}", p.name);
+    }
+    let voters = voters_per_ballot(&err);
+    let full = fs::read_to_string(dir.join("n1.log")).unwrap_or_default();
+    assert_eq!(full.lines().count() as u64, ballots);
+    for line in full.lines() {
+        let nums: Vec<u64> = line.split(' ').filter_map(|w| w.parse().ok()).collect();
+        let (seq, counted) = (nums[0], (nums[1] + nums[2]) as u32);
+        let opened = voters[&seq];
+        let without_n2 = unblocked.contains(&seq) && counted + 1 == opened;
+        assert!(
+            counted == opened || without_n2,
+            "ballot {seq}: {line}, opened with {opened}"
+        );
+    }
+    assert!(voters.values().any(|&v| v == 4), "{voters:?}");
+    let logs: Vec<ClientLog> = (c.clients.iter())
+        .map(|(id, policy)| {
+            let text = fs::read_to_string(dir.join(format!("{id}.log"))).unwrap_or_default();
+            ClientLog::parse(id, &text, Some(*policy)).expect("log parses")
+        })
+        .collect();
+    let expect = Expect {
+        ballots: Some(ballots),
+        left: ["n2".to_string()].into(),
+        ..Expect::default()
+    };
+    let found = check::check(&logs, &expect);
+    let broken: Vec<_> = found.iter().filter(|v| v.guarantee != "G3").collect();
+    assert!(broken.is_empty(), "{broken:#?}");
+}

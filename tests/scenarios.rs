@@ -385,3 +385,32 @@ fn members_changing_while_the_backup_starts_do_not_respawn_it() {
         sim.finish().map(drop)
     });
 }
+
+/// Issue 12: a client SIGKILLed for good is a crash, not a leave: it stays a voter and the
+/// ballots wait for it (G3). `remove-client` takes it out: the ballots that waited only for
+/// it complete without its vote, the later ones do not count it, and every log agrees.
+#[test]
+fn a_client_gone_for_good_is_removed_and_the_ballots_go_on() {
+    for_each_seed(|seed| {
+        let setup = Setup {
+            policies: vec![Policy::Yes, Policy::Yes, Policy::No],
+            ballots: 30,
+            ..Setup::default()
+        };
+        let mut sim = Sim::new(seed, setup)?;
+        serving_with_backup(&mut sim, 5)?;
+        sim.exit_client(2);
+        let stuck = sim.least_logged();
+        sim.run_for(Duration::from_millis(500))?;
+        let logged = sim.logged(0).max(sim.logged(1));
+        assert!(
+            logged <= sim.logged(2) + 1,
+            "seed {seed}: ballots went on without c2"
+        );
+        sim.remove_client(2)?;
+        sim.run_until("the ballots go on without it", |s| s.logged(0) >= stuck + 5)?;
+        let later = sim.logged(0);
+        assert_eq!(sim.electorate_len(later), Some(2), "seed {seed}");
+        sim.finish().map(drop)
+    });
+}

@@ -127,6 +127,19 @@ impl Ballot {
             .collect()
     }
 
+    /// Client `idx`, removed by an operator, no longer votes here if its vote is not in
+    /// yet; returns whether the ballot waited for it.
+    pub fn drop_voter(&mut self, idx: u32) -> bool {
+        match self.slots.get_mut(idx as usize) {
+            Some(slot @ Slot::Awaited) => {
+                *slot = Slot::NotVoter;
+                self.voters -= 1;
+                true
+            }
+            _ => false,
+        }
+    }
+
     pub fn complete(&self) -> bool {
         self.counted == self.voters
     }

@@ -6,9 +6,11 @@
 //! view without them, then `Left`) here.
 
 use super::role::RoleState;
-use super::Node;
-use crate::proto::ServerMsg;
-use log::info;
+use super::views::Proposal;
+use super::{Node, Output};
+use crate::link::ConnId;
+use crate::proto::{ClientId, RemoveReply, Seq, ServerMsg};
+use log::{info, warn};
 use std::time::Instant;
 
 /// A set of client indexes (the registry's), with its size kept.
@@ -99,7 +101,7 @@ impl Node {
             }
             RoleState::Primary(p) => {
                 let mut members = self.views.members.union(self.joiners());
-                for &idx in p.leaving.keys() {
+                for &idx in p.leaving.keys().chain(p.removing.keys()) {
                     members.remove(idx);
                 }
                 members
@@ -131,10 +133,8 @@ impl Node {
             return;
         };
         let idle = !primary.is_recovering() && primary.pending_install.is_none();
-        let leaving = primary
-            .leaving
-            .keys()
-            .any(|&i| self.views.members.contains(i));
+        let mut going = primary.leaving.keys().chain(primary.removing.keys());
+        let leaving = going.any(|&i| self.views.members.contains(i));
         // A view whose backup is not linked is about to give way to one without it.
         let backup_linked = self.views.installed.backup.is_none() || self.peer.is_some();
         let wanted = leaving || !self.joiners().is_empty();
@@ -183,6 +183,83 @@ impl Node {
         }
         self.propose_membership_change(now);
         self.release_leavers();
+    }
+
+    /// `pbvote remove-client --id ID`: a client gone for good leaves the membership
+    /// without asking. Answered once a view without it is installed.
+    pub(super) fn on_remove_request(&mut self, conn: ConnId, id: ClientId, now: Instant) {
+        let reply = |node: &mut Node, reply: RemoveReply| {
+            node.out.push(Output::Removed(conn, reply));
+            node.out.close(conn, "remove answered");
+        };
+        let acting = self.role.primary().is_some_and(|p| !p.is_recovering());
+        if !acting {
+            let primary = (self.role.is_backup() && self.views.proposal.is_none())
+                .then_some(self.views.installed.primary);
+            return reply(self, RemoveReply::AskPrimary { primary });
+        }
+        let Some(idx) = self.registry.index_of(&id) else {
+            return reply(self, RemoveReply::NoSuchClient);
+        };
+        let proposed = self
+            .views
+            .proposal
+            .as_ref()
+            .is_some_and(|p| p.members.contains(idx));
+        if !self.views.members.contains(idx) && !proposed {
+            let view = self.views.installed.number;
+            let unblocked = Vec::new();
+            return reply(self, RemoveReply::Removed { view, unblocked });
+        }
+        warn!("client-removing client={id} by=operator");
+        if let Some(primary) = self.role.primary_mut() {
+            primary.removing.entry(idx).or_default().push(conn);
+        }
+        self.propose_membership_change(now);
+    }
+
+    /// The members the pending proposal drops because an operator removes them.
+    pub(super) fn removed_by(&self, p: &Proposal) -> Members {
+        let removing = self.role.primary().map(|r| &r.removing);
+        let dropped = p.base.iter().filter(|&i| !p.members.contains(i));
+        Members::from_indexes(dropped.filter(|i| removing.is_some_and(|r| r.contains_key(i))))
+    }
+
+    /// No open ballot waits for the votes of `removed` any more; returns, per client, the
+    /// ballots that did.
+    pub(super) fn drop_removed_voters(&mut self, removed: &Members) -> Vec<(u32, Vec<Seq>)> {
+        let mut unblocked = Vec::new();
+        for idx in removed.iter() {
+            let seqs: Vec<Seq> = (self.ballots.iter_mut())
+                .filter_map(|b| b.drop_voter(idx).then_some(b.seq))
+                .collect();
+            info!(
+                "client-removed client={} reason=operator unblocked={}",
+                self.registry.id(idx),
+                seqs.len()
+            );
+            unblocked.push((idx, seqs));
+        }
+        unblocked
+    }
+
+    /// Tells each `remove-client` that waited that its client is out.
+    pub(super) fn answer_removals(&mut self, unblocked: Vec<(u32, Vec<Seq>)>) {
+        let view = self.views.installed.number;
+        for (idx, seqs) in unblocked {
+            let waiting = self
+                .role
+                .primary_mut()
+                .and_then(|p| p.removing.remove(&idx));
+            for conn in waiting.unwrap_or_default() {
+                let reply = RemoveReply::Removed {
+                    view,
+                    unblocked: seqs.clone(),
+                };
+                self.out.push(Output::Removed(conn, reply));
+                self.out.close(conn, "remove answered");
+            }
+        }
     }
 
     /// Tells every client that asked to leave, is no member, and has no vote an open

@@ -324,6 +324,7 @@ impl Node {
                 self.out.push(Output::Status(conn, status));
                 self.out.close(conn, "status answered");
             }
+            Hello::Remove { id } => self.on_remove_request(conn, id, now),
         }
         self.debug_check("handle_hello");
     }
@@ -460,7 +461,11 @@ impl Node {
         match msg {
             PeerMsg::Heartbeat { .. } => {}
             PeerMsg::Snapshot(snapshot) => self.install_snapshot(*snapshot, now),
-            PeerMsg::Install { view, members } => self.on_install(conn, view, members),
+            PeerMsg::Install {
+                view,
+                members,
+                removed,
+            } => self.on_install(conn, view, members, removed),
             PeerMsg::InstallAck { view } => self.on_install_ack(view, now),
             PeerMsg::Register { view: _, client } => {
                 self.register(client);

@@ -4,7 +4,7 @@
 use super::role::StepDown;
 use crate::link::ConnId;
 use crate::proto::limits::MAX_RESULTS_PER_FRAME;
-use crate::proto::{Hello, PeerMsg, Seq, ServerMsg, StatusReply, Tally, View};
+use crate::proto::{Hello, PeerMsg, RemoveReply, Seq, ServerMsg, StatusReply, Tally, View};
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 
@@ -22,6 +22,8 @@ pub enum Output {
     ToPeer(ConnId, PeerMsg),
     /// Answer a status connection; close it once written.
     Status(ConnId, Box<StatusReply>),
+    /// Answer a `remove-client` connection; close it once written.
+    Removed(ConnId, RemoveReply),
     /// Close the connection once what is queued for it is written.
     Close(ConnId, &'static str),
     /// fork/exec a backup on `--backup-listen`, first killing (and reaping) the one we

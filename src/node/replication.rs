@@ -4,7 +4,7 @@
 
 use super::ballot::Ballot;
 use super::membership::Members;
-use super::role::{Evidence, Installing, RoleState, StepDown};
+use super::role::{Evidence, RoleState, StepDown};
 use super::timers::Timer;
 use super::{Node, Output};
 use crate::link::ConnId;
@@ -163,8 +163,15 @@ impl Node {
         );
     }
 
-    /// The primary installs us as backup of `view`, whose voters are `members`.
-    pub(super) fn on_install(&mut self, conn: ConnId, view: ViewInfo, members: Vec<u32>) {
+    /// The primary installs us as backup of `view`, whose voters are `members`; no open
+    /// ballot waits any more for the clients it `removed`.
+    pub(super) fn on_install(
+        &mut self,
+        conn: ConnId,
+        view: ViewInfo,
+        members: Vec<u32>,
+        removed: Vec<u32>,
+    ) {
         if !(self.role.is_joining() || self.role.is_backup()) {
             return;
         }
@@ -182,6 +189,7 @@ impl Node {
             "view-change role=backup view={view} members={}",
             members.len()
         );
+        self.drop_removed_voters(&Members::from_indexes(removed));
         self.views.installed = view;
         self.leases.set_members(&members);
         self.views.members = members;
@@ -326,9 +334,9 @@ impl Node {
                 .take_if(|pending| pending.view.number == view)
         });
         match pending {
-            Some(Installing { view, members }) => {
-                let accepted = members.majority();
-                self.install(view, members, accepted, now);
+            Some(installing) => {
+                let accepted = installing.members.majority();
+                self.install(installing, accepted, now);
             }
             None => debug!("install-ack-ignored view={view}"),
         }
@@ -477,7 +485,7 @@ impl Node {
     /// a view that a majority installed without that backup. Until then this primary may
     /// itself be the stale one, and the "dead" backup its successor.
     fn backup_lost(&mut self, why: PeerLoss, now: Instant) {
-        if let Some(Installing { view, members }) = self
+        if let Some(installing) = self
             .role
             .primary_mut()
             .and_then(|p| p.pending_install.take())
@@ -485,8 +493,8 @@ impl Node {
             // The backup may have acted on its Install (and told clients of the view in
             // its Welcome): the view is real, so install it and lose its backup like any
             // other. Proposals then build on it.
-            let accepted = members.majority();
-            self.install(view, members, accepted, now);
+            let accepted = installing.members.majority();
+            self.install(installing, accepted, now);
         }
         // The configuration we are heading for: the pending proposal's, else the installed.
         let target_backup = match &self.views.proposal {

@@ -66,13 +66,18 @@ pub struct Primary {
     /// One that was stays here until its connection closes, so that it is not taken back
     /// in as a joiner meanwhile. Not replicated: a leaving client asks each new primary.
     pub leaving: BTreeMap<u32, bool>,
+    /// Clients an operator removes (`remove-client`), with the connections waiting for
+    /// the answer.
+    pub removing: BTreeMap<u32, Vec<ConnId>>,
 }
 
-/// A view waiting for its backup's `InstallAck`, and its members.
+/// A view waiting for its backup's `InstallAck`, its members, and the clients it removes
+/// (whose votes no open ballot waits for once it is installed).
 #[derive(Clone, Debug)]
 pub struct Installing {
     pub view: ViewInfo,
     pub members: Members,
+    pub removed: Members,
 }
 
 impl Primary {

@@ -345,6 +345,12 @@ impl Node {
         };
         self.timers.stop(Timer::Propose);
         let view = p.view;
+        let removed = self.removed_by(&p);
+        let installing = Installing {
+            view,
+            members: p.members,
+            removed,
+        };
         // A view with a backup linked here: the backup first, the clients after its ack.
         if let (Some(backup), Some(peer), RoleState::Primary(primary)) =
             (view.backup, &self.peer, &mut self.role)
@@ -352,35 +358,33 @@ impl Node {
             if peer.addr == backup {
                 info!(
                     "view-accepted view={view} accepted={} members={} waiting=install-ack",
-                    p.count(),
-                    p.members.len()
+                    p.accepted.len(),
+                    installing.members.len()
                 );
-                let members = p.members.iter().collect();
-                self.out
-                    .send_peer(peer.conn, PeerMsg::Install { view, members });
-                primary.pending_install = Some(Installing {
+                let install = PeerMsg::Install {
                     view,
-                    members: p.members,
-                });
+                    members: installing.members.iter().collect(),
+                    removed: installing.removed.iter().collect(),
+                };
+                self.out.send_peer(peer.conn, install);
+                primary.pending_install = Some(installing);
                 // From now on what we tell clients must be known to the backup too.
                 self.recommit();
                 self.commit_ready(now);
                 return;
             }
         }
-        let accepted = p.count();
-        self.install(view, p.members, accepted, now);
+        self.install(installing, p.accepted.len(), now);
     }
 
-    /// Acts in `view`, with `members` as its voters, as its primary from now on and tells
-    /// every client.
-    pub(super) fn install(
-        &mut self,
-        view: ViewInfo,
-        members: Members,
-        accepted: usize,
-        now: Instant,
-    ) {
+    /// Acts in the view being installed, with its members as voters, as its primary from
+    /// now on and tells every client.
+    pub(super) fn install(&mut self, installing: Installing, accepted: usize, now: Instant) {
+        let Installing {
+            view,
+            members,
+            removed,
+        } = installing;
         let took_over = self.role.become_primary();
         info!(
             "view-change role=primary view={view} accepted={accepted} members={} took_over={took_over}",
@@ -389,6 +393,8 @@ impl Node {
         self.views.installed = view;
         self.leases.set_members(&members);
         self.views.members = members;
+        let unblocked = self.drop_removed_voters(&removed);
+        self.answer_removals(unblocked);
         self.finish_recovery();
         // Clients that said hello while we were backup and that the old primary never
         // registered: they are ours to register now (they join).

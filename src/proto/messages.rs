@@ -30,6 +30,9 @@ pub enum Hello {
     },
     /// `pbvote status`: answered with one [`StatusReply`], then closed.
     Status,
+    /// `pbvote remove-client`: take client `id`, gone for good, out of the membership.
+    /// Answered with one [`RemoveReply`] once that is agreed (or refused), then closed.
+    Remove { id: ClientId },
 }
 
 /// What a connection carries after its [`Hello`].
@@ -38,6 +41,8 @@ pub enum LinkKind {
     Client,
     Peer,
     Status,
+    /// `pbvote remove-client`: one request in the hello, one answer.
+    Admin,
 }
 
 impl Hello {
@@ -46,6 +51,7 @@ impl Hello {
             Hello::Client { .. } => LinkKind::Client,
             Hello::Peer { .. } => LinkKind::Peer,
             Hello::Status => LinkKind::Status,
+            Hello::Remove { .. } => LinkKind::Admin,
         }
     }
 }
@@ -144,10 +150,15 @@ pub enum PeerMsg {
     /// on the same connection.
     Snapshot(Box<Snapshot>),
     /// Primary to its backup (or the joiner becoming it): a majority accepted `view`, whose
-    /// voters are the client indexes `members`; act as its backup. The primary installs it
+    /// voters are the client indexes `members`; act as its backup. `removed`: clients an
+    /// operator removed, whose votes no open ballot waits for any more. The primary installs it
     /// (and tells the clients) only on `InstallAck`, so no client can follow a view whose
     /// backup could not take over, or would count its majorities over other members.
-    Install { view: ViewInfo, members: Vec<u32> },
+    Install {
+        view: ViewInfo,
+        members: Vec<u32>,
+        removed: Vec<u32>,
+    },
     /// Backup to primary: `Install` applied; everything sent before it has arrived.
     InstallAck { view: View },
     /// Both ways, every heartbeat interval.
@@ -225,6 +236,19 @@ pub struct OpenBallot {
     pub voters: Vec<u32>,
     /// The votes counted so far: `(client index, yes)`.
     pub votes: Vec<(u32, bool)>,
+}
+
+/// Server to `pbvote remove-client`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum RemoveReply {
+    /// A view without the client is installed (`view`); `unblocked`: the open ballots that
+    /// waited for its vote and no longer do.
+    Removed { view: View, unblocked: Vec<Seq> },
+    /// No client of that name ever registered here.
+    NoSuchClient,
+    /// This server cannot remove anyone now: it is not the acting primary. `primary`: the
+    /// one to ask, if known.
+    AskPrimary { primary: Option<SocketAddr> },
 }
 
 /// Server to `pbvote status`.

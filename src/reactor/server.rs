@@ -420,7 +420,7 @@ impl Server {
                             conn.set_outbuf_limit(MAX_PEER_OUTBUF);
                             Expect::PeerMsgs
                         }
-                        LinkKind::Status => Expect::Nothing,
+                        LinkKind::Status | LinkKind::Admin => Expect::Nothing,
                     };
                     if conn.expect == Expect::ClientMsgs && self.clients_deferred {
                         let moved = self.conns.move_registration(
@@ -475,6 +475,7 @@ impl Server {
                 Output::ToClients(ids, msg) => self.queue_to_all(&ids, &msg, now),
                 Output::ToPeer(id, msg) => self.queue(id, &msg, now),
                 Output::Status(id, reply) => self.queue(id, &*reply, now),
+                Output::Removed(id, reply) => self.queue(id, &reply, now),
                 Output::Close(id, reason) => {
                     if let Some(addr) = self.conns.close_after_flush(id) {
                         info!("conn-closing peer={addr} conn={id} reason={reason}");

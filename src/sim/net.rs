@@ -195,6 +195,9 @@ impl World {
 
     pub(super) fn close(&mut self, from: Proc, conn: ConnId) {
         let c = conn.slot as usize;
+        if c >= self.conns.len() {
+            return; // not a simulated connection (a script's request)
+        }
         let side = self.side(c, from);
         if !self.conns[c].open[side] {
             return;

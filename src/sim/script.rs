@@ -229,6 +229,25 @@ impl Sim {
         self.world.exit_client(c);
     }
 
+    /// `pbvote remove-client --id c<c>`, asked of the acting primary: its answer is not
+    /// modelled, its effect is (watch the electorates and the logs).
+    pub fn remove_client(&mut self, c: usize) -> Result<(), SimFailure> {
+        let Some(p) = self.primary() else {
+            return Err(self.world.fail("remove-client: no acting primary".into()));
+        };
+        self.world.live.removed(c);
+        let now = self.world.instant();
+        // A connection the simulated network does not know: the answer goes nowhere.
+        let admin = crate::link::ConnId {
+            slot: u32::MAX,
+            gen: 0,
+        };
+        let id = crate::proto::ClientId(format!("c{c}"));
+        let hello = crate::proto::Hello::Remove { id };
+        self.world.servers[p].node.handle_hello(admin, hello, now);
+        self.world.drain(super::net::Proc::Server(p))
+    }
+
     /// SIGKILL client `c`; it restarts from its log after a short while.
     pub fn crash_client(&mut self, c: usize) {
         self.world.crash_client(c);

@@ -418,7 +418,7 @@ impl World {
                     }
                 }
                 Output::ToPeer(c, msg) => self.send(proc, c, Payload::Peer(msg)),
-                Output::Status(_, _) => {}
+                Output::Status(_, _) | Output::Removed(_, _) => {}
                 Output::Close(c, _) => self.close(proc, c),
                 Output::SpawnBackup => self.spawn_backup_of(i)?,
                 Output::Exit(reason) => {

@@ -7,7 +7,7 @@
 mod hot;
 
 use super::limits::{MAX_CLIENT_FRAME_LEN, MAX_FRAME_LEN, MAX_HELLO_LEN};
-use super::messages::{ClientMsg, Hello, PeerMsg, ServerMsg, StatusReply};
+use super::messages::{ClientMsg, Hello, PeerMsg, RemoveReply, ServerMsg, StatusReply};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use std::fmt;
@@ -67,6 +67,9 @@ impl Wire for PeerMsg {
 }
 impl Wire for StatusReply {
     const NAME: &'static str = "StatusReply";
+}
+impl Wire for RemoveReply {
+    const NAME: &'static str = "RemoveReply";
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
