@@ -142,6 +142,10 @@ pub struct ServerArgs {
     /// Do not spawn a backup at start (one started by hand with --join joins instead).
     #[structopt(long)]
     pub no_spawn: bool,
+    /// Remove a member that has been disconnected from the primary for this long, as
+    /// `remove-client` would (default: never).
+    #[structopt(long)]
+    pub absent_after_ms: Option<u64>,
     /// Start spawned backups through this program: `PROGRAM LISTEN_ADDR PBVOTE ARGS...`,
     /// which must exec the rest (e.g. into the network namespace that owns LISTEN_ADDR;
     /// see scripts/netns-spawn.sh). Passed on to every spawned backup.
@@ -360,6 +364,7 @@ fn run_server(args: ServerArgs) -> Result<(), Failure> {
         min_clients: args.min_clients,
         window: args.window,
         spawn_backup: args.role == RoleArg::Primary && !args.no_spawn,
+        absent_after: args.absent_after_ms.map(Duration::from_millis),
     };
     cfg.validate().map_err(|e| Failure::Usage(e.to_string()))?;
     init_logging(
@@ -377,6 +382,7 @@ fn run_server(args: ServerArgs) -> Result<(), Failure> {
         ballots: args.ballots,
         window: args.window,
         min_clients: args.min_clients,
+        absent_after_ms: args.absent_after_ms,
         log_level: args.log_level.clone(),
         via: args.spawn_via.clone(),
     };

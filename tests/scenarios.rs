@@ -414,3 +414,30 @@ fn a_client_gone_for_good_is_removed_and_the_ballots_go_on() {
         sim.finish().map(drop)
     });
 }
+
+/// `--absent-after-ms`: a member disconnected longer than that is removed by the primary
+/// itself (`client-removed reason=absent`), and the ballots go on without it.
+#[test]
+fn an_absent_member_is_removed_after_absent_after_ms() {
+    for_each_seed(|seed| {
+        let setup = Setup {
+            policies: vec![Policy::Yes, Policy::Yes, Policy::No],
+            ballots: 30,
+            absent_after: Some(Duration::from_millis(300)),
+            ..Setup::default()
+        };
+        let mut sim = Sim::new(seed, setup)?;
+        serving_with_backup(&mut sim, 5)?;
+        sim.expect_removal(2);
+        sim.exit_client(2);
+        let gone_at = sim.now();
+        let stuck = sim.least_logged();
+        sim.run_until("the ballots go on without it", |s| s.logged(0) >= stuck + 5)?;
+        assert!(
+            sim.now() >= gone_at + Duration::from_millis(300),
+            "seed {seed}: too soon"
+        );
+        assert_eq!(sim.electorate_len(sim.logged(0)), Some(2), "seed {seed}");
+        sim.finish().map(drop)
+    });
+}

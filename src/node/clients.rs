@@ -119,6 +119,7 @@ impl Node {
         self.arm_open_ballot(now);
         // A client that is no member yet joins through the next view.
         self.propose_membership_change(now);
+        self.arm_absent(now);
     }
 
     /// Adds a client to the registry (idempotent) and returns its index.
@@ -146,7 +147,7 @@ impl Node {
             primary.catching_up.remove(&conn);
             primary.resend_after_install.remove(&conn);
         }
-        match self.registry.detach(conn) {
+        match self.registry.detach(conn, now) {
             Detached::NotAClient => false,
             Detached::Superseded => true,
             Detached::Gone(idx) => {
@@ -160,6 +161,7 @@ impl Node {
                 }
                 info!("client-gone client={} conn={conn}", self.registry.id(idx));
                 self.joiner_gone(idx, now);
+                self.arm_absent(now);
                 true
             }
         }

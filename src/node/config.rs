@@ -37,6 +37,9 @@ pub struct NodeConfig {
     pub window: u64,
     /// Spawn a backup at start (primary only; `--no-spawn` clears it).
     pub spawn_backup: bool,
+    /// A member disconnected from the primary longer than this is removed, as by
+    /// `remove-client` (`--absent-after-ms`; `None`: never).
+    pub absent_after: Option<Duration>,
 }
 
 /// A setting out of its range; the message names the flag.
@@ -163,6 +166,7 @@ mod tests {
             min_clients: 1,
             window: 1,
             spawn_backup: true,
+            absent_after: None,
         }
     }
 

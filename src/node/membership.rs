@@ -5,7 +5,8 @@
 //! argue it. Clients join (a view adds every connected non-member) and leave (`Leave`, a
 //! view without them, then `Left`) here.
 
-use super::role::RoleState;
+use super::role::{Removal, RoleState};
+use super::timers::Timer;
 use super::views::Proposal;
 use super::{Node, Output};
 use crate::link::ConnId;
@@ -213,9 +214,67 @@ impl Node {
         }
         warn!("client-removing client={id} by=operator");
         if let Some(primary) = self.role.primary_mut() {
-            primary.removing.entry(idx).or_default().push(conn);
+            primary.removing.entry(idx).or_default().waiting.push(conn);
         }
         self.propose_membership_change(now);
+    }
+
+    /// [`Timer::Absent`] fired: members disconnected for `--absent-after-ms` are removed.
+    pub(super) fn remove_absent(&mut self, now: Instant) {
+        let Some(after) = self.cfg.absent_after else {
+            return;
+        };
+        for idx in self.views.members.iter().collect::<Vec<_>>() {
+            let since = self.registry.gone_since(idx, now);
+            let Some(since) = since.filter(|&t| now.saturating_duration_since(t) >= after) else {
+                continue;
+            };
+            let Some(primary) = self.role.primary_mut() else {
+                return;
+            };
+            if let std::collections::btree_map::Entry::Vacant(entry) = primary.removing.entry(idx) {
+                warn!(
+                    "client-removing client={} by=absent absent_ms={}",
+                    self.registry.id(idx),
+                    now.saturating_duration_since(since).as_millis()
+                );
+                entry.insert(Removal {
+                    absent: true,
+                    ..Removal::default()
+                });
+            }
+        }
+        self.propose_membership_change(now);
+        self.arm_absent(now);
+    }
+
+    /// Arms [`Timer::Absent`] for the first member that will have been disconnected for
+    /// `--absent-after-ms`, if the flag is set and this server is the acting primary.
+    pub(super) fn arm_absent(&mut self, now: Instant) {
+        let acting = self.role.primary().is_some_and(|p| !p.is_recovering());
+        let Some(after) = self.cfg.absent_after.filter(|_| acting) else {
+            self.timers.stop(Timer::Absent);
+            return;
+        };
+        let removing = |idx| {
+            self.role
+                .primary()
+                .is_some_and(|p| p.removing.contains_key(&idx))
+        };
+        let members: Vec<u32> = self
+            .views
+            .members
+            .iter()
+            .filter(|&i| !removing(i))
+            .collect();
+        let first = members
+            .into_iter()
+            .filter_map(|idx| self.registry.gone_since(idx, now))
+            .min();
+        match first {
+            Some(since) => self.timers.set(Timer::Absent, since + after),
+            None => self.timers.stop(Timer::Absent),
+        }
     }
 
     /// The members the pending proposal drops because an operator removes them.
@@ -233,9 +292,15 @@ impl Node {
             let seqs: Vec<Seq> = (self.ballots.iter_mut())
                 .filter_map(|b| b.drop_voter(idx).then_some(b.seq))
                 .collect();
+            let absent = self
+                .role
+                .primary()
+                .and_then(|p| p.removing.get(&idx))
+                .is_some_and(|r| r.absent);
             info!(
-                "client-removed client={} reason=operator unblocked={}",
+                "client-removed client={} reason={} unblocked={}",
                 self.registry.id(idx),
+                if absent { "absent" } else { "operator" },
                 seqs.len()
             );
             unblocked.push((idx, seqs));
@@ -247,11 +312,11 @@ impl Node {
     pub(super) fn answer_removals(&mut self, unblocked: Vec<(u32, Vec<Seq>)>) {
         let view = self.views.installed.number;
         for (idx, seqs) in unblocked {
-            let waiting = self
+            let removal = self
                 .role
                 .primary_mut()
                 .and_then(|p| p.removing.remove(&idx));
-            for conn in waiting.unwrap_or_default() {
+            for conn in removal.map(|r| r.waiting).unwrap_or_default() {
                 let reply = RemoveReply::Removed {
                     view,
                     unblocked: seqs.clone(),

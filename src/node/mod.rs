@@ -517,6 +517,7 @@ impl Node {
             }
             Timer::Reask => self.reask_missing_voters(now),
             Timer::OpenBallot => self.open_ballots(now),
+            Timer::Absent => self.remove_absent(now),
         }
     }
 

@@ -5,11 +5,15 @@
 use crate::link::ConnId;
 use crate::proto::ClientId;
 use std::collections::{BTreeMap, HashMap};
+use std::time::Instant;
 
 #[derive(Clone, Debug)]
 struct ClientRecord {
     id: ClientId,
     conn: Option<ConnId>,
+    /// Since when it has had no connection here, once it had one (or once it was noticed
+    /// missing).
+    gone_since: Option<Instant>,
 }
 
 /// A client connection as a server knows it. A backup may hear from a client before the
@@ -90,7 +94,11 @@ impl Registry {
                 conn = Some(*c);
             }
         }
-        self.clients.push(ClientRecord { id, conn });
+        self.clients.push(ClientRecord {
+            id,
+            conn,
+            gone_since: None,
+        });
         (idx, true)
     }
 
@@ -122,11 +130,12 @@ impl Registry {
         if let Some(old) = old {
             self.conns.remove(&old);
         }
+        self.clients[idx as usize].gone_since = None;
         self.conns.insert(conn, ClientConn::Known(idx));
         old
     }
 
-    pub fn detach(&mut self, conn: ConnId) -> Detached {
+    pub fn detach(&mut self, conn: ConnId, now: Instant) -> Detached {
         let Some(entry) = self.conns.remove(&conn) else {
             return Detached::NotAClient;
         };
@@ -134,10 +143,21 @@ impl Registry {
             let record = &mut self.clients[idx as usize];
             if record.conn == Some(conn) {
                 record.conn = None;
+                record.gone_since = Some(now);
                 return Detached::Gone(idx);
             }
         }
         Detached::Superseded
+    }
+
+    /// Since when client `idx` has had no connection: `now` if it never had one here (a
+    /// primary that took over first misses it now).
+    pub fn gone_since(&mut self, idx: u32, now: Instant) -> Option<Instant> {
+        let record = &mut self.clients[idx as usize];
+        if record.conn.is_some() {
+            return None;
+        }
+        Some(*record.gone_since.get_or_insert(now))
     }
 
     pub fn resolve(&self, conn: ConnId) -> Option<u32> {
@@ -214,9 +234,11 @@ mod tests {
         assert_eq!(r.attach(idx, conn(1)), None);
         assert_eq!(r.attach(idx, conn(1)), None);
         assert_eq!(r.attach(idx, conn(2)), Some(conn(1)));
-        assert_eq!(r.detach(conn(1)), Detached::NotAClient);
-        assert_eq!(r.detach(conn(2)), Detached::Gone(idx));
-        assert_eq!(r.detach(conn(3)), Detached::NotAClient);
+        let now = Instant::now();
+        assert_eq!(r.detach(conn(1), now), Detached::NotAClient);
+        assert_eq!(r.detach(conn(2), now), Detached::Gone(idx));
+        assert_eq!(r.detach(conn(3), now), Detached::NotAClient);
+        assert_eq!(r.gone_since(idx, now), Some(now));
         assert_eq!(r.check(), Ok(()));
     }
 }

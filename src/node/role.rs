@@ -66,9 +66,18 @@ pub struct Primary {
     /// One that was stays here until its connection closes, so that it is not taken back
     /// in as a joiner meanwhile. Not replicated: a leaving client asks each new primary.
     pub leaving: BTreeMap<u32, bool>,
-    /// Clients an operator removes (`remove-client`), with the connections waiting for
-    /// the answer.
-    pub removing: BTreeMap<u32, Vec<ConnId>>,
+    /// Clients being removed (`remove-client`, or absent past `--absent-after-ms`), with
+    /// why and the connections waiting for the answer.
+    pub removing: BTreeMap<u32, Removal>,
+}
+
+/// A removal under way.
+#[derive(Debug, Default)]
+pub struct Removal {
+    /// `remove-client` connections waiting for the answer (none for an absent client).
+    pub waiting: Vec<ConnId>,
+    /// It was absent too long (`--absent-after-ms`), not named by an operator.
+    pub absent: bool,
 }
 
 /// A view waiting for its backup's `InstallAck`, its members, and the clients it removes

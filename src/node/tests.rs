@@ -23,6 +23,7 @@ fn primary(now: Instant) -> Node {
             min_clients: 1,
             window: 64,
             spawn_backup: false,
+            absent_after: None,
         },
         now,
     )

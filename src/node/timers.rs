@@ -33,10 +33,14 @@ pub enum Timer {
     /// The earliest moment the primary may open the next ballot. Armed whenever the window
     /// has room and the primary may open (lease held, clients enough, `--ballots` left).
     OpenBallot,
+    /// A member has been disconnected for `--absent-after-ms` by then: remove it. Armed
+    /// (with the flag set) on the primary whenever a member has no connection, for the
+    /// earliest of them.
+    Absent,
 }
 
 impl Timer {
-    pub const ALL: [Timer; 8] = [
+    pub const ALL: [Timer; 9] = [
         Timer::Join,
         Timer::Heartbeat,
         Timer::PeerDead,
@@ -45,6 +49,7 @@ impl Timer {
         Timer::JoinDeadline,
         Timer::Reask,
         Timer::OpenBallot,
+        Timer::Absent,
     ];
 
     fn index(self) -> usize {

@@ -426,6 +426,7 @@ impl Node {
         self.arm_open_ballot(now);
         self.propose_membership_change(now);
         self.release_leavers();
+        self.arm_absent(now);
     }
 
     /// A recovering primary's view is installed: the longest tail the clients reported is

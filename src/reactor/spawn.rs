@@ -17,6 +17,7 @@ pub struct SpawnSpec {
     pub ballots: Option<u64>,
     pub window: u64,
     pub min_clients: usize,
+    pub absent_after_ms: Option<u64>,
     pub log_level: String,
     /// `--spawn-via`: a program that starts the backup where its address lives (another
     /// network namespace, another host), run as `PROGRAM LISTEN_ADDR PBVOTE ARGS...`; it
@@ -59,6 +60,9 @@ pub fn spawn_backup(spec: &SpawnSpec, primary: SocketAddr) -> std::io::Result<Ch
         .args(["--log-level", &spec.log_level]);
     if let Some(n) = spec.ballots {
         cmd.args(["--ballots", &n.to_string()]);
+    }
+    if let Some(ms) = spec.absent_after_ms {
+        cmd.args(["--absent-after-ms", &ms.to_string()]);
     }
     if let Some(via) = &spec.via {
         cmd.arg("--spawn-via").arg(via);

@@ -60,6 +60,8 @@ pub struct Scenario {
     /// Clients that start later, while ballots run (their policies follow the first
     /// `clients` ones in `policies`): they join the membership.
     pub late_clients: usize,
+    /// `--absent-after-ms` of every server (`None`: off).
+    pub absent_after: Option<Duration>,
 }
 
 impl Scenario {
@@ -102,6 +104,7 @@ impl Scenario {
             },
             one_server_known: rng.chance(1, 2),
             late_clients,
+            absent_after: None,
         }
     }
 }

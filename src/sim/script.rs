@@ -27,6 +27,8 @@ pub struct Setup {
     pub ballot_interval: Duration,
     /// Each message takes 0..=this on the wire.
     pub max_delay: Duration,
+    /// `--absent-after-ms` of every server.
+    pub absent_after: Option<Duration>,
 }
 
 impl Default for Setup {
@@ -47,6 +49,7 @@ impl Default for Setup {
             backup_start_delay: Duration::from_millis(100),
             ballot_interval: Duration::from_millis(10),
             max_delay: Duration::from_millis(5),
+            absent_after: None,
         }
     }
 }
@@ -76,6 +79,7 @@ impl Sim {
                 partitions: 0,
                 one_server_known: false,
                 late_clients: 0,
+                absent_after: setup.absent_after,
             };
             let mut world = World::new(seed, Rng::new(seed), scenario)?;
             world.start()?;
@@ -246,6 +250,12 @@ impl Sim {
         let hello = crate::proto::Hello::Remove { id };
         self.world.servers[p].node.handle_hello(admin, hello, now);
         self.world.drain(super::net::Proc::Server(p))
+    }
+
+    /// The servers are to remove client `c` by themselves (`--absent-after-ms`): the
+    /// checker lets the ballots open then count without it.
+    pub fn expect_removal(&mut self, c: usize) {
+        self.world.live.removed(c);
     }
 
     /// SIGKILL client `c`; it restarts from its log after a short while.

@@ -230,6 +230,7 @@ impl World {
             min_clients: s.clients,
             window: s.window,
             spawn_backup: true,
+            absent_after: s.absent_after,
         };
         if let Err(e) = cfg.validate() {
             return Err(self.fail(format!("the scenario's server config is invalid: {e}")));
