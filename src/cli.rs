@@ -532,6 +532,24 @@ fn run_status(args: StatusArgs) -> Result<(), Failure> {
             .collect::<Vec<_>>()
             .join(",")
     );
+    let members: Vec<String> = (reply.members.iter())
+        .map(|m| {
+            let state = match (m.connected, m.absent_ms) {
+                (true, _) => "connected".to_string(),
+                (false, Some(ms)) => format!("absent {ms} ms"),
+                (false, None) => "not connected".to_string(),
+            };
+            match m.voter_from {
+                Some(seq) => format!("{} ({state}, voter from {seq})", m.id),
+                None => format!("{} ({state})", m.id),
+            }
+        })
+        .collect();
+    println!(
+        "members     {}: {}",
+        reply.members.len(),
+        members.join(", ")
+    );
     match (reply.view.backup, &reply.peer) {
         (backup, Some(peer)) => println!(
             "backup      {}\npeer        addr={} connected={} alive={} last_heard_ms={}",

@@ -5,8 +5,8 @@ use pbvote::proto::codec::{decode_frame, frame, DecodeError, Wire};
 use pbvote::proto::limits::{MAX_CLIENT_FRAME_LEN, MAX_FRAME_LEN, MAX_HELLO_LEN};
 use pbvote::proto::messages::OpenBallot;
 use pbvote::proto::{
-    ClientId, ClientMsg, Hello, JoinRefusal, NodeId, PeerMsg, PeerStatus, RemoveReply, Role, Seq,
-    ServerMsg, Snapshot, StatusReply, Tally, View, ViewInfo,
+    ClientId, ClientMsg, Hello, JoinRefusal, MemberStatus, NodeId, PeerMsg, PeerStatus,
+    RemoveReply, Role, Seq, ServerMsg, Snapshot, StatusReply, Tally, View, ViewInfo,
 };
 use proptest::prelude::*;
 use std::net::SocketAddr;
@@ -279,6 +279,12 @@ fn status_reply() -> impl Strategy<Value = StatusReply> {
                 last_heard_ms,
                 alive: connected,
             }),
+            members: vec![MemberStatus {
+                id: ClientId("m".into()),
+                connected: n % 2 == 0,
+                absent_ms: Some(n),
+                voter_from: Some(Seq(n)),
+            }],
         })
 }
 

@@ -10,7 +10,7 @@ use super::timers::Timer;
 use super::views::Proposal;
 use super::{Node, Output};
 use crate::link::ConnId;
-use crate::proto::{ClientId, RemoveReply, Seq, ServerMsg};
+use crate::proto::{ClientId, MemberStatus, RemoveReply, Seq, ServerMsg};
 use log::{info, warn};
 use std::time::Instant;
 
@@ -91,6 +91,33 @@ impl Members {
 }
 
 impl Node {
+    /// From now on `members` are the voters: the ones new here vote from the next ballot.
+    pub(super) fn set_members(&mut self, members: Members) {
+        let next = self.next_seq();
+        let views = &mut self.views;
+        views.voter_from.retain(|idx, _| members.contains(*idx));
+        for idx in members.iter() {
+            if !views.members.contains(idx) {
+                views.voter_from.insert(idx, next);
+            }
+        }
+        views.members = members;
+    }
+
+    /// Each member as `status` shows it.
+    pub(super) fn member_status(&self, now: Instant) -> Vec<MemberStatus> {
+        let members = self.views.members.iter();
+        members
+            .map(|idx| MemberStatus {
+                id: self.registry.id(idx).clone(),
+                connected: self.registry.conn(idx).is_some(),
+                absent_ms: (self.registry.lost_at(idx))
+                    .map(|t| now.saturating_duration_since(t).as_millis() as u64),
+                voter_from: self.views.voter_from.get(&idx).copied(),
+            })
+            .collect()
+    }
+
     /// The members a view this server proposes will have: as primary, the installed ones,
     /// plus every connected client that is not one yet (it joins), minus the ones that
     /// asked to leave; a recovering primary, every client that registered; a backup taking

@@ -247,6 +247,7 @@ impl Node {
             clients: self.registry.ids(),
             connected_clients: self.registry.conn_count() as u64,
             peer: self.peer_status(now),
+            members: self.member_status(now),
         }
     }
 

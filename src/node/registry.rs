@@ -150,6 +150,12 @@ impl Registry {
         Detached::Superseded
     }
 
+    /// Since when client `idx` lost its connection, if it had one and has none now.
+    pub fn lost_at(&self, idx: u32) -> Option<Instant> {
+        let record = &self.clients[idx as usize];
+        record.gone_since.filter(|_| record.conn.is_none())
+    }
+
     /// Since when client `idx` has had no connection: `now` if it never had one here (a
     /// primary that took over first misses it now).
     pub fn gone_since(&mut self, idx: u32, now: Instant) -> Option<Instant> {

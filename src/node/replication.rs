@@ -192,7 +192,7 @@ impl Node {
         self.drop_removed_voters(&Members::from_indexes(removed));
         self.views.installed = view;
         self.leases.set_members(&members);
-        self.views.members = members;
+        self.set_members(members);
         self.views.saw(view.number);
         self.role.become_backup();
         self.out

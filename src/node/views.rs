@@ -11,6 +11,7 @@ use super::{Node, Output};
 use crate::link::ConnId;
 use crate::proto::{PeerMsg, Seq, ServerMsg, Tally, View, ViewInfo};
 use log::{debug, info, warn};
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -22,6 +23,9 @@ pub struct Views {
     pub installed: ViewInfo,
     /// The installed view's voters.
     pub members: Members,
+    /// For each member that joined while this server knew the members: the first ballot
+    /// it is a voter of (`status` shows it).
+    pub voter_from: BTreeMap<u32, Seq>,
     pub proposal: Option<Proposal>,
     /// The highest view number heard of anywhere; proposals go above it.
     highest_seen: View,
@@ -112,6 +116,7 @@ impl Views {
         Views {
             installed,
             members: Members::default(),
+            voter_from: BTreeMap::new(),
             proposal: None,
             highest_seen: installed.number,
         }
@@ -392,7 +397,7 @@ impl Node {
         );
         self.views.installed = view;
         self.leases.set_members(&members);
-        self.views.members = members;
+        self.set_members(members);
         let unblocked = self.drop_removed_voters(&removed);
         self.answer_removals(unblocked);
         self.finish_recovery();

@@ -267,6 +267,21 @@ pub struct StatusReply {
     pub clients: Vec<ClientId>,
     pub connected_clients: u64,
     pub peer: Option<PeerStatus>,
+    /// The installed view's members: its voters.
+    pub members: Vec<MemberStatus>,
+}
+
+/// One member, as the server answering `status` sees it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct MemberStatus {
+    pub id: ClientId,
+    /// It has a connection to this server now.
+    pub connected: bool,
+    /// How long it has had none, if it had one and lost it.
+    pub absent_ms: Option<u64>,
+    /// The first ballot it is a voter of (`None`: it was a member before this server
+    /// learned the members from a snapshot).
+    pub voter_from: Option<Seq>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
