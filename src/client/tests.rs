@@ -115,3 +115,104 @@ fn a_client_honours_a_lease_longer_than_the_server_counts_it() {
     assert_eq!(honoured_lease(1_280), Duration::from_millis(1_290));
     assert!(honoured_lease(5_000) > Duration::from_millis(5_000));
 }
+
+/// A client that restarted with a promise, linked to servers 1 and 2.
+fn restarted_client(promised: u64, now: Instant) -> Client {
+    let cfg = ClientConfig {
+        id: ClientId("c".into()),
+        servers: vec![addr(1), addr(2)],
+        policy: Policy::Yes,
+        until: None,
+        redial: Duration::from_millis(100),
+    };
+    let promise = Promised {
+        view: View(promised),
+        servers: vec![addr(1), addr(2)],
+    };
+    let mut client = Client::new(cfg, Seq(3), &[], &promise, now);
+    client.handle_timeout(now);
+    for port in 1..=2 {
+        client.handle_connected(conn(port), addr(port), now);
+    }
+    while client.poll_output().is_some() {}
+    client
+}
+
+fn accepted(client: &mut Client) -> bool {
+    let mut accepted = false;
+    while let Some(out) = client.poll_output() {
+        accepted |= matches!(out, ClientOutput::Send(_, ClientMsg::Accept { .. }));
+    }
+    accepted
+}
+
+/// Issue 12, execution 4: a restarted client adopts no view older than its own promise
+/// (a stale, cut-off backup offers its old view), so that backup cannot collect it as a
+/// witness for a takeover built on old state.
+#[test]
+fn a_restarted_client_adopts_no_view_older_than_its_promise() {
+    let t0 = Instant::now();
+    let mut client = restarted_client(7, t0);
+    // Server 2, a backup of view 5 that was cut off, offers its view and then proposes.
+    let stale = ViewInfo {
+        number: View(5),
+        primary: addr(1),
+        backup: Some(addr(2)),
+    };
+    client.handle_msg(
+        conn(2),
+        ServerMsg::Welcome {
+            view: stale,
+            lease_ms: 1_000,
+        },
+        t0,
+    );
+    assert_eq!(client.view(), None, "adopted a view below its promise");
+    let t1 = t0 + Duration::from_secs(5);
+    client.handle_msg(conn(2), propose(8, 2, 5, 1_000), t1);
+    assert!(
+        !accepted(&mut client),
+        "accepted a takeover built on view 5"
+    );
+    // A view above its promise it follows.
+    let current = view(9, 1);
+    client.handle_msg(
+        conn(1),
+        ServerMsg::NewView {
+            view: current,
+            lease_ms: 1_000,
+        },
+        t1,
+    );
+    assert_eq!(client.view(), Some(current));
+}
+
+/// Issue 12, execution 4: a client that learned of its view only from a server that is not
+/// that view's primary (its backup's `Welcome`) has not heard from the primary, and must
+/// not take that backup's takeover at once: the primary may be alive and counting on the
+/// client's lease. It waits one lease from when it learned the view.
+#[test]
+fn a_view_learned_from_its_backup_gives_that_backup_no_lease_free_accept() {
+    let t0 = Instant::now();
+    let mut client = linked_client(t0);
+    client.handle_msg(
+        conn(2),
+        ServerMsg::Welcome {
+            view: view(3, 1),
+            lease_ms: 1_000,
+        },
+        t0,
+    );
+    let t1 = t0 + Duration::from_millis(10);
+    client.handle_msg(conn(2), propose(4, 2, 3, 1_000), t1);
+    assert!(
+        !accepted(&mut client),
+        "took the backup's takeover with no lease waited"
+    );
+    let t2 = t0 + honoured_lease(1_000) + Duration::from_millis(1);
+    client.handle_msg(conn(2), propose(5, 2, 3, 1_000), t2);
+    assert!(
+        accepted(&mut client),
+        "the lease ran out: the takeover may go on"
+    );
+}

@@ -116,6 +116,16 @@ impl Client {
                 self.heard_from(conn, from, now);
                 return;
             }
+        } else if view.number < self.promised {
+            // Restarted with a promise above it: some proposal it accepted is newer, and
+            // the server offering this view (a backup cut off since, say) may lack what
+            // that one produced. Follow nothing older; the primary's next view comes above
+            // (a hello says the promise, and a primary proposes above what clients report).
+            debug!(
+                "view-refused client={} view={view} promised={} reason=below-promise",
+                self.cfg.id, self.promised
+            );
+            return;
         }
         info!("view-accepted client={} view={view}", self.cfg.id);
         self.view = Some(view);
@@ -129,8 +139,11 @@ impl Client {
                     self.heard_holder = Some(now);
                 }
             } else {
+                // Learned from another server (the backup's Welcome), it has not heard the
+                // primary, which may be alive and counting on this client's lease: count
+                // the lease from now, so no takeover is accepted before it runs out.
                 self.lease_holder = Some(view.primary);
-                self.heard_holder = (from == view.primary).then_some(now);
+                self.heard_holder = Some(now);
             }
         }
         self.promise(view);

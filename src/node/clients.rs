@@ -117,6 +117,20 @@ impl Node {
         self.send_results_from(conn, last_seq.next());
         self.ask_missing_votes(idx, conn);
         self.arm_open_ballot(now);
+        let settled = self
+            .role
+            .primary()
+            .is_some_and(|p| p.pending_install.is_none());
+        let idle = settled && !recovering && self.views.proposal.is_none();
+        if view > self.views.installed.number && idle {
+            // A client that promised above our view follows nothing older than its
+            // promise: a view above it (the same servers and members) brings it back.
+            info!(
+                "view-behind-client client={id} client_view={view} ours={}",
+                self.views.installed.number
+            );
+            self.propose(self.views.installed.backup, now);
+        }
         // A client that is no member yet joins through the next view.
         self.propose_membership_change(now);
         self.arm_absent(now);

@@ -390,6 +390,11 @@ impl Node {
             members,
             removed,
         } = installing;
+        debug_assert!(
+            view.number > self.views.installed.number,
+            "installing {view} over {}",
+            self.views.installed
+        );
         let took_over = self.role.become_primary();
         info!(
             "view-change role=primary view={view} accepted={accepted} members={} took_over={took_over}",
