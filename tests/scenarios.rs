@@ -441,3 +441,32 @@ fn an_absent_member_is_removed_after_absent_after_ms() {
         sim.finish().map(drop)
     });
 }
+
+/// Found in review: a client that asks to leave while the pending proposal is taking it in
+/// was told `Left` at once, then counted by that proposal's install: a member that had
+/// exited, and every later ballot waited for it. `Left` now waits until no view on its way
+/// and no open ballot counts the client.
+#[test]
+fn a_client_that_leaves_while_it_joins_is_not_left_a_member() {
+    for_each_seed(|seed| {
+        let setup = Setup {
+            policies: vec![Policy::Yes, Policy::No, Policy::Yes],
+            ballots: 30,
+            ..Setup::default()
+        };
+        let mut sim = Sim::new(seed, setup)?;
+        serving_with_backup(&mut sim, 3)?;
+        let once = sim.add_client(Policy::No)?;
+        sim.run_until("its joining is proposed", |s| {
+            let p = s.primary().map(|p| s.server(p));
+            p.and_then(|p| p.proposing()).is_some()
+        })?;
+        sim.leave(once)?;
+        sim.run_until("its leave is agreed", |s| s.has_left(once))?;
+        sim.exit_client(once);
+        let after = sim.least_logged();
+        sim.run_until("ballots go on", |s| s.logged(0) >= after + 5)?;
+        let _ = seed;
+        sim.finish().map(drop)
+    });
+}

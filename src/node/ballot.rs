@@ -1,6 +1,7 @@
 //! One ballot's votes ([`Ballot`]), and the ballots open at once ([`OpenBallots`]). The
-//! electorate of a ballot is the client indexes `0..voters`: clients registered when it
-//! opened (indexes are dense and only grow).
+//! electorate of a ballot is the members of the view it opened in, kept by the ballot: a
+//! change of members never alters a ballot already open (but for an operator's removal,
+//! which stops it waiting for a vote).
 
 use super::membership::Members;
 use crate::proto::{Seq, Tally};

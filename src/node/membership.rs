@@ -162,9 +162,17 @@ impl Node {
         };
         let idle = !primary.is_recovering() && primary.pending_install.is_none();
         let mut going = primary.leaving.keys().chain(primary.removing.keys());
-        let leaving = going.any(|&i| self.views.members.contains(i));
-        // A view whose backup is not linked is about to give way to one without it.
-        let backup_linked = self.views.installed.backup.is_none() || self.peer.is_some();
+        let leaving = going.any(|&i| self.views.members.contains(i))
+            || primary.removing.keys().any(|&i| self.awaited(i));
+        // A view whose backup is not linked is about to give way to one without it, unless
+        // that one has no witness at all (no member on either side): then joiners first.
+        let unwitnessed = self
+            .views
+            .proposal
+            .as_ref()
+            .is_some_and(|p| p.unwitnessed());
+        let backup_linked =
+            self.views.installed.backup.is_none() || self.peer.is_some() || unwitnessed;
         let wanted = leaving || !self.joiners().is_empty();
         // A pending proposal nobody can accept gives way to one with the joiners in it.
         let free = self.views.proposal.as_ref().is_none_or(|p| p.unwitnessed());
@@ -209,7 +217,18 @@ impl Node {
         if primary.leaving.insert(idx, false).is_none() {
             info!("client-leaving client={}", self.registry.id(idx));
         }
-        self.propose_membership_change(now);
+        let adds_it = self
+            .views
+            .proposal
+            .as_ref()
+            .is_some_and(|p| p.members.contains(idx));
+        if adds_it && self.role.primary().is_some_and(|p| !p.is_recovering()) {
+            // The pending proposal keeps it in (or takes it in): propose again without it.
+            let backup = self.views.proposal.as_ref().and_then(|p| p.view.backup);
+            self.propose(backup, now);
+        } else {
+            self.propose_membership_change(now);
+        }
         self.release_leavers();
     }
 
@@ -234,7 +253,7 @@ impl Node {
             .proposal
             .as_ref()
             .is_some_and(|p| p.members.contains(idx));
-        if !self.views.members.contains(idx) && !proposed {
+        if !self.views.members.contains(idx) && !proposed && !self.awaited(idx) {
             let view = self.views.installed.number;
             let unblocked = Vec::new();
             return reply(self, RemoveReply::Removed { view, unblocked });
@@ -251,7 +270,7 @@ impl Node {
         let Some(after) = self.cfg.absent_after else {
             return;
         };
-        for idx in self.views.members.iter().collect::<Vec<_>>() {
+        for idx in self.absence_candidates() {
             let since = self.registry.gone_since(idx, now);
             let Some(since) = since.filter(|&t| now.saturating_duration_since(t) >= after) else {
                 continue;
@@ -275,6 +294,18 @@ impl Node {
         self.arm_absent(now);
     }
 
+    /// Whose absence holds ballots up: the members, and whoever an open ballot awaits (a
+    /// leaver that stopped before its last ballots completed).
+    fn absence_candidates(&self) -> Vec<u32> {
+        let awaited = (0..self.registry.len() as u32).filter(|&i| self.awaited(i));
+        self.views.members.union(awaited).iter().collect()
+    }
+
+    /// Whether an open ballot still waits for client `idx`'s vote.
+    pub(super) fn awaited(&self, idx: u32) -> bool {
+        self.ballots.iter().any(|b| b.awaits(idx))
+    }
+
     /// Arms [`Timer::Absent`] for the first member that will have been disconnected for
     /// `--absent-after-ms`, if the flag is set and this server is the acting primary.
     pub(super) fn arm_absent(&mut self, now: Instant) {
@@ -288,12 +319,8 @@ impl Node {
                 .primary()
                 .is_some_and(|p| p.removing.contains_key(&idx))
         };
-        let members: Vec<u32> = self
-            .views
-            .members
-            .iter()
-            .filter(|&i| !removing(i))
-            .collect();
+        let candidates = self.absence_candidates();
+        let members: Vec<u32> = candidates.into_iter().filter(|&i| !removing(i)).collect();
         let first = members
             .into_iter()
             .filter_map(|idx| self.registry.gone_since(idx, now))
@@ -306,9 +333,13 @@ impl Node {
 
     /// The members the pending proposal drops because an operator removes them.
     pub(super) fn removed_by(&self, p: &Proposal) -> Members {
-        let removing = self.role.primary().map(|r| &r.removing);
-        let dropped = p.base.iter().filter(|&i| !p.members.contains(i));
-        Members::from_indexes(dropped.filter(|i| removing.is_some_and(|r| r.contains_key(i))))
+        let Some(primary) = self.role.primary() else {
+            return Members::default();
+        };
+        // Members it drops, and non-members an open ballot still waits for (a leaver
+        // that stopped before its last ballots completed).
+        let removed = primary.removing.keys().copied();
+        Members::from_indexes(removed.filter(|&i| !p.members.contains(i)))
     }
 
     /// No open ballot waits for the votes of `removed` any more; returns, per client, the
@@ -361,8 +392,17 @@ impl Node {
         let Some(primary) = self.role.primary_mut() else {
             return;
         };
+        // Out of every view installed or on its way, and of every open ballot's electorate
+        // (a vote it cast may not have reached the backup yet: a ballot is safe to leave
+        // only once it is gone).
+        let pending = self.views.proposal.as_ref().map(|p| &p.members);
+        let installing = primary.pending_install.as_ref().map(|i| &i.members);
         let free = |idx: &u32| {
-            !self.views.members.contains(*idx) && self.ballots.iter().all(|b| !b.awaits(*idx))
+            let idx = *idx;
+            !self.views.members.contains(idx)
+                && pending.is_none_or(|m| !m.contains(idx))
+                && installing.is_none_or(|m| !m.contains(idx))
+                && self.ballots.iter().all(|b| !b.electorate().contains(idx))
         };
         let due = primary.leaving.iter().filter(|(_, told)| !**told);
         let released: Vec<u32> = due.map(|(&idx, _)| idx).filter(free).collect();

@@ -1,5 +1,6 @@
 //! Views: propose, accept, reject, install, take over, step down. A server acts in a view
-//! only once a majority of the registered clients accepted it (a [`Proposal`]); clients
+//! only once a majority of the installed view's members and a majority of the proposed
+//! view's members accepted it (a [`Proposal`]); clients
 //! refuse a new primary while the current one's lease holds; a server that learns of an
 //! installed view newer than its own, in which it has no place, steps down.
 

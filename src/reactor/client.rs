@@ -321,6 +321,11 @@ impl ClientHost {
             let now = Instant::now();
             self.after_turn(now)?;
             if let Some(ended) = self.ended(now, deadline) {
+                // Votes held back for a backup go out before the host does.
+                if self.conns.has_held() {
+                    self.conns.release_held();
+                    self.after_turn(now)?;
+                }
                 return Ok(ended);
             }
             if !self.touched.is_empty() {
