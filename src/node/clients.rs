@@ -72,24 +72,9 @@ impl Node {
                 primary.recovery = Some(Recovery::default());
             }
         }
-        let idx = match self.registry.index_of(&id) {
-            Some(idx) => idx,
-            None if self.registry.len() >= MAX_CLIENTS => {
-                self.refuse_client(conn, format!("at most {MAX_CLIENTS} clients"));
-                return;
-            }
-            None => {
-                let idx = self.register(id.clone());
-                if let Some(peer) = &self.peer {
-                    let view = self.views.installed.number;
-                    let client = id.clone();
-                    self.out
-                        .send_peer(peer.conn, PeerMsg::Register { view, client });
-                }
-                idx
-            }
+        let Some(idx) = self.register_hello(conn, &id) else {
+            return;
         };
-        self.attach_client(idx, conn);
         if let Some(primary) = self.role.primary_mut() {
             // A new process under this name: whatever its predecessor asked is void.
             primary.leaving.remove(&idx);
@@ -117,23 +102,49 @@ impl Node {
         self.send_results_from(conn, last_seq.next());
         self.ask_missing_votes(idx, conn);
         self.arm_open_ballot(now);
-        let settled = self
-            .role
-            .primary()
-            .is_some_and(|p| p.pending_install.is_none());
-        let idle = settled && !recovering && self.views.proposal.is_none();
+        self.catch_up_with_promise(&id, view, now);
+        // A client that is no member yet joins through the next view.
+        self.propose_membership_change(now);
+        self.arm_absent(now);
+    }
+
+    /// The client's index, registering it (and telling the peer) if it is new; `None` if
+    /// it was refused.
+    fn register_hello(&mut self, conn: ConnId, id: &ClientId) -> Option<u32> {
+        let idx = match self.registry.index_of(id) {
+            Some(idx) => idx,
+            None if self.registry.len() >= MAX_CLIENTS => {
+                self.refuse_client(conn, format!("at most {MAX_CLIENTS} clients"));
+                return None;
+            }
+            None => {
+                let idx = self.register(id.clone());
+                if let Some(peer) = &self.peer {
+                    let view = self.views.installed.number;
+                    let client = id.clone();
+                    self.out
+                        .send_peer(peer.conn, PeerMsg::Register { view, client });
+                }
+                idx
+            }
+        };
+        self.attach_client(idx, conn);
+        Some(idx)
+    }
+
+    /// A client that promised above our view follows nothing older than its promise: a
+    /// view above it (the same servers and members) brings it back.
+    fn catch_up_with_promise(&mut self, id: &ClientId, view: View, now: Instant) {
+        let idle = self.role.primary().is_some_and(|p| {
+            !p.is_recovering() && p.pending_install.is_none() && self.views.proposal.is_none()
+        });
         if view > self.views.installed.number && idle {
-            // A client that promised above our view follows nothing older than its
-            // promise: a view above it (the same servers and members) brings it back.
             info!(
                 "view-behind-client client={id} client_view={view} ours={}",
                 self.views.installed.number
             );
             self.propose(self.views.installed.backup, now);
         }
-        // A client that is no member yet joins through the next view.
-        self.propose_membership_change(now);
-        self.arm_absent(now);
     }
 
     /// Adds a client to the registry (idempotent) and returns its index.
