@@ -295,8 +295,9 @@ impl Client {
                 }
                 let same = self.view.is_some_and(|v| v.number == view.number);
                 self.adopt_view(conn, from, view, now);
-                if same && from == view.primary {
-                    // A new link to our primary (a reconnect): it may not have our leave.
+                if same && view.servers().any(|s| s == from) {
+                    // A new link to a server of our view (a reconnect): it may not have our
+                    // leave.
                     self.ask_to_leave();
                 }
             }

@@ -209,21 +209,29 @@ impl Client {
         self.ask_to_leave();
     }
 
-    /// Sends `Leave` to the primary of the view it follows, if linked.
+    /// Sends `Leave` to every server of the view it follows that it is linked to: the
+    /// primary acts on it, the backup keeps it for when it takes over.
     pub(super) fn ask_to_leave(&mut self) {
         let Some(view) = self.view.filter(|_| self.leaving.is_some() && !self.left) else {
             return;
         };
-        let primary = self.links.iter().find(|l| l.addr == view.primary);
-        if let Some(LinkState::Up(conn)) = primary.map(|l| l.state) {
-            let leave = ClientMsg::Leave { view: view.number };
-            self.out.push_back(ClientOutput::Send(conn, leave));
+        for link in &self.links {
+            if let (true, LinkState::Up(conn)) =
+                (view.servers().any(|s| s == link.addr), link.state)
+            {
+                let leave = ClientMsg::Leave { view: view.number };
+                self.out.push_back(ClientOutput::Send(conn, leave));
+            }
         }
     }
 
     /// The primary of the view it follows says its leave is agreed.
     pub(super) fn on_left(&mut self, from: SocketAddr, view: View) {
-        let ours = self.view.filter(|v| v.primary == from && view >= v.number);
+        // Not if it has promised a newer view since: that one may have taken it in again
+        // (a new primary that never heard its leave), and it asks that one again.
+        let ours = self
+            .view
+            .filter(|v| v.primary == from && view >= v.number && view >= self.promised);
         if ours.is_some() && self.leaving.is_some() && !self.left {
             info!("client-left client={} view={view}", self.cfg.id);
             self.left = true;

@@ -28,11 +28,15 @@ impl Node {
             && self.cfg.ballots.is_none_or(|n| self.next_seq().0 <= n)
     }
 
-    /// Ballot 1 waits for `--min-clients` members; after that any member will do (members
+    /// Ballot 1 waits for `--min-clients` registered clients, and for every one of them
+    /// still there to be a member (no join pending); after that any member will do (members
     /// leave), but a view with none has nobody to vote.
     pub(super) fn enough_members(&self) -> bool {
         let members = self.views.members.len();
-        members > 0 && (self.next_seq() > Seq(1) || members >= self.cfg.min_clients)
+        let assembled = self.registry.len() >= self.cfg.min_clients
+            && self.joiners().is_empty()
+            && self.views.proposal.is_none();
+        members > 0 && (self.next_seq() > Seq(1) || assembled)
     }
 
     /// Ballots open in groups: once half the window is free, the primary fills all of it.

@@ -79,6 +79,7 @@ impl Node {
             // A new process under this name: whatever its predecessor asked is void.
             primary.leaving.remove(&idx);
         }
+        self.registry.set_leaving(idx, false);
         info!(
             "client-registered client={id} idx={idx} conn={conn} last_seq={last_seq} client_view={view}"
         );

@@ -142,10 +142,11 @@ impl Node {
 
     /// Registered, connected clients that are not members and do not want out.
     pub(super) fn joiners(&self) -> Vec<u32> {
+        let asked: Vec<u32> = self.registry.leaving().collect();
         let leaving = |i| {
-            self.role
-                .primary()
-                .is_some_and(|p| p.leaving.contains_key(&i))
+            let p = self.role.primary();
+            asked.contains(&i)
+                || p.is_some_and(|p| p.leaving.contains_key(&i) || p.removing.contains_key(&i))
         };
         (0..self.registry.len() as u32)
             .filter(|&i| !self.views.members.contains(i) && self.registry.conn(i).is_some())
@@ -211,6 +212,8 @@ impl Node {
     /// Client `idx` asks to leave. It is dropped from the next view; once that view is
     /// installed and no open ballot waits for its vote, it gets `Left`.
     pub(super) fn on_leave(&mut self, idx: u32, now: Instant) {
+        // A backup keeps it too: if it takes over, it must not take the client back in.
+        self.registry.set_leaving(idx, true);
         let Some(primary) = self.role.primary_mut() else {
             return;
         };

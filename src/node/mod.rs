@@ -217,6 +217,12 @@ impl Node {
         (Seq(self.history.first()), self.history.results())
     }
 
+    /// Whether client `id` is a member, or an open ballot waits for its vote.
+    pub fn waits_for(&self, id: &ClientId) -> bool {
+        let idx = self.registry.index_of(id);
+        idx.is_some_and(|i| self.views.members.contains(i) || self.awaited(i))
+    }
+
     /// The electorate of each open ballot after `after`: the members it counts.
     pub fn electorates_after(&self, after: Seq) -> Vec<(Seq, Vec<ClientId>)> {
         let ballots = self.ballots.iter().filter(|b| b.seq > after);

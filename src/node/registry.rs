@@ -14,6 +14,9 @@ struct ClientRecord {
     /// Since when it has had no connection here, once it had one (or once it was noticed
     /// missing).
     gone_since: Option<Instant>,
+    /// It asked to leave (told either server, so that a backup taking over knows); a new
+    /// hello from it clears this.
+    asked_to_leave: bool,
 }
 
 /// A client connection as a server knows it. A backup may hear from a client before the
@@ -98,6 +101,7 @@ impl Registry {
             id,
             conn,
             gone_since: None,
+            asked_to_leave: false,
         });
         (idx, true)
     }
@@ -148,6 +152,17 @@ impl Registry {
             }
         }
         Detached::Superseded
+    }
+
+    /// Client `idx` asked to leave (`true`), or started again (`false`).
+    pub fn set_leaving(&mut self, idx: u32, leaving: bool) {
+        self.clients[idx as usize].asked_to_leave = leaving;
+    }
+
+    /// The clients that asked to leave.
+    pub fn leaving(&self) -> impl Iterator<Item = u32> + '_ {
+        let all = self.clients.iter().enumerate();
+        all.filter(|(_, c)| c.asked_to_leave).map(|(i, _)| i as u32)
     }
 
     /// Since when client `idx` lost its connection, if it had one and has none now.

@@ -91,12 +91,18 @@ impl Proposal {
         }
     }
 
-    /// A majority of the old members and a majority of the new ones accepted. A view
-    /// change with no member on either side has no witness at all, and two servers could
-    /// both install one: it never wins (a client that joins makes it one that can).
+    /// A majority of the old members and a majority of the new ones accepted, and every
+    /// client it adds: a client joins by accepting the view that adds it (one that exited
+    /// first, its connection's close not in yet, would be a member nobody hears from; one
+    /// that disconnects is proposed away). A view change with no member on either side
+    /// has no witness at all, and two servers could both install one: it never wins (a
+    /// client that joins makes it one that can).
     pub fn won(&self) -> bool {
         let witnessed = self.base.len() + self.members.len() > 0;
+        let mut joiners = self.members.iter().filter(|&i| !self.base.contains(i));
+        let joined = joiners.all(|i| self.accepted.contains(i));
         witnessed
+            && joined
             && self.in_base >= self.base.majority()
             && self.in_members >= self.members.majority()
     }
@@ -404,6 +410,14 @@ impl Node {
         self.views.installed = view;
         self.leases.set_members(&members);
         self.set_members(members);
+        // Leaves told to us as backup carry over: the new primary must not take those
+        // clients back in, and tells them `Left` in time.
+        let leavers: Vec<u32> = self.registry.leaving().collect();
+        if let Some(primary) = self.role.primary_mut() {
+            for idx in leavers {
+                primary.leaving.entry(idx).or_insert(false);
+            }
+        }
         let unblocked = self.drop_removed_voters(&removed);
         self.answer_removals(unblocked);
         self.finish_recovery();

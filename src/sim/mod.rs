@@ -62,6 +62,10 @@ pub struct Scenario {
     pub late_clients: usize,
     /// `--absent-after-ms` of every server (`None`: off).
     pub absent_after: Option<Duration>,
+    /// A client that leaves (as at `--until`, or on SIGTERM) part-way and exits.
+    pub leaver: Option<usize>,
+    /// A client SIGKILLed for good part-way, which an operator then removes.
+    pub gone_for_good: Option<usize>,
 }
 
 impl Scenario {
@@ -81,6 +85,16 @@ impl Scenario {
                 },
             })
             .collect();
+        // One that leaves needs another to stay; one that dies for good needs a majority of
+        // the others alive to remove it.
+        let leaver = (clients >= 2 && rng.chance(1, 4)).then_some(0);
+        let gone_for_good = (clients >= 3 + usize::from(leaver.is_some()) && rng.chance(1, 6))
+            .then_some(clients - 1);
+        // Not yet with members that change: a cold restart needs the members persisted at
+        // the clients (issue 12), or the fresh primary waits for a client that is gone, or
+        // reruns a ballot with another electorate.
+        let cold_restart =
+            rng.chance(1, 6) && late_clients == 0 && leaver.is_none() && gone_for_good.is_none();
         Scenario {
             clients,
             ballots: rng.range(3, 40),
@@ -92,11 +106,7 @@ impl Scenario {
             max_delay: Duration::from_millis(rng.range(0, 30)),
             policies,
             faults: rng.range(0, 6) as u32,
-            // Not yet with late joiners: a cold restart needs the members persisted at
-            // the clients (issue 12), or the fresh primary rebuilds with the clients it
-            // sees and reruns a ballot with another electorate (G3; scenarios.rs has the
-            // execution, ignored until then).
-            cold_restart: rng.chance(1, 6) && late_clients == 0,
+            cold_restart,
             partitions: if rng.chance(1, 2) {
                 rng.range(1, 4) as u32
             } else {
@@ -105,6 +115,10 @@ impl Scenario {
             one_server_known: rng.chance(1, 2),
             late_clients,
             absent_after: None,
+            // One that leaves needs another to stay; one that dies for good needs two more,
+            // whose majority removes it.
+            leaver,
+            gone_for_good,
         }
     }
 }

@@ -58,6 +58,21 @@ pub(super) enum Event {
     ClientStart {
         client: usize,
     },
+    /// A client asks to leave, and exits once it is told `Left`.
+    ClientLeave {
+        client: usize,
+    },
+    /// A client is SIGKILLed and never comes back; an operator removes it a while later.
+    ClientGone {
+        client: usize,
+    },
+    OperatorRemoves {
+        client: usize,
+    },
+    /// The operator looks whether the removal it asked for took.
+    OperatorChecks {
+        client: usize,
+    },
     /// A fresh primary starts on the first address (after a cold restart).
     ColdStart,
     /// The cut from one host to another heals.
@@ -90,6 +105,10 @@ impl Event {
             Event::ChildExited { parent, .. } => Some(Proc::Server(*parent)),
             Event::ClientRestart { .. }
             | Event::ClientStart { .. }
+            | Event::ClientLeave { .. }
+            | Event::ClientGone { .. }
+            | Event::OperatorRemoves { .. }
+            | Event::OperatorChecks { .. }
             | Event::ColdStart
             | Event::Heal { .. }
             | Event::Release { .. } => None,
@@ -315,11 +334,44 @@ impl World {
                 let i = self.add_server(StartRole::Primary, p_addr, b_addr, None)?;
                 self.drain(Proc::Server(i))
             }
+            Event::ClientLeave { client } => {
+                let now = self.instant();
+                let Some(core) = self.clients[client].core.as_mut() else {
+                    // Down (a crash) just now: it asks once it is back.
+                    let at = self.now + Duration::from_millis(100);
+                    self.schedule(at, Event::ClientLeave { client });
+                    return Ok(());
+                };
+                log::warn!("sim-leave client=c{client} t_ms={}", self.now.as_millis());
+                core.leave(now);
+                self.check_invariants(Proc::Client(client))?;
+                self.drain(Proc::Client(client))
+            }
+            Event::ClientGone { client } => {
+                if self.clients[client].gone {
+                    return Ok(());
+                }
+                if self.clients[client].log.is_empty() {
+                    // Before the members assembled, one of them gone for good may be most
+                    // of the membership (which nothing could then change): wait for ballots.
+                    let at = self.now + Duration::from_millis(100);
+                    self.schedule(at, Event::ClientGone { client });
+                    return Ok(());
+                }
+                self.lose_unwritten(Proc::Client(client));
+                self.exit_client(client);
+                let at = self.now + Duration::from_millis(self.rng.range(0, 500));
+                self.schedule(at, Event::OperatorRemoves { client });
+                Ok(())
+            }
+            Event::OperatorRemoves { client } => self.operator_removes(client),
+            Event::OperatorChecks { client } => self.operator_checks(client),
             Event::ClientStart { client } => {
                 log::warn!("sim-join client=c{client} t_ms={}", self.now.as_millis());
                 self.start_client(client)?;
                 self.drain(Proc::Client(client))
             }
+            Event::ClientRestart { client } if self.clients[client].gone => Ok(()),
             Event::ClientRestart { client } => {
                 log::warn!("sim-restart client=c{client} t_ms={}", self.now.as_millis());
                 self.start_client(client)?;
@@ -354,6 +406,10 @@ impl World {
             | Event::ChildExited { .. }
             | Event::ClientRestart { .. }
             | Event::ClientStart { .. }
+            | Event::ClientLeave { .. }
+            | Event::ClientGone { .. }
+            | Event::OperatorRemoves { .. }
+            | Event::OperatorChecks { .. }
             | Event::ColdStart
             | Event::Heal { .. }
             | Event::Release { .. } => None,

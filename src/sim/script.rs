@@ -80,6 +80,8 @@ impl Sim {
                 one_server_known: false,
                 late_clients: 0,
                 absent_after: setup.absent_after,
+                leaver: None,
+                gone_for_good: None,
             };
             let mut world = World::new(seed, Rng::new(seed), scenario)?;
             world.start()?;
@@ -220,12 +222,10 @@ impl Sim {
         self.world.drain(super::net::Proc::Client(c))
     }
 
-    /// Client `c` was told `Left`.
+    /// Client `c` was told `Left` (a client that is, exits then, as `pbvote client` does).
     pub fn has_left(&self, c: usize) -> bool {
-        self.world.clients[c]
-            .core
-            .as_ref()
-            .is_some_and(|core| core.has_left())
+        let client = &self.world.clients[c];
+        client.gone || client.core.as_ref().is_some_and(|core| core.has_left())
     }
 
     /// Client `c` exits for good (after its leave, or as a one-off that never comes back).

@@ -154,11 +154,20 @@ impl World {
         for i in 0..world.scenario.clients {
             world.start_client(i)?;
         }
-        // The late ones start while the first ballots run.
+        // The late ones start while the first ballots run; the leaver and the one gone for
+        // good go while they run.
         let span = world.scenario.ballot_interval.as_millis() as u64 * world.scenario.ballots;
         for client in world.scenario.clients..world.clients.len() {
             let at = Duration::from_millis(world.rng.range(0, span));
             world.schedule(at, Event::ClientStart { client });
+        }
+        if let Some(client) = world.scenario.leaver {
+            let at = Duration::from_millis(world.rng.range(span / 4, span));
+            world.schedule(at, Event::ClientLeave { client });
+        }
+        if let Some(client) = world.scenario.gone_for_good {
+            let at = Duration::from_millis(world.rng.range(span / 4, span));
+            world.schedule(at, Event::ClientGone { client });
         }
         Ok(world)
     }
@@ -461,6 +470,9 @@ impl World {
         let proc = Proc::Client(i);
         loop {
             let Some(out) = self.clients[i].core.as_mut().and_then(|c| c.poll_output()) else {
+                if self.clients[i].core.as_ref().is_some_and(|c| c.has_left()) {
+                    self.exit_client(i); // `client-left`, exit 0
+                }
                 return Ok(());
             };
             match out {
@@ -481,6 +493,57 @@ impl World {
                     }
                 }
             }
+            if self.clients[i].core.as_ref().is_some_and(|c| c.has_left()) {
+                // `client-left`, exit 0: what it queued is written first.
+                while let Some(out) = self.clients[i].core.as_mut().and_then(|c| c.poll_output()) {
+                    if let ClientOutput::Send(c, msg) = out {
+                        self.send(proc, c, Payload::Client(msg));
+                    }
+                }
+                self.exit_client(i);
+                return Ok(());
+            }
         }
+    }
+
+    /// An operator runs `remove-client` against the acting primary (the answer is not
+    /// modelled); with none acting now, later.
+    pub(super) fn operator_removes(&mut self, client: usize) -> Result<(), SimFailure> {
+        let primary = (0..self.servers.len())
+            .find(|&i| self.runnable(i) && self.servers[i].node.is_acting_primary());
+        let Some(p) = primary else {
+            let at = self.now + Duration::from_millis(100);
+            self.schedule(at, Event::OperatorRemoves { client });
+            return Ok(());
+        };
+        log::warn!("sim-remove client=c{client} t_ms={}", self.now.as_millis());
+        self.live.removed(client);
+        let admin = ConnId {
+            slot: u32::MAX,
+            gen: 0,
+        };
+        let hello = crate::proto::Hello::Remove {
+            id: ClientId(format!("c{client}")),
+        };
+        let now = self.instant();
+        self.servers[p].node.handle_hello(admin, hello, now);
+        self.check_invariants(Proc::Server(p))?;
+        self.drain(Proc::Server(p))?;
+        // The operator checks, and asks again if a failover lost the request.
+        let at = self.now + Duration::from_secs(1);
+        self.schedule(at, Event::OperatorChecks { client });
+        Ok(())
+    }
+
+    /// Whether the acting primary still counts on `client`; if so, ask again.
+    pub(super) fn operator_checks(&mut self, client: usize) -> Result<(), SimFailure> {
+        let id = ClientId(format!("c{client}"));
+        let acting = (0..self.servers.len())
+            .find(|&i| self.runnable(i) && self.servers[i].node.is_acting_primary());
+        let counted = acting.is_none_or(|p| self.servers[p].node.waits_for(&id));
+        if counted {
+            return self.operator_removes(client);
+        }
+        Ok(())
     }
 }
