@@ -9,6 +9,7 @@ use pbvote::check::{self, ClientLog, Expect};
 use pbvote::client::policy::Policy;
 use std::collections::BTreeMap;
 use std::fs;
+use std::path::Path;
 use std::time::Duration;
 
 const T: Duration = Duration::from_secs(30);
@@ -27,6 +28,36 @@ fn voters_per_ballot(err: &std::path::Path) -> BTreeMap<u64, u32> {
         }
     }
     voters
+}
+
+/// G1 and G2 over the logs of `clients` (a client in `left` may stop short); G3's counts
+/// come from the servers' own electorates, checked by the caller.
+fn assert_exact_and_agreeing(dir: &Path, clients: &[(&str, Policy)], ballots: u64, left: &str) {
+    let logs: Vec<ClientLog> = (clients.iter())
+        .map(|(id, policy)| {
+            let text = fs::read_to_string(dir.join(format!("{id}.log"))).unwrap_or_default();
+            ClientLog::parse(id, &text, Some(*policy)).expect("log parses")
+        })
+        .collect();
+    let expect = Expect {
+        ballots: Some(ballots),
+        left: [left.to_string()].into(),
+        ..Expect::default()
+    };
+    let found = check::check(&logs, &expect);
+    let broken: Vec<_> = found.iter().filter(|v| v.guarantee != "G3").collect();
+    assert!(broken.is_empty(), "{broken:#?}");
+}
+
+/// `(seq, votes counted)` of every line of a client's log.
+fn counted_per_ballot(log: &Path) -> Vec<(u64, u32)> {
+    let text = fs::read_to_string(log).unwrap_or_default();
+    (text.lines())
+        .map(|line| {
+            let nums: Vec<u64> = line.split(' ').filter_map(|w| w.parse().ok()).collect();
+            (nums[0], (nums[1] + nums[2]) as u32)
+        })
+        .collect()
 }
 
 #[test]
@@ -54,32 +85,10 @@ fn clients_join_and_leave_while_ballots_run() {
 
     let mut names: Vec<(&str, Policy)> = c.clients.clone();
     names.extend([("j1", Policy::Yes), ("j2", Policy::No)]);
-    let logs: Vec<ClientLog> = names
-        .iter()
-        .map(|(id, policy)| {
-            let text = fs::read_to_string(dir.join(format!("{id}.log"))).unwrap_or_default();
-            ClientLog::parse(id, &text, Some(*policy)).expect("log parses")
-        })
-        .collect();
-    let expect = Expect {
-        ballots: Some(ballots),
-        left: [leaver.to_string()].into(),
-        ..Expect::default()
-    };
-    // G1 and G2 from the checker; G3's counts from the servers' own electorates.
-    let found = check::check(&logs, &expect);
-    let broken: Vec<_> = found.iter().filter(|v| v.guarantee != "G3").collect();
-    assert!(broken.is_empty(), "{broken:#?}");
+    assert_exact_and_agreeing(&dir, &names, ballots, leaver);
     let voters = voters_per_ballot(&err);
-    let full = fs::read_to_string(dir.join("n1.log")).unwrap_or_default();
-    for line in full.lines() {
-        let nums: Vec<u64> = line.split(' ').filter_map(|w| w.parse().ok()).collect();
-        let (seq, counted) = (nums[0], nums[1] + nums[2]);
-        assert_eq!(
-            Some(&(counted as u32)),
-            voters.get(&seq),
-            "ballot {seq}: {line}"
-        );
+    for (seq, counted) in counted_per_ballot(&dir.join("n1.log")) {
+        assert_eq!(Some(&counted), voters.get(&seq), "ballot {seq}");
     }
     let sizes: Vec<u32> = voters.values().copied().collect();
     assert!(
@@ -132,31 +141,16 @@ fn a_client_killed_for_good_is_removed_with_remove_client() {
         assert!(status.success(), "{} exited {status}", p.name);
     }
     let voters = voters_per_ballot(&err);
-    let full = fs::read_to_string(dir.join("n1.log")).unwrap_or_default();
-    assert_eq!(full.lines().count() as u64, ballots);
-    for line in full.lines() {
-        let nums: Vec<u64> = line.split(' ').filter_map(|w| w.parse().ok()).collect();
-        let (seq, counted) = (nums[0], (nums[1] + nums[2]) as u32);
+    let n1 = counted_per_ballot(&dir.join("n1.log"));
+    assert_eq!(n1.len() as u64, ballots);
+    for (seq, counted) in n1 {
         let opened = voters[&seq];
         let without_n2 = unblocked.contains(&seq) && counted + 1 == opened;
         assert!(
             counted == opened || without_n2,
-            "ballot {seq}: {line}, opened with {opened}"
+            "ballot {seq}: {counted} counted, opened with {opened}"
         );
     }
     assert!(voters.values().any(|&v| v == 4), "{voters:?}");
-    let logs: Vec<ClientLog> = (c.clients.iter())
-        .map(|(id, policy)| {
-            let text = fs::read_to_string(dir.join(format!("{id}.log"))).unwrap_or_default();
-            ClientLog::parse(id, &text, Some(*policy)).expect("log parses")
-        })
-        .collect();
-    let expect = Expect {
-        ballots: Some(ballots),
-        left: ["n2".to_string()].into(),
-        ..Expect::default()
-    };
-    let found = check::check(&logs, &expect);
-    let broken: Vec<_> = found.iter().filter(|v| v.guarantee != "G3").collect();
-    assert!(broken.is_empty(), "{broken:#?}");
+    assert_exact_and_agreeing(&dir, &c.clients, ballots, "n2");
 }

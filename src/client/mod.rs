@@ -54,8 +54,7 @@ pub struct ClientConfig {
 /// acted on: every later output may depend on them (a `Resend` or `Accept` reporting the
 /// log's end, the `Accept` a promise guards, the votes a promise allows). A host must make
 /// each durable before it performs any output that follows it; it may batch a turn's
-/// records and write them before the turn's first socket write
-/// ([`ClientOutput::is_record`] tells which outputs they are). The reactor writes a
+/// records and write them before the turn's first socket write. The reactor writes a
 /// turn's log lines and syncs its promises before it flushes any connection.
 #[derive(Clone, Debug, PartialEq)]
 pub enum ClientOutput {
@@ -70,19 +69,6 @@ pub enum ClientOutput {
     /// view's servers are kept with it: where a restarted client looks besides
     /// `--servers` (its primary may be gone, and it may never have heard of the backup).
     Promise(ViewInfo),
-}
-
-impl ClientOutput {
-    /// State the client records, which must be durable before any output after it.
-    pub fn is_record(&self) -> bool {
-        match self {
-            ClientOutput::Append(_) | ClientOutput::Promise(_) => true,
-            ClientOutput::Dial(_)
-            | ClientOutput::Hello(..)
-            | ClientOutput::Send(..)
-            | ClientOutput::Close(_) => false,
-        }
-    }
 }
 
 pub struct Client {
@@ -208,11 +194,6 @@ impl Client {
                 .map(|l| (l.addr, l.state))
                 .collect::<Vec<_>>()
         )
-    }
-
-    /// Whether it asks to leave, and since when.
-    pub fn leaving_since(&self) -> Option<Instant> {
-        self.leaving
     }
 
     /// Its leave is agreed: it may exit.

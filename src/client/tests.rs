@@ -17,6 +17,11 @@ fn view(number: u64, primary: u16) -> ViewInfo {
 
 /// A client linked to servers on ports 1 and 2 (connections 1 and 2).
 fn linked_client(now: Instant) -> Client {
+    client_from(Seq(0), &Promised::default(), now)
+}
+
+/// A client started with a log ending at `logged` and `promise`, linked to servers 1 and 2.
+fn client_from(logged: Seq, promise: &Promised, now: Instant) -> Client {
     let cfg = ClientConfig {
         id: ClientId("c".into()),
         servers: vec![addr(1), addr(2)],
@@ -24,7 +29,7 @@ fn linked_client(now: Instant) -> Client {
         until: None,
         redial: Duration::from_millis(100),
     };
-    let mut client = Client::new(cfg, Seq(0), &[], &Promised::default(), now);
+    let mut client = Client::new(cfg, logged, &[], promise, now);
     client.handle_timeout(now);
     for port in 1..=2 {
         client.handle_connected(conn(port), addr(port), now);
@@ -118,24 +123,11 @@ fn a_client_honours_a_lease_longer_than_the_server_counts_it() {
 
 /// A client that restarted with a promise, linked to servers 1 and 2.
 fn restarted_client(promised: u64, now: Instant) -> Client {
-    let cfg = ClientConfig {
-        id: ClientId("c".into()),
-        servers: vec![addr(1), addr(2)],
-        policy: Policy::Yes,
-        until: None,
-        redial: Duration::from_millis(100),
-    };
     let promise = Promised {
         view: View(promised),
         servers: vec![addr(1), addr(2)],
     };
-    let mut client = Client::new(cfg, Seq(3), &[], &promise, now);
-    client.handle_timeout(now);
-    for port in 1..=2 {
-        client.handle_connected(conn(port), addr(port), now);
-    }
-    while client.poll_output().is_some() {}
-    client
+    client_from(Seq(3), &promise, now)
 }
 
 fn accepted(client: &mut Client) -> bool {

@@ -98,6 +98,11 @@ impl Ballot {
         }
     }
 
+    /// Whether client `idx` is in the electorate (voted or not).
+    pub fn counts(&self, idx: u32) -> bool {
+        !matches!(self.slots.get(idx as usize), None | Some(Slot::NotVoter))
+    }
+
     /// Whether client `idx` is a voter whose vote is not in yet.
     pub fn awaits(&self, idx: u32) -> bool {
         matches!(self.slots.get(idx as usize), Some(Slot::Awaited))

@@ -32,11 +32,13 @@ impl Node {
     /// still there to be a member (no join pending); after that any member will do (members
     /// leave), but a view with none has nobody to vote.
     pub(super) fn enough_members(&self) -> bool {
-        let members = self.views.members.len();
-        let assembled = self.registry.len() >= self.cfg.min_clients
-            && self.joiners().is_empty()
-            && self.views.proposal.is_none();
-        members > 0 && (self.next_seq() > Seq(1) || assembled)
+        // Asked before every ballot opens: the O(clients) part only before ballot 1.
+        let assembled = || {
+            self.registry.len() >= self.cfg.min_clients
+                && self.views.proposal.is_none()
+                && self.joiners().is_empty()
+        };
+        !self.views.members.is_empty() && (self.next_seq() > Seq(1) || assembled())
     }
 
     /// Ballots open in groups: once half the window is free, the primary fills all of it.

@@ -34,6 +34,10 @@ impl Members {
         self.count
     }
 
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
     pub fn contains(&self, idx: u32) -> bool {
         self.is.get(idx as usize).copied().unwrap_or(false)
     }
@@ -405,7 +409,7 @@ impl Node {
             !self.views.members.contains(idx)
                 && pending.is_none_or(|m| !m.contains(idx))
                 && installing.is_none_or(|m| !m.contains(idx))
-                && self.ballots.iter().all(|b| !b.electorate().contains(idx))
+                && self.ballots.iter().all(|b| !b.counts(idx))
         };
         let due = primary.leaving.iter().filter(|(_, told)| !**told);
         let released: Vec<u32> = due.map(|(&idx, _)| idx).filter(free).collect();
