@@ -36,7 +36,12 @@ impl Node {
             RoleState::Backup => {
                 // Votes sent here are a second copy; the primary owns registration.
                 match self.registry.index_of(&id) {
-                    Some(idx) => self.attach_client(idx, conn),
+                    Some(idx) => {
+                        self.attach_client(idx, conn);
+                        // A new process under this name: a leave its predecessor asked for
+                        // is void here too, or a takeover would keep it out.
+                        self.registry.set_leaving(idx, false);
+                    }
                     None => self.registry.note_unregistered(conn, id),
                 }
                 self.out.send_client(conn, self.welcome());
