@@ -247,6 +247,17 @@ impl LiveCheck {
         }
     }
 
+    /// Every server died: what they held of ballots no log holds yet lasts no more. A
+    /// fresh primary opens those seqs afresh with the members it recovered, and its word
+    /// replaces theirs; a result still on its way from a dead server keeps theirs.
+    pub fn cold_restart(&mut self) {
+        let logged = self.last.iter().copied().max().unwrap_or(Seq(0));
+        for (_, (_, lasting)) in self.electorates.range_mut(logged.next()..) {
+            *lasting = false;
+        }
+        self.lasting_known = self.lasting_known.min(logged);
+    }
+
     /// The highest seq whose electorate is known, from any copy (`lasting`: from one that
     /// lasts).
     pub fn electorates_known(&self, lasting: bool) -> Seq {

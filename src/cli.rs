@@ -500,6 +500,17 @@ fn run_remove(args: RemoveArgs) -> Result<(), Failure> {
             }
             RemoveReply::AskPrimary { primary: Some(p) } if p != server => server = p,
             RemoveReply::AskPrimary { .. } => break,
+            RemoveReply::Recovering {
+                view,
+                present,
+                members,
+            } => {
+                return Err(Failure::Runtime(format!(
+                    "{server}: recovering from a cold restart, waiting for the members of view \
+                     {view} ({present} of {members} are back); it removes nobody before it \
+                     knows the membership: start the missing clients"
+                )))
+            }
         }
     }
     Err(Failure::Runtime(format!(

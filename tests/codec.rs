@@ -5,8 +5,9 @@ use pbvote::proto::codec::{decode_frame, frame, DecodeError, Wire};
 use pbvote::proto::limits::{MAX_CLIENT_FRAME_LEN, MAX_FRAME_LEN, MAX_HELLO_LEN};
 use pbvote::proto::messages::OpenBallot;
 use pbvote::proto::{
-    ClientId, ClientMsg, Hello, JoinRefusal, MemberStatus, NodeId, PeerMsg, PeerStatus,
-    RemoveReply, Role, Seq, ServerMsg, Snapshot, StatusReply, Tally, View, ViewInfo,
+    ClientId, ClientMsg, Fingerprint, Hello, JoinRefusal, MemberRecord, MemberStatus, NodeId,
+    PeerMsg, PeerStatus, RemoveReply, Role, Seq, ServerMsg, Snapshot, StatusReply, Tally, View,
+    ViewInfo,
 };
 use proptest::prelude::*;
 use std::net::SocketAddr;
@@ -79,12 +80,18 @@ fn client_msg() -> impl Strategy<Value = ClientMsg> {
             any::<u64>(),
             proptest::collection::vec((any::<u64>(), any::<bool>()), 0..8),
             proptest::collection::vec(tally(), 0..8),
+            proptest::option::of(member_record()),
+            proptest::option::of(member_record()),
         )
-            .prop_map(|(v, s, votes, tail)| ClientMsg::Accept {
-                view: View(v),
-                last_seq: Seq(s),
-                votes: votes.into_iter().map(|(s, y)| (Seq(s), y)).collect(),
-                tail,
+            .prop_map(|(v, s, votes, tail, followed_members, promised_members)| {
+                ClientMsg::Accept {
+                    view: View(v),
+                    last_seq: Seq(s),
+                    votes: votes.into_iter().map(|(s, y)| (Seq(s), y)).collect(),
+                    tail,
+                    followed_members,
+                    promised_members,
+                }
             }),
         (
             any::<u64>(),
@@ -109,25 +116,55 @@ fn client_msg() -> impl Strategy<Value = ClientMsg> {
     ]
 }
 
+fn fingerprint() -> impl Strategy<Value = Fingerprint> {
+    (any::<u32>(), any::<u64>()).prop_map(|(count, digest)| Fingerprint { count, digest })
+}
+
+fn member_record() -> impl Strategy<Value = MemberRecord> {
+    (any::<u64>(), fingerprint(), any::<bool>()).prop_map(|(v, members, member)| MemberRecord {
+        view: View(v),
+        members,
+        member,
+    })
+}
+
 fn server_msg() -> impl Strategy<Value = ServerMsg> {
     prop_oneof![
-        (view_info(), any::<u64>())
-            .prop_map(|(view, lease_ms)| ServerMsg::Welcome { view, lease_ms }),
-        (view_info(), any::<u64>())
-            .prop_map(|(view, lease_ms)| ServerMsg::NewView { view, lease_ms }),
+        (view_info(), any::<u64>(), fingerprint(), any::<bool>()).prop_map(
+            |(view, lease_ms, members, member)| ServerMsg::Welcome {
+                view,
+                lease_ms,
+                members,
+                member
+            }
+        ),
+        (view_info(), any::<u64>(), fingerprint(), any::<bool>()).prop_map(
+            |(view, lease_ms, members, member)| ServerMsg::NewView {
+                view,
+                lease_ms,
+                members,
+                member
+            }
+        ),
         (
             view_info(),
             any::<u64>(),
             any::<bool>(),
             any::<u64>(),
-            any::<u64>()
+            any::<u64>(),
+            fingerprint(),
+            any::<bool>()
         )
-            .prop_map(|(view, b, recovering, n, lease_ms)| ServerMsg::Propose {
-                view,
-                base: View(b),
-                recovering,
-                node: NodeId(n),
-                lease_ms,
+            .prop_map(|(view, b, recovering, n, lease_ms, members, member)| {
+                ServerMsg::Propose {
+                    view,
+                    base: View(b),
+                    recovering,
+                    node: NodeId(n),
+                    lease_ms,
+                    members,
+                    member,
+                }
             }),
         (any::<u64>(), any::<u64>(), any::<u64>()).prop_map(|(v, round, lease_ms)| {
             ServerMsg::Lease {

@@ -16,7 +16,9 @@ mod voting;
 use crate::ballot_log::LogLine;
 use crate::link::ConnId;
 use crate::proto::limits::MAX_RECOVERY_TAIL;
-use crate::proto::{ClientId, ClientMsg, Hello, NodeId, Seq, ServerMsg, Tally, View, ViewInfo};
+use crate::proto::{
+    ClientId, ClientMsg, Hello, MemberRecord, NodeId, Seq, ServerMsg, Tally, View, ViewInfo,
+};
 use cast::Cast;
 pub use invariants::Broken;
 use links::{LinkState, ServerLink};
@@ -28,12 +30,17 @@ use std::time::{Duration, Instant};
 pub use views::honoured_lease;
 use views::Proposal;
 
-/// What a client persisted of its promises (its `<log>.view` file): the highest view
-/// number it promised, and the servers of that view.
+/// What a client keeps durably besides its log (its `<log>.view` file): the highest view
+/// number it promised, the servers of that view, the process it promised it to, and what
+/// it recorded of the memberships of the view it follows and of the last proposal it
+/// accepted (what a fresh primary after a cold restart waits for).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Promised {
     pub view: View,
     pub servers: Vec<SocketAddr>,
+    pub proposer: Option<NodeId>,
+    pub followed: Option<MemberRecord>,
+    pub accepted: Option<MemberRecord>,
 }
 
 #[derive(Clone, Debug)]
@@ -64,11 +71,11 @@ pub enum ClientOutput {
     Close(ConnId),
     /// Append this line to the log, and have it written before the next output.
     Append(LogLine),
-    /// Record that the client promised this view's number, before the next output (the
+    /// Record the promise (and the rest of [`Promised`]) before the next output (the
     /// `Accept` it guards): a restarted client must never promise a number twice. The
     /// view's servers are kept with it: where a restarted client looks besides
     /// `--servers` (its primary may be gone, and it may never have heard of the backup).
-    Promise(ViewInfo),
+    Promise(Promised),
 }
 
 pub struct Client {
@@ -98,8 +105,9 @@ pub struct Client {
     /// A proposal refused only for the lease, to reconsider the moment the lease holder's
     /// connection closes (a crashed primary's lease is void at once).
     deferred: Option<(ConnId, Proposal)>,
-    /// The process `promised` was given to: its re-sent proposal gets the same answer.
-    promised_to: Option<NodeId>,
+    /// What it keeps durably besides the log; `durable.proposer` is the process `promised`
+    /// was given to: its re-sent proposal gets the same answer.
+    durable: Promised,
     /// The view of the last proposal it accepted: where to look when no server of its own
     /// view answers (its primary may have died before telling it that view was installed).
     promised_view: Option<ViewInfo>,
@@ -150,6 +158,7 @@ impl Client {
             last_logged,
             view: None,
             promised: promised.view,
+            durable: promised.clone(),
             lease: Duration::ZERO,
             lease_holder: None,
             heard_holder: None,
@@ -158,7 +167,6 @@ impl Client {
             resend_asked: None,
             recent,
             deferred: None,
-            promised_to: None,
             promised_view: None,
             resend_pending: false,
             leaving: None,
@@ -269,24 +277,36 @@ impl Client {
             return;
         };
         match msg {
-            ServerMsg::Welcome { view, lease_ms } => {
+            ServerMsg::Welcome {
+                view,
+                lease_ms,
+                members,
+                member,
+            } => {
                 // The lease length is the primary's: a backup's own flags may differ.
                 if (from == view.primary && !self.is_older(view)) || self.lease.is_zero() {
                     self.lease = honoured_lease(lease_ms);
                 }
                 let same = self.view.is_some_and(|v| v.number == view.number);
                 self.adopt_view(conn, from, view, now);
+                self.record_followed(view, members, member);
                 if same && view.servers().any(|s| s == from) {
                     // A new link to a server of our view (a reconnect): it may not have our
                     // leave.
                     self.ask_to_leave();
                 }
             }
-            ServerMsg::NewView { view, lease_ms } => {
+            ServerMsg::NewView {
+                view,
+                lease_ms,
+                members,
+                member,
+            } => {
                 if from == view.primary && !self.is_older(view) {
                     self.lease = honoured_lease(lease_ms);
                 }
                 self.adopt_view(conn, from, view, now);
+                self.record_followed(view, members, member);
             }
             ServerMsg::Propose {
                 view,
@@ -294,6 +314,8 @@ impl Client {
                 recovering,
                 node,
                 lease_ms,
+                members,
+                member,
             } => self.consider_proposal(
                 conn,
                 Proposal {
@@ -302,6 +324,8 @@ impl Client {
                     recovering,
                     node,
                     lease_ms,
+                    members,
+                    member,
                 },
                 now,
             ),

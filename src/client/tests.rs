@@ -1,6 +1,7 @@
 //! The client core driven by hand.
 
 use super::*;
+use crate::proto::Fingerprint;
 
 fn addr(port: u16) -> SocketAddr {
     SocketAddr::from(([10, 0, 0, 1], port))
@@ -52,6 +53,8 @@ fn propose(number: u64, primary: u16, base: u64, lease_ms: u64) -> ServerMsg {
         recovering: false,
         node: NodeId(u64::from(primary)),
         lease_ms,
+        members: Fingerprint::default(),
+        member: true,
     }
 }
 
@@ -82,6 +85,8 @@ fn the_lease_length_follows_its_holder() {
     let welcome = ServerMsg::Welcome {
         view: view(1, 1),
         lease_ms: 5_000,
+        members: Fingerprint::default(),
+        member: true,
     };
     client.handle_msg(conn(1), welcome, t0);
     // Server 2 takes over once server 1's lease has run out here; it counts on 1 s.
@@ -105,6 +110,8 @@ fn the_lease_length_follows_its_holder() {
         ServerMsg::NewView {
             view: view(2, 2),
             lease_ms: 1_000,
+            members: Fingerprint::default(),
+            member: true,
         },
         t2,
     );
@@ -126,6 +133,7 @@ fn restarted_client(promised: u64, now: Instant) -> Client {
     let promise = Promised {
         view: View(promised),
         servers: vec![addr(1), addr(2)],
+        ..Promised::default()
     };
     client_from(Seq(3), &promise, now)
 }
@@ -156,6 +164,8 @@ fn a_restarted_client_adopts_no_view_older_than_its_promise() {
         ServerMsg::Welcome {
             view: stale,
             lease_ms: 1_000,
+            members: Fingerprint::default(),
+            member: true,
         },
         t0,
     );
@@ -173,6 +183,8 @@ fn a_restarted_client_adopts_no_view_older_than_its_promise() {
         ServerMsg::NewView {
             view: current,
             lease_ms: 1_000,
+            members: Fingerprint::default(),
+            member: true,
         },
         t1,
     );
@@ -192,6 +204,8 @@ fn a_view_learned_from_its_backup_gives_that_backup_no_lease_free_accept() {
         ServerMsg::Welcome {
             view: view(3, 1),
             lease_ms: 1_000,
+            members: Fingerprint::default(),
+            member: true,
         },
         t0,
     );

@@ -6,7 +6,7 @@
 use super::links::{LinkState, ServerLink};
 use super::{Client, ClientOutput};
 use crate::link::ConnId;
-use crate::proto::{ClientMsg, NodeId, View, ViewInfo};
+use crate::proto::{ClientMsg, Fingerprint, MemberRecord, NodeId, View, ViewInfo};
 use log::{debug, info};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -19,6 +19,8 @@ pub(super) struct Proposal {
     pub(super) recovering: bool,
     pub(super) node: NodeId,
     pub(super) lease_ms: u64,
+    pub(super) members: Fingerprint,
+    pub(super) member: bool,
 }
 
 /// A client honours a lease this fraction (1/128, 0.8 %) longer than the server counts on
@@ -39,7 +41,32 @@ impl Client {
     pub(super) fn promise(&mut self, view: ViewInfo) {
         if view.number > self.promised {
             self.promised = view.number;
-            self.out.push_back(ClientOutput::Promise(view));
+            self.durable.view = view.number;
+            self.durable.servers = view.servers().collect();
+            self.persist();
+        }
+    }
+
+    /// Has what it keeps durably written before its next output.
+    fn persist(&mut self) {
+        self.out
+            .push_back(ClientOutput::Promise(self.durable.clone()));
+    }
+
+    /// It follows `view` (if the message was not refused): keep what it was told of the
+    /// view's membership, for a cold restart.
+    pub(super) fn record_followed(&mut self, view: ViewInfo, members: Fingerprint, member: bool) {
+        if self.view.map(|v| v.number) != Some(view.number) {
+            return;
+        }
+        let record = Some(MemberRecord {
+            view: view.number,
+            members,
+            member,
+        });
+        if self.durable.followed != record {
+            self.durable.followed = record;
+            self.persist();
         }
     }
 
@@ -276,6 +303,8 @@ impl Client {
             recovering,
             node,
             lease_ms,
+            members,
+            member,
         } = proposal;
         // A client that follows no view yet can only help a recovering server (a cold
         // restart), which asks for its log, not for a view it follows.
@@ -292,7 +321,7 @@ impl Client {
         };
         // A proposer whose state predates the view we follow was replaced: it may lack
         // results that view produced. A promise is never given twice for one number.
-        let resent = view.number == self.promised && self.promised_to == Some(node);
+        let resent = view.number == self.promised && self.durable.proposer == Some(node);
         if (view.number <= self.promised && !resent) || (base < ours.number && !recovering) {
             debug!(
                 "proposal-rejected client={} view={view} base={base} promised={} ours={}",
@@ -314,8 +343,24 @@ impl Client {
         self.deferred = None;
         // The proposer counts on this client's lease for its own length from now on.
         self.lease = honoured_lease(lease_ms);
-        self.promised_to = Some(node);
         self.promised_view = Some(view);
+        // What a fresh primary needs is the last real proposal's membership: a recovering
+        // one has none yet, and must not hide it.
+        let records = (self.durable.followed, self.durable.accepted);
+        let before = (self.durable.proposer, self.durable.accepted);
+        self.durable.proposer = Some(node);
+        if !recovering {
+            self.durable.accepted = Some(MemberRecord {
+                view: view.number,
+                members,
+                member,
+            });
+        }
+        if view.number <= self.promised && before != (self.durable.proposer, self.durable.accepted)
+        {
+            // A re-sent proposal: the promise stands, what it keeps with it changed.
+            self.persist();
+        }
         // The proposer may act as primary as soon as a majority answered like this: from
         // now on it holds our lease.
         self.lease_holder = Some(view.primary);
@@ -334,6 +379,8 @@ impl Client {
                 } else {
                     Vec::new()
                 },
+                followed_members: records.0.filter(|_| recovering),
+                promised_members: records.1.filter(|_| recovering),
             },
         ));
     }

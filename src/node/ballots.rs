@@ -51,19 +51,19 @@ impl Node {
         self.can_open(now) && free >= self.cfg.window.div_ceil(2)
     }
 
-    fn last_open(&self) -> Option<Instant> {
-        self.role.primary().and_then(|p| p.last_open)
+    /// The earliest the next ballot may open: an interval after the last one, and not
+    /// before [`super::role::Primary::first_ballot_at`].
+    fn next_open_at(&self) -> Option<Instant> {
+        let primary = self.role.primary()?;
+        let spaced = primary.last_open.map(|t| t + self.cfg.ballot_interval);
+        spaced.max(primary.first_ballot_at)
     }
 
     /// [`Timer::OpenBallot`] fired: open what the window and the interval allow.
     pub(super) fn open_ballots(&mut self, now: Instant) {
         if self.may_refill(now) {
             let first = self.next_seq();
-            while self.can_open(now)
-                && self
-                    .last_open()
-                    .is_none_or(|t| t + self.cfg.ballot_interval <= now)
-            {
+            while self.can_open(now) && self.next_open_at().is_none_or(|t| t <= now) {
                 self.open_one_ballot(now);
             }
             let count = self.next_seq().0.saturating_sub(first.0) as u32;
@@ -102,9 +102,7 @@ impl Node {
     /// Arms the ballot timer for the earliest moment the next ballot may open, if one may.
     pub(super) fn arm_open_ballot(&mut self, now: Instant) {
         if self.may_refill(now) {
-            let at = self
-                .last_open()
-                .map_or(now, |t| (t + self.cfg.ballot_interval).max(now));
+            let at = self.next_open_at().map_or(now, |t| t.max(now));
             self.timers.set(Timer::OpenBallot, at);
         } else {
             self.timers.stop(Timer::OpenBallot);

@@ -44,8 +44,8 @@ impl Node {
                     }
                     None => self.registry.note_unregistered(conn, id),
                 }
-                self.out.send_client(conn, self.welcome());
                 let idx = self.registry.resolve(conn);
+                self.out.send_client(conn, self.welcome(idx));
                 if let Some(msg) = idx.and_then(|idx| self.proposal_msg_for(idx)) {
                     self.out.send_client(conn, msg);
                 }
@@ -55,11 +55,36 @@ impl Node {
         }
     }
 
-    fn welcome(&self) -> ServerMsg {
+    /// The welcome for client `idx` (`None`: not registered here).
+    fn welcome(&self, idx: Option<u32>) -> ServerMsg {
         ServerMsg::Welcome {
             view: self.views.installed,
             lease_ms: self.lease_ms(),
+            members: self.views.fingerprint,
+            member: idx.is_some_and(|idx| self.views.members.contains(idx)),
         }
+    }
+
+    /// Tells every connected client the view installed here, and each whether it is a
+    /// member: two frames, each encoded once.
+    pub(super) fn announce_view(&mut self) {
+        let (mut members, mut others) = (Vec::new(), Vec::new());
+        for (idx, conn) in self.registry.connected() {
+            if self.views.members.contains(idx) {
+                members.push(conn);
+            } else {
+                others.push(conn);
+            }
+        }
+        let msg = |member| ServerMsg::NewView {
+            view: self.views.installed,
+            lease_ms: self.lease_ms(),
+            members: self.views.fingerprint,
+            member,
+        };
+        let (to_members, to_others) = (msg(true), msg(false));
+        self.out.send_clients(members, to_members);
+        self.out.send_clients(others, to_others);
     }
 
     fn primary_client_hello(
@@ -77,9 +102,28 @@ impl Node {
                 primary.recovery = Some(Recovery::default());
             }
         }
+        let committed = self.committed();
+        if last_seq > committed && !self.role.is_recovering() {
+            // Its log holds results this primary never had: both replicas died, and the
+            // fresh one recovered without this client (it was no member of the views the
+            // others recorded). Serving it would continue its log with other results.
+            warn!("client-ahead client={id} last_seq={last_seq} committed={committed}");
+            let reason = format!(
+                "client-ahead: this log ends at ballot {last_seq}, past this primary's last \
+                 result {committed}; it holds results this primary cannot reconstruct \
+                 (a cold restart that did not wait for this client), so it cannot be continued"
+            );
+            self.refuse_client(conn, reason);
+            return;
+        }
         let Some(idx) = self.register_hello(conn, &id) else {
             return;
         };
+        if let Some(recovery) = self.role.primary_mut().and_then(|p| p.recovery.as_mut()) {
+            if has_history {
+                recovery.has_history(idx);
+            }
+        }
         if let Some(primary) = self.role.primary_mut() {
             // A new process under this name: whatever its predecessor asked is void.
             primary.leaving.remove(&idx);
@@ -92,18 +136,12 @@ impl Node {
         // A recovering server's own view means nothing to a client with history: it only
         // asks such clients to accept the view it is rebuilding.
         if !(recovering && view > View(0)) {
-            self.out.send_client(conn, self.welcome());
+            self.out.send_client(conn, self.welcome(Some(idx)));
         }
         if recovering && self.views.proposal.is_none() {
             self.propose(None, now);
         } else if let Some(msg) = self.proposal_msg_for(idx) {
             self.out.send_client(conn, msg);
-        }
-        if last_seq > self.committed() && !recovering {
-            warn!(
-                "client-ahead client={id} last_seq={last_seq} committed={}",
-                self.committed()
-            );
         }
         self.send_results_from(conn, last_seq.next());
         self.ask_missing_votes(idx, conn);

@@ -10,7 +10,7 @@ use super::timers::Timer;
 use super::views::Proposal;
 use super::{Node, Output};
 use crate::link::ConnId;
-use crate::proto::{ClientId, MemberStatus, RemoveReply, Seq, ServerMsg};
+use crate::proto::{ClientId, Fingerprint, MemberStatus, RemoveReply, Seq, ServerMsg};
 use log::{info, warn};
 use std::time::Instant;
 
@@ -105,7 +105,13 @@ impl Node {
                 views.voter_from.insert(idx, next);
             }
         }
+        views.fingerprint = Fingerprint::of(members.iter().map(|idx| self.registry.id(idx)));
         views.members = members;
+    }
+
+    /// The fingerprint of `members`.
+    pub(super) fn fingerprint(&self, members: &Members) -> Fingerprint {
+        Fingerprint::of(members.iter().map(|idx| self.registry.id(idx)))
     }
 
     /// Each member as `status` shows it.
@@ -124,7 +130,8 @@ impl Node {
 
     /// The members a view this server proposes will have: as primary, the installed ones,
     /// plus every connected client that is not one yet (it joins), minus the ones that
-    /// asked to leave; a recovering primary, every client that registered; a backup taking
+    /// asked to leave; a recovering primary asks every client that registered (it installs
+    /// the members they recorded: [`super::recovery::Recovery::members`]); a backup taking
     /// over, the installed ones.
     pub(super) fn members_to_propose(&self) -> Members {
         match &self.role {
@@ -246,6 +253,37 @@ impl Node {
             node.out.push(Output::Removed(conn, reply));
             node.out.close(conn, "remove answered");
         };
+        if let Some(recovery) = self.role.primary_mut().and_then(|p| p.recovery.as_mut()) {
+            // Gone for good: the recovery stops waiting for it, and may be done now.
+            warn!("client-removing client={id} by=operator recovering=true");
+            recovery.remove(&id);
+            self.send_proposal(now);
+            if let Some((view, present, members)) = self
+                .role
+                .primary()
+                .and_then(|p| p.recovery.as_ref()?.waiting_for())
+            {
+                let waiting = RemoveReply::Recovering {
+                    view,
+                    present,
+                    members,
+                };
+                return reply(self, waiting);
+            }
+            if self.role.is_recovering() {
+                // Whole, but a client with history has not reported yet.
+                let view = self.views.installed.number;
+                let waiting = RemoveReply::Recovering {
+                    view,
+                    present: 0,
+                    members: 0,
+                };
+                return reply(self, waiting);
+            }
+            let view = self.views.installed.number;
+            let unblocked = Vec::new();
+            return reply(self, RemoveReply::Removed { view, unblocked });
+        }
         let acting = self.role.primary().is_some_and(|p| !p.is_recovering());
         if !acting {
             let primary = (self.role.is_backup() && self.views.proposal.is_none())

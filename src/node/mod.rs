@@ -61,6 +61,7 @@ use history::History;
 use leases::Leases;
 use log::{debug, info};
 use output::Outbox;
+use recovery::Report;
 use registry::Registry;
 use replication::{Peer, PeerLoss};
 use role::{Joining, Primary, RoleState};
@@ -93,7 +94,10 @@ impl Node {
         }
         let (role, view) = match &cfg.start {
             StartRole::Primary => (
-                RoleState::Primary(Primary::default()),
+                RoleState::Primary(Primary {
+                    first_ballot_at: Some(now + cfg.peer_timeout()),
+                    ..Primary::default()
+                }),
                 ViewInfo {
                     number: View(1),
                     primary: cfg.listen,
@@ -411,7 +415,16 @@ impl Node {
                 last_seq,
                 votes,
                 tail,
-            } => self.on_accept(idx, view, last_seq, votes, tail, now),
+                followed_members,
+                promised_members,
+            } => {
+                let report = Report {
+                    tail,
+                    followed: followed_members,
+                    promised: promised_members,
+                };
+                self.on_accept(idx, view, last_seq, votes, report, now)
+            }
             ClientMsg::Reject {
                 proposed,
                 accepted,

@@ -1,15 +1,54 @@
 //! A cold restart: a fresh primary found clients with history (both replicas had died).
 //! It rebuilds the results from the tails of the clients' logs, which their `Accept`s
-//! carry, before it acts; docs/PROTOCOL.md §9.
+//! carry, and the membership from what each client recorded of it, before it acts;
+//! docs/PROTOCOL.md §9.
 
-use crate::proto::{Seq, Tally};
-use log::warn;
+use super::membership::Members;
+use crate::proto::{ClientId, Fingerprint, MemberRecord, Seq, Tally, View};
+use log::{info, warn};
+use std::collections::BTreeMap;
 
-/// The longest log tail the clients reported so far.
+/// What an `Accept` tells a recovering proposer: the client's log tail and what it
+/// recorded of the memberships.
+#[derive(Debug)]
+pub struct Report {
+    pub tail: Vec<Tally>,
+    pub followed: Option<MemberRecord>,
+    pub promised: Option<MemberRecord>,
+}
+
+/// What the clients reported so far: the longest log tail, and the memberships.
 #[derive(Debug, Default)]
 pub struct Recovery {
     /// `(its last seq, its tallies)`.
     longest: Option<(Seq, Vec<Tally>)>,
+    /// The newest view any client follows: installed, so its members are needed.
+    followed: View,
+    /// Each membership a client recorded (of the view it follows or of a proposal it
+    /// accepted), by view and fingerprint: the clients that say they are in it.
+    claims: BTreeMap<(View, Fingerprint), Claim>,
+    /// Every client that reported: its name's hash, and the newest view it recorded
+    /// anything of (a member of a view it never heard of cannot claim it).
+    reporters: BTreeMap<u32, (u64, View)>,
+    /// The clients that said hello with history: each reports before the fresh primary
+    /// acts, while it is connected (its log may be the longest).
+    with_history: Members,
+    /// The names' hashes of clients an operator removed meanwhile (gone for good): they
+    /// count as present for completing a membership, and are no member of the result.
+    removed: Vec<u64>,
+}
+
+/// The most subsets of the silent clients tried when completing one membership: a member
+/// that never heard of a view (it was down while that view was installed) cannot say it
+/// is in it, but the view's fingerprint can still tell which of the silent ones it is.
+const MAX_SUBSETS_TRIED: u64 = 10_000;
+
+#[derive(Debug, Default)]
+struct Claim {
+    members: Members,
+    /// The fingerprint of the claimants' names: equal to the recorded one once every
+    /// member is here.
+    names: Fingerprint,
 }
 
 impl Recovery {
@@ -34,9 +73,146 @@ impl Recovery {
         }
     }
 
+    /// Client `idx` (named `id`) reported what it recorded of the membership of the view
+    /// it follows and of the last proposal it accepted.
+    pub fn add_records(
+        &mut self,
+        idx: u32,
+        id: &ClientId,
+        followed: Option<MemberRecord>,
+        promised: Option<MemberRecord>,
+    ) {
+        if let Some(f) = followed {
+            self.followed = self.followed.max(f.view);
+        }
+        let newest = followed.into_iter().chain(promised).map(|r| r.view).max();
+        let hash = Fingerprint::name_hash(id);
+        self.reporters
+            .insert(idx, (hash, newest.unwrap_or_default()));
+        for record in followed.into_iter().chain(promised) {
+            let claim = self
+                .claims
+                .entry((record.view, record.members))
+                .or_default();
+            if record.member && !claim.members.contains(idx) {
+                claim.members.insert(idx);
+                claim.names.add(id);
+            }
+            info!(
+                "cold-restart-membership view={} present={}/{}",
+                record.view,
+                claim.members.len(),
+                record.members.count
+            );
+        }
+    }
+
+    /// The memberships that must be whole before the fresh primary acts: that of the
+    /// newest view a client follows, and of every proposal at least as new (any may have
+    /// been installed since, and its members may hold results nobody else logged).
+    fn required(&self) -> impl Iterator<Item = (&(View, Fingerprint), &Claim)> {
+        self.claims.range((self.followed, Fingerprint::default())..)
+    }
+
+    /// The members of view `view` with fingerprint `of`, if all are here: the ones that
+    /// say so, and of the ones that never heard of the view, those whose names make up
+    /// the rest of the fingerprint.
+    fn whole(&self, view: View, of: Fingerprint, claim: &Claim) -> Option<Members> {
+        if claim.names == of {
+            return Some(claim.members.clone());
+        }
+        let missing = of.count.checked_sub(claim.names.count)? as usize;
+        let rest = of.digest.wrapping_sub(claim.names.digest);
+        let silent: Vec<(Option<u32>, u64)> = (self.reporters.iter())
+            .filter(|(idx, (_, newest))| *newest < view && !claim.members.contains(**idx))
+            .map(|(&idx, &(hash, _))| (Some(idx), hash))
+            .chain(self.removed.iter().map(|&hash| (None, hash)))
+            .collect();
+        if missing == 0
+            || missing > silent.len()
+            || subsets(silent.len(), missing) > MAX_SUBSETS_TRIED
+        {
+            return None;
+        }
+        let found = first_subset(&silent, missing, rest)?;
+        Some(claim.members.union(found.into_iter().flatten()))
+    }
+
+    /// Every required membership is whole, and there is one: the recovered members.
+    fn recovered(&self) -> Option<Members> {
+        let mut members = Members::default();
+        let mut any = false;
+        for (&(view, of), claim) in self.required() {
+            members = members.union(self.whole(view, of, claim)?.iter());
+            any = true;
+        }
+        any.then_some(members)
+    }
+
+    /// An operator removed client `id` (gone for good): a membership that lacks only it
+    /// is whole without it.
+    pub fn remove(&mut self, id: &ClientId) {
+        let hash = Fingerprint::name_hash(id);
+        if !self.removed.contains(&hash) {
+            self.removed.push(hash);
+        }
+    }
+
+    /// Client `idx` said hello with a log or a view.
+    pub fn has_history(&mut self, idx: u32) {
+        self.with_history.insert(idx);
+    }
+
+    /// Every required membership has all its members here, and every client with history
+    /// that `connected` says is still here has reported.
+    pub fn is_complete(&self, connected: impl Fn(u32) -> bool) -> bool {
+        let unheard = (self.with_history.iter())
+            .any(|idx| connected(idx) && !self.reporters.contains_key(&idx));
+        !unheard && self.recovered().is_some()
+    }
+
+    /// The first membership still incomplete: `(view, present, members)`.
+    pub fn waiting_for(&self) -> Option<(View, u32, u32)> {
+        self.required()
+            .find(|(&(view, of), claim)| self.whole(view, of, claim).is_none())
+            .map(|((view, fp), claim)| (*view, claim.members.len() as u32, fp.count))
+    }
+
+    /// The recovered membership: every member of a required membership.
+    pub fn members(&self) -> Members {
+        self.recovered().unwrap_or_default()
+    }
+
     /// The rebuilt history: `(first seq, tallies)`, if any client had one.
     pub fn into_results(self) -> Option<(u64, Vec<Tally>)> {
         self.longest
             .map(|(last, tail)| (last.0 + 1 - tail.len() as u64, tail))
     }
+}
+
+/// How many ways to choose `k` of `n`, saturating.
+fn subsets(n: usize, k: usize) -> u64 {
+    (0..k as u64).fold(1u64, |acc, i| acc.saturating_mul(n as u64 - i) / (i + 1))
+}
+
+/// The first `k` of `candidates` whose hashes add up to `rest`.
+fn first_subset(
+    candidates: &[(Option<u32>, u64)],
+    k: usize,
+    rest: u64,
+) -> Option<Vec<Option<u32>>> {
+    if k == 0 {
+        return (rest == 0).then(Vec::new);
+    }
+    for (i, &(idx, hash)) in candidates.iter().enumerate() {
+        if candidates.len() - i < k {
+            break;
+        }
+        if let Some(mut found) = first_subset(&candidates[i + 1..], k - 1, rest.wrapping_sub(hash))
+        {
+            found.push(idx);
+            return Some(found);
+        }
+    }
+    None
 }

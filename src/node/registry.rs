@@ -82,6 +82,12 @@ impl Registry {
         self.clients.iter().filter_map(|c| c.conn).collect()
     }
 
+    /// Every connected registered client: `(index, connection)`.
+    pub fn connected(&self) -> impl Iterator<Item = (u32, ConnId)> + '_ {
+        let clients = self.clients.iter().enumerate();
+        clients.filter_map(|(idx, c)| Some((idx as u32, c.conn?)))
+    }
+
     /// Adds a client (idempotent): its index, and whether it is new.
     pub fn register(&mut self, id: ClientId) -> (u32, bool) {
         if let Some(&idx) = self.index.get(&id) {

@@ -151,8 +151,9 @@ impl Node {
                 .map(|b| Ballot::restore(b.seq, &known(b.voters), b.votes, now)),
         );
         self.views.installed = snapshot.view;
-        self.views.members = known(snapshot.members);
-        self.leases.set_members(&self.views.members);
+        let members = known(snapshot.members);
+        self.leases.set_members(&members);
+        self.set_members(members);
         self.views.saw(snapshot.view.number);
         info!(
             "snapshot-installed view={} clients={} committed={} open={}",

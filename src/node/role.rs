@@ -60,6 +60,12 @@ pub struct Primary {
     pub resend_after_install: BTreeMap<ConnId, Seq>,
     /// When it opened its latest ballot (ballots are spaced by `--ballot-interval-ms`).
     pub last_open: Option<Instant>,
+    /// A server started as primary opens ballot 1 no sooner than one peer timeout after
+    /// it started: by then every running client whose servers both died has looked
+    /// further and said hello here, and a client with history makes this a cold restart.
+    /// Without the wait, a new client arriving first could start a new history beside
+    /// theirs (docs/PROTOCOL.md §9).
+    pub first_ballot_at: Option<Instant>,
     /// When it last spawned a backup (spawns are spaced by a heartbeat).
     pub last_spawn: Option<Instant>,
     /// Clients that asked to leave (client indexes), and whether they were told `Left`.

@@ -9,7 +9,11 @@ fn conn(slot: u32) -> ConnId {
     ConnId { slot, gen: 0 }
 }
 
+/// A primary started one peer timeout before `now`: ballot 1 may open at once.
 fn primary(now: Instant) -> Node {
+    let started = now
+        .checked_sub(Duration::from_secs(5))
+        .expect("a clock 5 s past its epoch");
     Node::new(
         NodeConfig {
             node: NodeId(1),
@@ -25,7 +29,7 @@ fn primary(now: Instant) -> Node {
             spawn_backup: false,
             absent_after: None,
         },
-        now,
+        started,
     )
 }
 
@@ -52,6 +56,8 @@ fn step(node: &mut Node, voter: ConnId, now: Instant) -> (Vec<(ConnId, u64, usiz
                     last_seq: Seq(0),
                     votes: Vec::new(),
                     tail: Vec::new(),
+                    followed_members: None,
+                    promised_members: None,
                 }),
                 ServerMsg::Lease { view, round, .. } if c == voter => {
                     replies.push(ClientMsg::LeaseAck { view, round })
@@ -174,6 +180,8 @@ fn accept_every_proposal(node: &mut Node, now: Instant) {
                 last_seq: Seq(0),
                 votes: Vec::new(),
                 tail: Vec::new(),
+                followed_members: None,
+                promised_members: None,
             };
             node.handle_client_msg(c, accept, now);
         }

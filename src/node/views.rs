@@ -5,12 +5,11 @@
 //! installed view newer than its own, in which it has no place, steps down.
 
 use super::membership::Members;
-use super::recovery::Recovery;
+use super::recovery::{Recovery, Report};
 use super::role::{Evidence, Installing, RoleState, StepDown};
 use super::timers::Timer;
 use super::{Node, Output};
-use crate::link::ConnId;
-use crate::proto::{PeerMsg, Seq, ServerMsg, Tally, View, ViewInfo};
+use crate::proto::{Fingerprint, PeerMsg, Seq, ServerMsg, View, ViewInfo};
 use log::{debug, info, warn};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -24,6 +23,8 @@ pub struct Views {
     pub installed: ViewInfo,
     /// The installed view's voters.
     pub members: Members,
+    /// Their fingerprint, as clients record it.
+    pub fingerprint: Fingerprint,
     /// For each member that joined while this server knew the members: the first ballot
     /// it is a voter of (`status` shows it).
     pub voter_from: BTreeMap<u32, Seq>,
@@ -41,6 +42,8 @@ pub struct Proposal {
     pub base: Members,
     /// The members the proposed view will have.
     pub members: Members,
+    /// Their fingerprint, as clients record it.
+    pub fingerprint: Fingerprint,
     /// The clients (of either) that accepted.
     pub accepted: Members,
     /// Of those, how many are in `base` and how many in `members`.
@@ -51,11 +54,12 @@ pub struct Proposal {
 }
 
 impl Proposal {
-    fn new(view: ViewInfo, base: Members, members: Members) -> Proposal {
+    fn new(view: ViewInfo, base: Members, members: Members, fingerprint: Fingerprint) -> Proposal {
         Proposal {
             view,
             base,
             members,
+            fingerprint,
             accepted: Members::default(),
             in_base: 0,
             in_members: 0,
@@ -83,7 +87,8 @@ impl Proposal {
         true
     }
 
-    /// A recovering proposal takes every client that registers in as a member.
+    /// A recovering proposal asks every client that registers (its members are decided
+    /// only at the install, from what the clients recorded).
     pub(super) fn add_member(&mut self, idx: u32) {
         if !self.members.contains(idx) {
             self.members.insert(idx);
@@ -111,11 +116,6 @@ impl Proposal {
     pub fn unwitnessed(&self) -> bool {
         self.base.len() + self.members.len() == 0
     }
-
-    /// Every new member accepted (what a recovering proposal waits for).
-    fn all_members_accepted(&self) -> bool {
-        self.in_members == self.members.len()
-    }
 }
 
 impl Views {
@@ -123,6 +123,7 @@ impl Views {
         Views {
             installed,
             members: Members::default(),
+            fingerprint: Fingerprint::default(),
             voter_from: BTreeMap::new(),
             proposal: None,
             highest_seen: installed.number,
@@ -176,23 +177,28 @@ impl Node {
                 .count()
         );
         let base = self.views.members.clone();
-        self.views.proposal = Some(Proposal::new(view, base, members));
+        let fingerprint = self.fingerprint(&members);
+        self.views.proposal = Some(Proposal::new(view, base, members, fingerprint));
     }
 
-    pub(super) fn proposal_msg(&self) -> Option<ServerMsg> {
+    /// The pending proposal, as told to its proposed members (`member`) or to the other
+    /// witnesses.
+    fn proposal_msg(&self, member: bool) -> Option<ServerMsg> {
         self.views.proposal.as_ref().map(|p| ServerMsg::Propose {
             view: p.view,
             base: self.views.installed.number,
             recovering: self.role.is_recovering(),
             node: self.cfg.node,
             lease_ms: self.lease_ms(),
+            members: p.fingerprint,
+            member,
         })
     }
 
     /// The pending proposal, for client `idx` if it is one of its witnesses.
     pub(super) fn proposal_msg_for(&self, idx: u32) -> Option<ServerMsg> {
-        let asks = self.views.proposal.as_ref().is_some_and(|p| p.asks(idx));
-        self.proposal_msg().filter(|_| asks)
+        let p = self.views.proposal.as_ref().filter(|p| p.asks(idx))?;
+        self.proposal_msg(p.members.contains(idx))
     }
 
     /// Sends the proposal to every connected witness that has not accepted it; also
@@ -202,18 +208,30 @@ impl Node {
             self.install_proposal(now);
             return;
         }
-        let Some(msg) = self.proposal_msg() else {
+        let (Some(to_members), Some(to_others)) =
+            (self.proposal_msg(true), self.proposal_msg(false))
+        else {
             return;
         };
         let Some(p) = &mut self.views.proposal else {
             return;
         };
         p.sent.get_or_insert(now);
-        let conns: Vec<ConnId> = (0..self.registry.len() as u32)
-            .filter(|&idx| p.asks(idx) && !p.accepted.contains(idx))
-            .filter_map(|idx| self.registry.conn(idx))
-            .collect();
-        self.out.send_clients(conns, msg);
+        let (mut members, mut others) = (Vec::new(), Vec::new());
+        for idx in 0..self.registry.len() as u32 {
+            if !p.asks(idx) || p.accepted.contains(idx) {
+                continue;
+            }
+            if let Some(conn) = self.registry.conn(idx) {
+                if p.members.contains(idx) {
+                    members.push(conn);
+                } else {
+                    others.push(conn);
+                }
+            }
+        }
+        self.out.send_clients(members, to_members);
+        self.out.send_clients(others, to_others);
         self.timers.set(Timer::Propose, now + self.cfg.heartbeat);
     }
 
@@ -224,7 +242,7 @@ impl Node {
         view: View,
         last_seq: Seq,
         votes: Vec<(Seq, bool)>,
-        tail: Vec<Tally>,
+        report: Report,
         now: Instant,
     ) {
         // Results the client lacks: it asks (`Resend`) when it adopts the view we install,
@@ -241,8 +259,10 @@ impl Node {
         if let Some(sent) = sent {
             self.leases.extend(idx, sent);
         }
+        let id = self.registry.id(idx).clone();
         if let Some(recovery) = self.recovery_mut() {
-            recovery.add_tail(last_seq, tail);
+            recovery.add_tail(last_seq, report.tail);
+            recovery.add_records(idx, &id, report.followed, report.promised);
             debug!(
                 "view-accept client={idx} view={view} accepted={count}/{members} recovering=true"
             );
@@ -254,17 +274,16 @@ impl Node {
         }
     }
 
-    /// The pending proposal has its witnesses. A recovering one needs every client that
-    /// registered (at least `--min-clients`): a result that reached only one of them must
-    /// not be run again with a different electorate.
+    /// The pending proposal has its witnesses. A recovering one needs every member of the
+    /// memberships the clients recorded (see [`Recovery::is_complete`]): a result that
+    /// reached only one of them must not be run again with a different electorate.
     fn proposal_may_install(&self) -> bool {
         let Some(p) = &self.views.proposal else {
             return false;
         };
-        if self.role.is_recovering() {
-            p.all_members_accepted() && p.members.len() >= self.cfg.min_clients
-        } else {
-            p.won()
+        match self.role.primary().and_then(|p| p.recovery.as_ref()) {
+            Some(recovery) => recovery.is_complete(|idx| self.registry.conn(idx).is_some()),
+            None => p.won(),
         }
     }
 
@@ -352,10 +371,15 @@ impl Node {
 
     /// The witnesses accepted: act in the proposed view.
     pub(super) fn install_proposal(&mut self, now: Instant) {
-        let Some(p) = self.views.proposal.take() else {
+        let Some(mut p) = self.views.proposal.take() else {
             return;
         };
         self.timers.stop(Timer::Propose);
+        if let Some(recovery) = self.role.primary().and_then(|p| p.recovery.as_ref()) {
+            // The members the clients recorded; the others with history join afterwards.
+            p.members = recovery.members();
+            p.fingerprint = self.fingerprint(&p.members);
+        }
         let view = p.view;
         let removed = self.removed_by(&p);
         let installing = Installing {
@@ -427,8 +451,7 @@ impl Node {
             info!("client-registered client={id} at=takeover");
             self.register(id);
         }
-        let lease_ms = self.lease_ms();
-        self.broadcast(ServerMsg::NewView { view, lease_ms });
+        self.announce_view();
         self.answer_resends_held_for_install();
         self.recommit();
         self.timers.set(Timer::Heartbeat, now);

@@ -7,7 +7,7 @@
 //! a client link carries [`ClientMsg`] up and [`ServerMsg`] down; a peer link carries
 //! [`PeerMsg`] both ways; a status link carries one [`StatusReply`] down and is closed.
 
-use super::types::{ClientId, NodeId, Role, Seq, Tally, View, ViewInfo};
+use super::types::{ClientId, Fingerprint, MemberRecord, NodeId, Role, Seq, Tally, View, ViewInfo};
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
 
@@ -73,6 +73,10 @@ pub enum ClientMsg {
         /// For a recovering proposer only: the client's last logged tallies, ending at
         /// `last_seq` (at most [`crate::proto::limits::MAX_RECOVERY_TAIL`]).
         tail: Vec<Tally>,
+        /// For a recovering proposer only: what the client recorded of the membership of
+        /// the view it follows, and of the last proposal it accepted before this one.
+        followed_members: Option<MemberRecord>,
+        promised_members: Option<MemberRecord>,
     },
     /// The client refuses the proposed view `proposed`: it follows the installed view
     /// `accepted` (if that is newer than the proposer's own view, the proposer was replaced
@@ -101,10 +105,23 @@ pub enum ClientMsg {
 pub enum ServerMsg {
     /// Registration accepted; the server's current view, and the lease: how long after
     /// hearing from a primary the client refuses to let anyone else take over.
-    Welcome { view: ViewInfo, lease_ms: u64 },
+    /// `members`: the view's membership, and `member` whether this client is in it (what a
+    /// client records for a cold restart).
+    Welcome {
+        view: ViewInfo,
+        lease_ms: u64,
+        members: Fingerprint,
+        member: bool,
+    },
     /// A view a majority of clients accepted: vote to these servers from now on. `lease_ms`:
-    /// how long the primary holds a client's lease after each renewal.
-    NewView { view: ViewInfo, lease_ms: u64 },
+    /// how long the primary holds a client's lease after each renewal. `members`, `member`
+    /// as in `Welcome`.
+    NewView {
+        view: ViewInfo,
+        lease_ms: u64,
+        members: Fingerprint,
+        member: bool,
+    },
     /// "Accept `view`, in which I am primary": answered with `Accept` or `Reject`. `base`
     /// is the installed view the proposer's state comes from; a client refuses a proposal
     /// built on a view older than the one it follows.
@@ -119,6 +136,9 @@ pub enum ServerMsg {
         node: NodeId,
         /// The lease the proposer counts on from a client that accepts (as in `Welcome`).
         lease_ms: u64,
+        /// The proposed view's membership, and whether this client is in it.
+        members: Fingerprint,
+        member: bool,
     },
     /// The primary's lease renewal, every heartbeat interval; answered with `LeaseAck`.
     /// `lease_ms` as in `Welcome`: every renewal says how long it lasts.
@@ -249,6 +269,14 @@ pub enum RemoveReply {
     /// This server cannot remove anyone now: it is not the acting primary. `primary`: the
     /// one to ask, if known.
     AskPrimary { primary: Option<SocketAddr> },
+    /// This server is a fresh primary after a cold restart, still waiting for the members
+    /// of view `view` (`present` of `members` said hello): it removes nobody before it
+    /// knows the membership. Start the missing clients.
+    Recovering {
+        view: View,
+        present: u32,
+        members: u32,
+    },
 }
 
 /// Server to `pbvote status`.

@@ -13,4 +13,4 @@ pub use messages::{
     ClientMsg, Hello, JoinRefusal, LinkKind, MemberStatus, PeerMsg, PeerStatus, RemoveReply,
     ServerMsg, Snapshot, StatusReply,
 };
-pub use types::{ClientId, NodeId, Role, Seq, Tally, View, ViewInfo};
+pub use types::{ClientId, Fingerprint, MemberRecord, NodeId, Role, Seq, Tally, View, ViewInfo};

@@ -55,6 +55,51 @@ impl ViewInfo {
     }
 }
 
+/// A membership as a client can record it: how many members, and a digest of their
+/// names (the wrapping sum of each name's FNV-1a hash, so it does not depend on order and
+/// a server keeps it as members come and go). A fresh primary after a cold restart knows
+/// no names; it knows it holds every member of a view once the clients that say they are
+/// members are `count` and their names add up to `digest` (docs/PROTOCOL.md §9).
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
+pub struct Fingerprint {
+    pub count: u32,
+    pub digest: u64,
+}
+
+impl Fingerprint {
+    /// One name's share of the digest.
+    pub fn name_hash(id: &ClientId) -> u64 {
+        id.0.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+        })
+    }
+
+    pub fn of<'a>(ids: impl IntoIterator<Item = &'a ClientId>) -> Fingerprint {
+        let mut fp = Fingerprint::default();
+        for id in ids {
+            fp.add(id);
+        }
+        fp
+    }
+
+    pub fn add(&mut self, id: &ClientId) {
+        self.count = self.count.saturating_add(1);
+        self.digest = self.digest.wrapping_add(Fingerprint::name_hash(id));
+    }
+}
+
+/// What a client keeps, with its promise, of the membership of a view it followed or a
+/// proposal it accepted: the view's number, the membership's fingerprint, and whether
+/// the client is one of those members.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct MemberRecord {
+    pub view: View,
+    pub members: Fingerprint,
+    pub member: bool,
+}
+
 /// What a server is doing right now.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Role {

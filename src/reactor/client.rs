@@ -441,10 +441,10 @@ impl ClientHost {
                 ClientOutput::Close(id) => {
                     self.conns.close_after_flush(id);
                 }
-                ClientOutput::Promise(view) => {
+                ClientOutput::Promise(promised) => {
                     // Made durable at the end of the turn, before any socket is written:
                     // before the Accept it guards leaves.
-                    self.clients[i].promise.stage(view);
+                    self.clients[i].promise.stage(promised);
                     self.promises_due = true;
                 }
                 ClientOutput::Append(line) => {

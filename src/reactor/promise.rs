@@ -1,11 +1,16 @@
 //! A client's promise file, `<log>.view`: the highest view number it promised and the
-//! servers of that view. A promise must outlive an OS crash: a client that forgot one could
-//! promise the same number again, and two promises of one number can elect two primaries.
+//! servers of that view, and the rest of [`Promised`] (the process it promised to, and what
+//! it recorded of two memberships). A promise must outlive an OS crash: a client that
+//! forgot one could promise the same number again, and two promises of one number can
+//! elect two primaries.
 //!
 //! The file is two slots, each at the start of a [`BLOCK_LEN`] block of its own, each one
-//! line of text of [`SLOT_LEN`] bytes padded with spaces: `<view> <server>... sum=<checksum>`
-//! (the rest of each block is spaces). A new promise overwrites, in place, the slot that
-//! does not hold the newest one, then `fdatasync`. The file's size and blocks never change,
+//! line of text of [`SLOT_LEN`] bytes padded with spaces:
+//! `<view> <server>... [node=<hex>] [followed=<record>] [accepted=<record>] gen=<n>
+//! sum=<checksum>`, a record being `<view>:<members>:<digest hex>:<1 if a member, else 0>`
+//! (the rest of each block is spaces). The newest slot has the highest view, then the
+//! highest `gen`. A new write overwrites, in place, the slot that does not hold the newest
+//! one, then `fdatasync`. The file's size and blocks never change,
 //! so making a promise durable writes one block and needs no journal commit, no rename and
 //! no fsync of the folder. A write torn by a crash fails its checksum; the other slot still
 //! holds the previous promise, the newest one the client may have acted on (its `Accept`
@@ -18,16 +23,16 @@
 //! it, the first time the client promises.
 
 use crate::client::Promised;
-use crate::proto::{View, ViewInfo};
+use crate::proto::{Fingerprint, MemberRecord, NodeId, View};
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
-/// Room for the view number, two IPv6 addresses with scope and port, and the checksum
-/// (about 160 bytes at most), with margin.
-pub const SLOT_LEN: usize = 256;
+/// Room for the view number, two IPv6 addresses with scope and port (about 120 bytes),
+/// the node id, two membership records, the generation and the checksum (about 210).
+pub const SLOT_LEN: usize = 384;
 /// Each slot starts a block of this size: a page, and eight of the largest common sector.
 pub const BLOCK_LEN: usize = 4096;
 const FILE_LEN: usize = 2 * BLOCK_LEN;
@@ -62,8 +67,10 @@ pub struct PromiseFile {
     newest: Option<usize>,
     /// The file is missing or has the old one-line layout: the next write creates it.
     create: bool,
-    /// The highest promise made this turn, not yet durable.
-    due: Option<ViewInfo>,
+    /// The generation of the newest slot: the next write gets one more.
+    generation: u64,
+    /// The last state staged this turn, not yet durable.
+    due: Option<Promised>,
 }
 
 impl PromiseFile {
@@ -74,6 +81,7 @@ impl PromiseFile {
             path,
             newest: None,
             create: true,
+            generation: 0,
             due: None,
         };
         let bytes = match std::fs::read(&file.path) {
@@ -94,19 +102,20 @@ impl PromiseFile {
             PACKED_FILE_LEN => [read_slot(&bytes[..SLOT_LEN]), read_slot(&bytes[SLOT_LEN..])],
             _ => {
                 let text = std::str::from_utf8(&bytes).map_err(|_| damaged("not text"))?;
-                let promised = parse_line(text).ok_or_else(|| damaged("not a promise"))?;
+                let (promised, _) = parse_line(text).ok_or_else(|| damaged("not a promise"))?;
                 return Ok((file, promised));
             }
         };
         let newest = (0..2)
             .filter_map(|k| match &slots[k] {
-                Slot::Promise(p) => Some((k, p)),
+                Slot::Promise(p, generation) => Some((k, p, *generation)),
                 _ => None,
             })
-            .max_by_key(|(_, p)| p.view);
+            .max_by_key(|(_, p, generation)| (p.view, *generation));
         match newest {
-            Some((k, p)) => {
+            Some((k, p, generation)) => {
                 let promised = p.clone();
+                file.generation = generation;
                 file.newest = (!file.create).then_some(k);
                 Ok((file, promised))
             }
@@ -125,17 +134,18 @@ impl PromiseFile {
         &self.path
     }
 
-    /// Notes a promise, to be made durable by the next [`write_due`].
-    pub fn stage(&mut self, view: ViewInfo) {
-        if self.due.as_ref().is_none_or(|d| d.number < view.number) {
-            self.due = Some(view);
+    /// Notes the client's newest state, to be made durable by the next [`write_due`].
+    pub fn stage(&mut self, promised: Promised) {
+        if self.due.as_ref().is_none_or(|d| d.view <= promised.view) {
+            self.due = Some(promised);
         }
     }
 }
 
 enum Slot {
     Blank,
-    Promise(Promised),
+    /// With its generation.
+    Promise(Promised, u64),
     /// Fails its checksum or does not parse: a write torn by a crash.
     Torn,
 }
@@ -154,15 +164,57 @@ fn read_slot(bytes: &[u8]) -> Slot {
     if u64::from_str_radix(sum, 16) != Ok(checksum(line.as_bytes())) {
         return Slot::Torn;
     }
-    parse_line(line).map_or(Slot::Torn, Slot::Promise)
+    parse_line(line).map_or(Slot::Torn, |(p, generation)| Slot::Promise(p, generation))
 }
 
-/// `<view> <server>...`
-fn parse_line(line: &str) -> Option<Promised> {
+/// `<view> <server>... [node=..] [followed=..] [accepted=..] [gen=..]`, and the generation
+/// (0 in the older layouts, which have only the view and the servers).
+fn parse_line(line: &str) -> Option<(Promised, u64)> {
     let mut words = line.split_whitespace();
-    let view = View(words.next()?.parse().ok()?);
-    let servers = words.map(|w| w.parse().ok()).collect::<Option<_>>()?;
-    Some(Promised { view, servers })
+    let mut promised = Promised {
+        view: View(words.next()?.parse().ok()?),
+        ..Promised::default()
+    };
+    let mut generation = 0;
+    for word in words {
+        match word.split_once('=') {
+            None => promised.servers.push(word.parse().ok()?),
+            Some(("node", hex)) => {
+                promised.proposer = Some(NodeId(u64::from_str_radix(hex, 16).ok()?))
+            }
+            Some(("followed", record)) => promised.followed = Some(parse_record(record)?),
+            Some(("accepted", record)) => promised.accepted = Some(parse_record(record)?),
+            Some(("gen", n)) => generation = n.parse().ok()?,
+            Some(_) => return None,
+        }
+    }
+    Some((promised, generation))
+}
+
+/// `<view>:<members>:<digest hex>:<0|1>`
+fn parse_record(text: &str) -> Option<MemberRecord> {
+    let mut parts = text.split(':');
+    let view = View(parts.next()?.parse().ok()?);
+    let count = parts.next()?.parse().ok()?;
+    let digest = u64::from_str_radix(parts.next()?, 16).ok()?;
+    let member = match parts.next()? {
+        "1" => true,
+        "0" => false,
+        _ => return None,
+    };
+    parts.next().is_none().then_some(MemberRecord {
+        view,
+        members: Fingerprint { count, digest },
+        member,
+    })
+}
+
+fn record_text(r: &MemberRecord) -> String {
+    let member = u8::from(r.member);
+    format!(
+        "{}:{}:{:x}:{member}",
+        r.view, r.members.count, r.members.digest
+    )
 }
 
 /// FNV-1a: enough to tell a torn write from a whole one (nobody is malicious).
@@ -172,11 +224,21 @@ fn checksum(bytes: &[u8]) -> u64 {
     })
 }
 
-fn slot_image(view: &ViewInfo) -> io::Result<Vec<u8>> {
-    let mut line = view.number.0.to_string();
-    for addr in view.servers() {
+fn slot_image(p: &Promised, generation: u64) -> io::Result<Vec<u8>> {
+    let mut line = p.view.0.to_string();
+    for addr in &p.servers {
         line.push_str(&format!(" {addr}"));
     }
+    if let Some(node) = p.proposer {
+        line.push_str(&format!(" node={:x}", node.0));
+    }
+    if let Some(r) = &p.followed {
+        line.push_str(&format!(" followed={}", record_text(r)));
+    }
+    if let Some(r) = &p.accepted {
+        line.push_str(&format!(" accepted={}", record_text(r)));
+    }
+    line.push_str(&format!(" gen={generation}"));
     let sum = checksum(line.as_bytes());
     line.push_str(&format!(" sum={sum:016x}"));
     if line.len() >= SLOT_LEN {
@@ -205,10 +267,10 @@ fn slot_image(view: &ViewInfo) -> io::Result<Vec<u8>> {
 pub fn write_due<'a>(
     files: impl Iterator<Item = &'a mut PromiseFile>,
 ) -> Result<(), (PathBuf, io::Error)> {
-    let due: Vec<(&mut PromiseFile, ViewInfo)> = files
+    let due: Vec<(&mut PromiseFile, Promised)> = files
         .filter_map(|f| {
-            let view = f.due?;
-            Some((f, view))
+            let promised = f.due.clone()?;
+            Some((f, promised))
         })
         .collect();
     let (created, in_place): (Vec<_>, Vec<_>) = due.into_iter().partition(|(f, _)| f.create);
@@ -216,16 +278,16 @@ pub fn write_due<'a>(
     create_files(created)
 }
 
-fn write_in_place(files: Vec<(&mut PromiseFile, ViewInfo)>) -> Result<(), (PathBuf, io::Error)> {
+fn write_in_place(files: Vec<(&mut PromiseFile, Promised)>) -> Result<(), (PathBuf, io::Error)> {
     let folders = match files.len() {
         0 => return Ok(()),
         1 => Vec::new(),
         _ => open_folders(files.iter().map(|(f, _)| f.path.as_path()))?,
     };
     let mut written = Vec::with_capacity(files.len());
-    for (file, view) in files {
+    for (file, promised) in files {
         let fail = |e: io::Error| (file.path.clone(), e);
-        let image = slot_image(&view).map_err(fail)?;
+        let image = slot_image(&promised, file.generation + 1).map_err(fail)?;
         let slot = file.newest.map_or(0, |k| 1 - k);
         let handle = OpenOptions::new()
             .write(true)
@@ -244,6 +306,7 @@ fn write_in_place(files: Vec<(&mut PromiseFile, ViewInfo)>) -> Result<(), (PathB
     }
     for (file, _, slot) in written {
         file.newest = Some(slot);
+        file.generation += 1;
         file.due = None;
     }
     Ok(())
@@ -252,7 +315,7 @@ fn write_in_place(files: Vec<(&mut PromiseFile, ViewInfo)>) -> Result<(), (PathB
 /// Writes each file whole (the promise in the first slot) beside its name, makes it
 /// durable, renames it over the old one and makes the rename durable. With several: one
 /// `syncfs` for all the files and one for all the renames, not two fsyncs each.
-fn create_files(files: Vec<(&mut PromiseFile, ViewInfo)>) -> Result<(), (PathBuf, io::Error)> {
+fn create_files(files: Vec<(&mut PromiseFile, Promised)>) -> Result<(), (PathBuf, io::Error)> {
     if files.is_empty() {
         return Ok(());
     }
@@ -263,9 +326,9 @@ fn create_files(files: Vec<(&mut PromiseFile, ViewInfo)>) -> Result<(), (PathBuf
     };
     let batch = files.len() > 1;
     let folders = open_folders(files.iter().map(|(f, _)| f.path.as_path()))?;
-    for (file, view) in &files {
+    for (file, promised) in &files {
         let fail = |e: io::Error| (file.path.clone(), e);
-        let mut whole = slot_image(view).map_err(fail)?;
+        let mut whole = slot_image(promised, file.generation + 1).map_err(fail)?;
         whole.resize(FILE_LEN - 1, b' ');
         whole[BLOCK_LEN - 1] = b'\n';
         whole.push(b'\n');
@@ -295,6 +358,7 @@ fn create_files(files: Vec<(&mut PromiseFile, ViewInfo)>) -> Result<(), (PathBuf
     for (file, _) in files {
         file.create = false;
         file.newest = Some(0);
+        file.generation += 1;
         file.due = None;
     }
     Ok(())
@@ -343,6 +407,7 @@ mod tests {
         Promised {
             view: View(view),
             servers,
+            ..Promised::default()
         }
     }
 
@@ -363,12 +428,9 @@ mod tests {
         fn log(&self, name: &str) -> PathBuf {
             self.dir.path().join(name)
         }
-        fn view(&self, n: u64, with_backup: bool) -> ViewInfo {
-            ViewInfo {
-                number: View(n),
-                primary: self.p,
-                backup: with_backup.then_some(self.b),
-            }
+        fn view(&self, n: u64, with_backup: bool) -> Promised {
+            let backup = with_backup.then_some(self.b);
+            promised(n, std::iter::once(self.p).chain(backup).collect())
         }
         fn open(&self, name: &str) -> (PromiseFile, Promised) {
             PromiseFile::open(&self.log(name)).expect("open")
@@ -481,7 +543,7 @@ mod tests {
         std::fs::write(promise_path(&f.log("e.log")), "5 nowhere\n").expect("write");
         assert!(f.read("e.log").is_err());
         // The two slots packed in one sector: read, then rewritten whole in blocks.
-        let mut packed = slot_image(&f.view(9, false)).expect("image");
+        let mut packed = slot_image(&f.view(9, false), 0).expect("image");
         packed.resize(PACKED_FILE_LEN - 1, b' ');
         packed.push(b'\n');
         std::fs::write(promise_path(&f.log("g.log")), &packed).expect("write");
@@ -528,11 +590,55 @@ mod tests {
         let wide: SocketAddr = "[ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff%4294967295]:65535"
             .parse()
             .expect("addr");
-        let view = ViewInfo {
-            number: View(u64::MAX),
-            primary: wide,
-            backup: Some(wide),
+        let record = MemberRecord {
+            view: View(u64::MAX),
+            members: Fingerprint {
+                count: u32::MAX,
+                digest: u64::MAX,
+            },
+            member: true,
         };
-        assert_eq!(slot_image(&view).expect("fits").len(), SLOT_LEN);
+        let widest = Promised {
+            view: View(u64::MAX),
+            servers: vec![wide, wide],
+            proposer: Some(NodeId(u64::MAX)),
+            followed: Some(record),
+            accepted: Some(record),
+        };
+        assert_eq!(slot_image(&widest, u64::MAX).expect("fits").len(), SLOT_LEN);
+    }
+
+    /// The membership records and the proposer come back as written; a write that keeps
+    /// the view number (a record changed) is still the newest, by its generation.
+    #[test]
+    fn what_is_kept_with_the_promise_comes_back() {
+        let f = Fixture::new();
+        let (mut a, _) = f.open("a.log");
+        let mut p = f.view(4, true);
+        p.proposer = Some(NodeId(0xabc));
+        p.accepted = Some(MemberRecord {
+            view: View(4),
+            members: Fingerprint {
+                count: 3,
+                digest: 0xfeed,
+            },
+            member: true,
+        });
+        a.stage(p.clone());
+        write_due(std::iter::once(&mut a)).expect("write");
+        assert_eq!(f.read("a.log"), Ok(p.clone()));
+        for members in [2, 3] {
+            p.followed = Some(MemberRecord {
+                view: View(4),
+                members: Fingerprint {
+                    count: members,
+                    digest: 7,
+                },
+                member: false,
+            });
+            a.stage(p.clone());
+            write_due(std::iter::once(&mut a)).expect("write");
+            assert_eq!(f.read("a.log"), Ok(p.clone()));
+        }
     }
 }

@@ -90,11 +90,7 @@ impl Scenario {
         let leaver = (clients >= 2 && rng.chance(1, 4)).then_some(0);
         let gone_for_good = (clients >= 3 + usize::from(leaver.is_some()) && rng.chance(1, 6))
             .then_some(clients - 1);
-        // Not yet with members that change: a cold restart needs the members persisted at
-        // the clients (issue 12), or the fresh primary waits for a client that is gone, or
-        // reruns a ballot with another electorate.
-        let cold_restart =
-            rng.chance(1, 6) && late_clients == 0 && leaver.is_none() && gone_for_good.is_none();
+        let cold_restart = rng.chance(1, 6);
         Scenario {
             clients,
             ballots: rng.range(3, 40),

@@ -226,6 +226,13 @@ impl World {
         backup_listen: SocketAddr,
         parent: Option<usize>,
     ) -> Result<usize, SimFailure> {
+        // Every server there was is dead: a cold restart. What the dead ones held of
+        // ballots no client logged died with them, and the fresh primary, started with the
+        // default flags, opens those seqs afresh.
+        let cold = !self.servers.is_empty() && self.servers.iter().all(|s| !s.alive);
+        if cold && matches!(start, StartRole::Primary) {
+            self.live.cold_restart();
+        }
         let s = &self.scenario;
         let cfg = NodeConfig {
             node: NodeId(self.rng.next_u64()),
@@ -236,7 +243,7 @@ impl World {
             backup_start_delay: s.backup_start_delay,
             ballot_interval: s.ballot_interval,
             ballots: Some(s.ballots),
-            min_clients: s.clients,
+            min_clients: if cold { 1 } else { s.clients },
             window: s.window,
             spawn_backup: true,
             absent_after: s.absent_after,
@@ -480,12 +487,7 @@ impl World {
                 ClientOutput::Hello(c, hello) => self.send(proc, c, Payload::Hello(hello)),
                 ClientOutput::Send(c, msg) => self.send(proc, c, Payload::Client(msg)),
                 ClientOutput::Close(c) => self.close(proc, c),
-                ClientOutput::Promise(view) => {
-                    self.clients[i].promised = Promised {
-                        view: view.number,
-                        servers: view.servers().collect(),
-                    };
-                }
+                ClientOutput::Promise(promised) => self.clients[i].promised = promised,
                 ClientOutput::Append(line) => {
                     self.clients[i].log.push(line);
                     if let Err(v) = self.live.observe(i, &format!("c{i}"), line) {
@@ -509,8 +511,11 @@ impl World {
     /// An operator runs `remove-client` against the acting primary (the answer is not
     /// modelled); with none acting now, later.
     pub(super) fn operator_removes(&mut self, client: usize) -> Result<(), SimFailure> {
-        let primary = (0..self.servers.len())
-            .find(|&i| self.runnable(i) && self.servers[i].node.is_acting_primary());
+        // A fresh primary still recovering from a cold restart takes it too.
+        let primary = (0..self.servers.len()).find(|&i| {
+            let node = &self.servers[i].node;
+            self.runnable(i) && (node.is_acting_primary() || node.is_recovering())
+        });
         let Some(p) = primary else {
             let at = self.now + Duration::from_millis(100);
             self.schedule(at, Event::OperatorRemoves { client });
@@ -538,9 +543,14 @@ impl World {
     /// Whether the acting primary still counts on `client`; if so, ask again.
     pub(super) fn operator_checks(&mut self, client: usize) -> Result<(), SimFailure> {
         let id = ClientId(format!("c{client}"));
-        let acting = (0..self.servers.len())
-            .find(|&i| self.runnable(i) && self.servers[i].node.is_acting_primary());
-        let counted = acting.is_none_or(|p| self.servers[p].node.waits_for(&id));
+        let acting = (0..self.servers.len()).find(|&i| {
+            let node = &self.servers[i].node;
+            self.runnable(i) && (node.is_acting_primary() || node.is_recovering())
+        });
+        let counted = acting.is_none_or(|p| {
+            let node = &self.servers[p].node;
+            node.is_recovering() || node.waits_for(&id)
+        });
         if counted {
             return self.operator_removes(client);
         }
