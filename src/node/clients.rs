@@ -12,6 +12,15 @@ use crate::proto::{ClientId, PeerMsg, Seq, ServerMsg, View};
 use log::{info, warn};
 use std::time::Instant;
 
+/// A client's hello as the primary weighs it.
+struct ClientHello {
+    id: ClientId,
+    last_seq: Seq,
+    view: View,
+    /// Its view is newer than any this server heard of.
+    foreign_view: bool,
+}
+
 impl Node {
     pub(super) fn on_client_hello(
         &mut self,
@@ -28,6 +37,10 @@ impl Node {
             );
             return;
         }
+        // A view no server of ours ever spoke of: the client comes from before a cold
+        // restart (one that learned a view from this very primary or its backup knows no
+        // newer one).
+        let foreign_view = view > self.views.highest_seen();
         self.views.saw(view);
         match &self.role {
             RoleState::Joining(_) => {
@@ -50,7 +63,15 @@ impl Node {
                     self.out.send_client(conn, msg);
                 }
             }
-            RoleState::Primary(_) => self.primary_client_hello(conn, id, last_seq, view, now),
+            RoleState::Primary(_) => {
+                let hello = ClientHello {
+                    id,
+                    last_seq,
+                    view,
+                    foreign_view,
+                };
+                self.primary_client_hello(conn, hello, now)
+            }
             RoleState::SteppedDown { .. } => {}
         }
     }
@@ -87,16 +108,20 @@ impl Node {
         self.out.send_clients(others, to_others);
     }
 
-    fn primary_client_hello(
-        &mut self,
-        conn: ConnId,
-        id: ClientId,
-        last_seq: Seq,
-        view: View,
-        now: Instant,
-    ) {
-        let has_history = view > View(0) || last_seq > Seq(0);
-        if has_history && !self.role.is_recovering() && self.is_pristine() {
+    fn primary_client_hello(&mut self, conn: ConnId, hello: ClientHello, now: Instant) {
+        // Results are history; a view alone is not (a client that joined after this very
+        // primary started says the view it learned here).
+        let ClientHello {
+            id,
+            last_seq,
+            view,
+            foreign_view,
+        } = hello;
+        // Results are evidence of a cold restart, and so is a view from before this server
+        // started; a view it installed itself is not (a client that joined since says the
+        // view it learned here).
+        let evidence = last_seq > Seq(0) || foreign_view;
+        if evidence && !self.role.is_recovering() && self.is_pristine() {
             if let Some(primary) = self.role.primary_mut() {
                 warn!("cold-restart-detected client={id} last_seq={last_seq} client_view={view}");
                 primary.recovery = Some(Recovery::default());
@@ -120,7 +145,8 @@ impl Node {
             return;
         };
         if let Some(recovery) = self.role.primary_mut().and_then(|p| p.recovery.as_mut()) {
-            if has_history {
+            // Once recovering, every client with a log or a view reports before it acts.
+            if last_seq > Seq(0) || view > View(0) {
                 recovery.has_history(idx);
             }
         }
@@ -229,6 +255,10 @@ impl Node {
                     }
                 }
                 info!("client-gone client={} conn={conn}", self.registry.id(idx));
+                if self.role.is_recovering() {
+                    // The recovery may have waited only for this one's report.
+                    self.send_proposal(now);
+                }
                 self.joiner_gone(idx, now);
                 self.arm_absent(now);
                 true
