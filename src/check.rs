@@ -194,6 +194,9 @@ pub struct LiveCheck {
     lasting_known: Seq,
     /// Clients an operator removed: a ballot open at the removal may count without them.
     removed: BTreeSet<usize>,
+    /// Seqs whose electorate came from servers that all died (a cold restart) before any
+    /// log held the ballot: any word from a later server replaces it.
+    from_dead: BTreeSet<Seq>,
 }
 
 impl LiveCheck {
@@ -206,6 +209,7 @@ impl LiveCheck {
             electorates: BTreeMap::new(),
             lasting_known: Seq(0),
             removed: BTreeSet::new(),
+            from_dead: BTreeSet::new(),
         }
     }
 
@@ -228,6 +232,9 @@ impl LiveCheck {
         lasting: bool,
     ) -> Result<(), Violation> {
         voters.sort_unstable();
+        if self.from_dead.remove(&seq) {
+            self.electorates.remove(&seq);
+        }
         match self.electorates.get(&seq) {
             Some((known, true)) if lasting && *known != voters => Err(Violation {
                 guarantee: "G3",
@@ -252,8 +259,9 @@ impl LiveCheck {
     /// replaces theirs; a result still on its way from a dead server keeps theirs.
     pub fn cold_restart(&mut self) {
         let logged = self.last.iter().copied().max().unwrap_or(Seq(0));
-        for (_, (_, lasting)) in self.electorates.range_mut(logged.next()..) {
+        for (&seq, (_, lasting)) in self.electorates.range_mut(logged.next()..) {
             *lasting = false;
+            self.from_dead.insert(seq);
         }
         self.lasting_known = self.lasting_known.min(logged);
     }
@@ -264,9 +272,8 @@ impl LiveCheck {
         if lasting {
             self.lasting_known
         } else {
-            self.electorates
-                .keys()
-                .next_back()
+            (self.electorates.keys().rev())
+                .find(|seq| !self.from_dead.contains(seq))
                 .copied()
                 .unwrap_or(Seq(0))
         }
@@ -276,6 +283,19 @@ impl LiveCheck {
     /// so each may count with or without it.
     pub fn removed(&mut self, log: usize) {
         self.removed.insert(log);
+    }
+
+    /// Log `log` is no more (its client removed while a cold restart recovered, its disk
+    /// gone with it): what is agreed comes from `others` alone from now on.
+    pub fn forget(&mut self, log: usize, others: &[&[LogLine]]) {
+        self.last[log] = Seq(0);
+        let longest = others.iter().map(|l| l.len()).max().unwrap_or(0);
+        self.agreed.truncate(longest);
+        for (i, tally) in self.agreed.iter_mut().enumerate() {
+            if let Some(line) = others.iter().find_map(|l| l.get(i)) {
+                *tally = line.tally;
+            }
+        }
     }
 
     /// Every electorate known, for the batch checker.

@@ -87,6 +87,9 @@ pub const CHALLENGER_YIELD_LEASES: u32 = 2;
 /// that arrive a little late still count.
 pub const LEASE_ROUNDS_SLACK: usize = 4;
 
+/// See [`NodeConfig::first_ballot_wait`]: five of a client's redial intervals.
+pub const FIRST_BALLOT_MIN_WAIT: Duration = Duration::from_secs(1);
+
 impl NodeConfig {
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.heartbeat.is_zero() {
@@ -120,6 +123,13 @@ impl NodeConfig {
     /// lease for the same time.
     pub fn peer_timeout(&self) -> Duration {
         self.heartbeat * self.miss_limit
+    }
+
+    /// How long a server started as primary waits before ballot 1: a peer timeout, and
+    /// at least [`FIRST_BALLOT_MIN_WAIT`], by when every running client whose servers both
+    /// died has redialed (every 200 ms) and said hello (docs/PROTOCOL.md §9).
+    pub fn first_ballot_wait(&self) -> Duration {
+        self.peer_timeout().max(FIRST_BALLOT_MIN_WAIT)
     }
 
     /// A ballot that has waited this long for votes re-asks the voters it lacks.

@@ -95,7 +95,7 @@ impl Node {
         let (role, view) = match &cfg.start {
             StartRole::Primary => (
                 RoleState::Primary(Primary {
-                    first_ballot_at: Some(now + cfg.peer_timeout()),
+                    first_ballot_at: Some(now + cfg.first_ballot_wait()),
                     ..Primary::default()
                 }),
                 ViewInfo {

@@ -60,8 +60,8 @@ pub struct Primary {
     pub resend_after_install: BTreeMap<ConnId, Seq>,
     /// When it opened its latest ballot (ballots are spaced by `--ballot-interval-ms`).
     pub last_open: Option<Instant>,
-    /// A server started as primary opens ballot 1 no sooner than one peer timeout after
-    /// it started: by then every running client whose servers both died has looked
+    /// A server started as primary opens ballot 1 no sooner than
+    /// [`super::config::NodeConfig::first_ballot_wait`] after it started: by then every running client whose servers both died has looked
     /// further and said hello here, and a client with history makes this a cold restart.
     /// Without the wait, a new client arriving first could start a new history beside
     /// theirs (docs/PROTOCOL.md §9).

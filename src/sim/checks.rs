@@ -76,7 +76,8 @@ impl World {
                 voters: None,
                 electorates: self.live.electorates(),
                 left: (0..self.clients.len())
-                    .filter(|&i| self.clients[i].gone)
+                    // A forgotten log is empty: it stops short like a leaver's.
+                    .filter(|&i| self.clients[i].gone || self.clients[i].forgotten)
                     .map(|i| format!("c{i}"))
                     .collect(),
             },

@@ -62,6 +62,9 @@ pub(super) struct SimClient {
     pub(super) promised: Promised,
     /// It left the membership and exited for good: its log may stop short.
     pub(super) gone: bool,
+    /// Removed while a cold restart recovered: its log left the checks (see
+    /// `operator_removes`).
+    pub(super) forgotten: bool,
 }
 
 pub struct World {
@@ -149,6 +152,7 @@ impl World {
                 incarnation: 0,
                 promised: Promised::default(),
                 gone: false,
+                forgotten: false,
             });
         }
         for i in 0..world.scenario.clients {
@@ -186,6 +190,7 @@ impl World {
             incarnation: 0,
             promised: Promised::default(),
             gone: false,
+            forgotten: false,
         });
         self.scenario.policies.push(policy);
         let i = self.live.add_log(policy);
@@ -523,6 +528,19 @@ impl World {
         };
         log::warn!("sim-remove client=c{client} t_ms={}", self.now.as_millis());
         self.live.removed(client);
+        if self.servers[p].node.is_recovering() && !self.clients[client].log.is_empty() {
+            // Removed while a cold restart recovers: the operator gives up what only this
+            // client logged (docs/PROTOCOL.md §9), so its log leaves the checks with it.
+            log::warn!("sim-forget-log client=c{client}");
+            self.clients[client].log.clear();
+            let others: Vec<&[LogLine]> = (self.clients.iter())
+                .enumerate()
+                .filter(|&(i, c)| i != client && !c.forgotten)
+                .map(|(_, c)| c.log.as_slice())
+                .collect();
+            self.live.forget(client, &others);
+            self.clients[client].forgotten = true;
+        }
         let admin = ConnId {
             slot: u32::MAX,
             gen: 0,
