@@ -32,7 +32,7 @@ fn voters_per_ballot(err: &std::path::Path) -> BTreeMap<u64, u32> {
 
 /// G1 and G2 over the logs of `clients` (a client in `left` may stop short); G3's counts
 /// come from the servers' own electorates, checked by the caller.
-fn assert_exact_and_agreeing(dir: &Path, clients: &[(&str, Policy)], ballots: u64, left: &str) {
+fn assert_exact_and_agreeing(dir: &Path, clients: &[(&str, Policy)], ballots: u64, left: &[&str]) {
     let logs: Vec<ClientLog> = (clients.iter())
         .map(|(id, policy)| {
             let text = fs::read_to_string(dir.join(format!("{id}.log"))).unwrap_or_default();
@@ -41,7 +41,7 @@ fn assert_exact_and_agreeing(dir: &Path, clients: &[(&str, Policy)], ballots: u6
         .collect();
     let expect = Expect {
         ballots: Some(ballots),
-        left: [left.to_string()].into(),
+        left: left.iter().map(|l| l.to_string()).collect(),
         ..Expect::default()
     };
     let found = check::check(&logs, &expect);
@@ -85,7 +85,7 @@ fn clients_join_and_leave_while_ballots_run() {
 
     let mut names: Vec<(&str, Policy)> = c.clients.clone();
     names.extend([("j1", Policy::Yes), ("j2", Policy::No)]);
-    assert_exact_and_agreeing(&dir, &names, ballots, leaver);
+    assert_exact_and_agreeing(&dir, &names, ballots, &[leaver]);
     let voters = voters_per_ballot(&err);
     for (seq, counted) in counted_per_ballot(&dir.join("n1.log")) {
         assert_eq!(Some(&counted), voters.get(&seq), "ballot {seq}");
@@ -152,5 +152,80 @@ fn a_client_killed_for_good_is_removed_with_remove_client() {
         );
     }
     assert!(voters.values().any(|&v| v == 4), "{voters:?}");
-    assert_exact_and_agreeing(&dir, &c.clients, ballots, "n2");
+    assert_exact_and_agreeing(&dir, &c.clients, ballots, &["n2"]);
+}
+
+/// Issue 12's "done when": five clients vote while two more join, one leaves by SIGTERM,
+/// one is SIGKILLed and removed with `remove-client`, and the backup and then the primary
+/// are each SIGKILLed once. Every log is contiguous, all agree line by line, and the run
+/// reaches its last ballot.
+#[test]
+fn membership_changes_and_both_replicas_killed_in_one_run() {
+    let ballots = 200;
+    let mut c = Cluster::start(ballots, &["--ballot-interval-ms", "40"]);
+    let (dir, err) = (c.dir.path().to_path_buf(), c.err.clone());
+    wait_line(&err, "view-change role=backup", T);
+    wait_line(&err, "ballot-open seq=5 ", T);
+    let mut joiners = [
+        start_client(&dir, "j1", &c.addr, "yes", ballots),
+        start_client(&dir, "j2", &c.addr, "no", ballots),
+    ];
+    wait_line(&err, "voters=7 ", T);
+    // n2 leaves: asked, agreed, gone with exit 0.
+    signal(c.procs[4].pid(), libc::SIGTERM);
+    c.procs[4].wait_line("client-left", T);
+    let status = c.procs[4].wait_exit(T);
+    assert!(status.success(), "the leaver exited {status}");
+    // n1 dies for good and is removed.
+    c.procs[3].kill_group();
+    let out = pbvote(&["remove-client", "--server", &c.addr, "--id", "n1"]);
+    assert!(out.status.success(), "{out:?}");
+    wait_line(&err, "client-removed client=n1 reason=operator", T);
+    wait_line(&err, "voters=5 ", T);
+    // The backup dies; its replacement joins; then the primary dies and it takes over.
+    let backup = pid_of_line(&err, "view-change role=backup", T);
+    signal(backup, libc::SIGKILL);
+    wait_line(&err, &format!("backup-exited pid={backup}"), T);
+    let deadline = std::time::Instant::now() + T;
+    while pid_of_line(&err, "view-change role=backup", T) == backup {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no backup joined again"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let results = lines_with(&err, "ballot-result").len();
+    wait_count(&err, "ballot-result", results + 2, T);
+    assert!(
+        lines_with(&err, "ballot-result").len() + 10 < ballots as usize,
+        "the ballots ran out before the primary was killed"
+    );
+    signal(c.primary.pid(), libc::SIGKILL);
+    wait_line(&err, "took_over=true", T);
+    for p in c.procs[..3].iter_mut().chain(joiners.iter_mut()) {
+        let status = p.wait_exit(Duration::from_secs(120));
+        assert!(status.success(), "{} exited {status}", p.name);
+    }
+
+    let mut names: Vec<(&str, Policy)> = c.clients.clone();
+    names.extend([("j1", Policy::Yes), ("j2", Policy::No)]);
+    assert_exact_and_agreeing(&dir, &names, ballots, &["n1", "n2"]);
+    for id in ["y1", "j2"] {
+        let logged = counted_per_ballot(&dir.join(format!("{id}.log")));
+        assert_eq!(
+            logged.len() as u64,
+            ballots,
+            "{id} did not reach the last ballot"
+        );
+    }
+    let voters = voters_per_ballot(&err);
+    let sizes: Vec<u32> = voters.values().copied().collect();
+    // Five, seven with the joiners, five again without the leaver and the removed one
+    // (six only if a ballot opened between the two).
+    let first_seven = sizes
+        .iter()
+        .position(|&n| n == 7)
+        .expect("ballots with 7 voters");
+    assert!(sizes[..first_seven].iter().all(|&n| n == 5), "{sizes:?}");
+    assert!(sizes.last() == Some(&5), "{sizes:?}");
 }
