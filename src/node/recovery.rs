@@ -36,6 +36,8 @@ pub struct Recovery {
     /// The names' hashes of clients an operator removed meanwhile (gone for good): they
     /// count as present for completing a membership, and are no member of the result.
     removed: Vec<u64>,
+    /// See [`Recovery::recovered`].
+    settled: bool,
 }
 
 /// The most subsets of the silent clients tried when completing one membership: a member
@@ -139,14 +141,32 @@ impl Recovery {
     }
 
     /// Every required membership is whole, and there is one: the recovered members.
+    ///
+    /// From the newest down: a membership older than a whole, newer one may stay short
+    /// once the fresh primary has waited as long as for ballot 1 (every client still
+    /// running has said hello by then). Its missing members are then ones the newer view
+    /// left out: a leaver that was told `Left` (so the newer view was installed) and
+    /// exited, or one removed.
     fn recovered(&self) -> Option<Members> {
+        let required: Vec<_> = self.required().collect();
         let mut members = Members::default();
         let mut any = false;
-        for (&(view, of), claim) in self.required() {
-            members = members.union(self.whole(view, of, claim)?.iter());
-            any = true;
+        for &(&(view, of), claim) in required.iter().rev() {
+            match self.whole(view, of, claim) {
+                Some(whole) => {
+                    members = members.union(whole.iter());
+                    any = true;
+                }
+                None if any && self.settled => break,
+                None => return None,
+            }
         }
         any.then_some(members)
+    }
+
+    /// The fresh primary has waited as long as it waits for ballot 1.
+    pub fn settle(&mut self) {
+        self.settled = true;
     }
 
     /// An operator removed client `id` (gone for good): a membership that lacks only it

@@ -204,6 +204,12 @@ impl Node {
     /// Sends the proposal to every connected witness that has not accepted it; also
     /// [`Timer::Propose`]'s handler.
     pub(super) fn send_proposal(&mut self, now: Instant) {
+        if let Some(primary) = self.role.primary_mut() {
+            let waited = primary.first_ballot_at.is_none_or(|t| now >= t);
+            if let (true, Some(recovery)) = (waited, primary.recovery.as_mut()) {
+                recovery.settle();
+            }
+        }
         if self.proposal_may_install() {
             self.install_proposal(now);
             return;
