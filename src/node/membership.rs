@@ -440,14 +440,15 @@ impl Node {
         // Out of every view installed or on its way, and of every open ballot's electorate
         // (a vote it cast may not have reached the backup yet: a ballot is safe to leave
         // only once it is gone).
-        let pending = self.views.proposal.as_ref().map(|p| &p.members);
-        let installing = primary.pending_install.as_ref().map(|i| &i.members);
+        // Nor while a view is on its way at all: a client that has promised it, or already
+        // follows it (told by the backup), ignores a `Left` tagged with the older view, and
+        // it is told only once. The install releases it.
+        if self.views.proposal.is_some() || primary.pending_install.is_some() {
+            return;
+        }
         let free = |idx: &u32| {
             let idx = *idx;
-            !self.views.members.contains(idx)
-                && pending.is_none_or(|m| !m.contains(idx))
-                && installing.is_none_or(|m| !m.contains(idx))
-                && self.ballots.iter().all(|b| !b.counts(idx))
+            !self.views.members.contains(idx) && self.ballots.iter().all(|b| !b.counts(idx))
         };
         let due = primary.leaving.iter().filter(|(_, told)| !**told);
         let released: Vec<u32> = due.map(|(&idx, _)| idx).filter(free).collect();

@@ -478,8 +478,9 @@ impl Node {
         }
         self.commit_ready(now);
         self.arm_open_ballot(now);
-        self.propose_membership_change(now);
+        // Before a new proposal is on its way (which holds every `Left` back).
         self.release_leavers();
+        self.propose_membership_change(now);
         self.arm_absent(now);
     }
 
