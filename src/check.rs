@@ -132,7 +132,26 @@ pub fn check(logs: &[ClientLog], expect: &Expect) -> Vec<Violation> {
     let policies: Option<Vec<Policy>> = logs.iter().map(|l| l.policy).collect();
     let policies = policies.filter(|p| p.len() as u32 == voters);
     for (seq, (tally, log)) in &agreed {
-        if let Some(electorate) = expect.electorates.get(seq) {
+        // Without the servers' electorates, a log that left (it stops short) is no voter
+        // of the ballots after its last line.
+        let implied: Vec<usize>;
+        let electorate = match expect.electorates.get(seq) {
+            Some(known) => Some(known),
+            None if expect.electorates.is_empty()
+                && expect.voters.is_none()
+                && !expect.left.is_empty() =>
+            {
+                implied = (0..logs.len())
+                    .filter(|&i| {
+                        !expect.left.contains(&logs[i].name)
+                            || logs[i].lines.last().is_some_and(|l| l.seq >= *seq)
+                    })
+                    .collect();
+                Some(&implied)
+            }
+            None => None,
+        };
+        if let Some(electorate) = electorate {
             let yes = electorate
                 .iter()
                 .filter(|&&i| {
@@ -407,6 +426,33 @@ mod tests {
             ),
             vec![]
         );
+    }
+
+    /// `check-logs --left`: a log that left may stop short, and is no voter after its
+    /// last line; it must still agree, and the others must still be whole.
+    #[test]
+    fn a_log_that_left_stops_short_and_votes_no_more() {
+        let logs = [
+            log("a", "1 1 1\n2 1 1\n3 1 0\n", Policy::Yes),
+            log("b", "1 1 1\n2 1 1\n", Policy::No),
+        ];
+        let expect = |left: &[&str]| Expect {
+            ballots: Some(3),
+            left: left.iter().map(|l| l.to_string()).collect(),
+            ..Expect::default()
+        };
+        assert_eq!(check(&logs, &expect(&["b"])), vec![]);
+        let v = check(&logs, &expect(&[]));
+        assert!(
+            v.iter().any(|v| v.guarantee == "G1" && v.log == "b"),
+            "{v:?}"
+        );
+        let disagree = [
+            log("a", "1 1 1\n2 1 1\n3 1 0\n", Policy::Yes),
+            log("b", "1 1 1\n2 0 2\n", Policy::No),
+        ];
+        let v = check(&disagree, &expect(&["b"]));
+        assert!(v.iter().any(|v| v.guarantee == "G2"), "{v:?}");
     }
 
     #[test]

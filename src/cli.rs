@@ -210,6 +210,11 @@ pub struct CheckArgs {
     /// Voters per ballot, when not every voter's log is given.
     #[structopt(long)]
     pub voters: Option<u32>,
+    /// FILE (as given among the logs, without =POLICY) is the log of a client that left
+    /// the membership (`client-left`) or was removed: it may stop short of --ballots, but
+    /// must still be 1..k and agree with the others. Repeat for each.
+    #[structopt(long = "left", number_of_values = 1)]
+    pub left: Vec<String>,
     /// FILE=POLICY for each client (POLICY: yes, no or random:SEED); a bare FILE checks
     /// totals only.
     #[structopt(required = true)]
@@ -593,11 +598,21 @@ fn run_check(args: CheckArgs) -> Result<(), Failure> {
             std::fs::read_to_string(path).map_err(|e| Failure::Runtime(format!("{path}: {e}")))?;
         logs.push(ClientLog::parse(path, &text, policy).map_err(Failure::Runtime)?);
     }
+    if let Some(stray) = args
+        .left
+        .iter()
+        .find(|l| logs.iter().all(|log| &log.name != *l))
+    {
+        return Err(Failure::Usage(format!(
+            "--left {stray}: not one of the logs given"
+        )));
+    }
     let violations = check::check(
         &logs,
         &Expect {
             ballots: args.ballots,
             voters: args.voters,
+            left: args.left.iter().cloned().collect(),
             ..Expect::default()
         },
     );
