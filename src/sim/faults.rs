@@ -50,7 +50,7 @@ impl World {
     }
 
     pub(super) fn inject_fault(&mut self) -> Result<(), SimFailure> {
-        if !self.steady() {
+        if !self.steady() && !self.scenario.beyond_model {
             return Ok(());
         }
         let pair = self.healthy_pair();
@@ -134,12 +134,22 @@ impl World {
             "sim-partition t_ms={} cuts={pairs:?} for_ms={ms}",
             self.now.as_millis()
         );
+        // Sometimes a client cut off restarts while cut (say, while a majority of them
+        // cannot reach the primary): it must adopt no view older than its promise.
+        let cut_client = pairs.iter().find_map(|&(a, b)| match (a, b) {
+            (Endpoint::Client(c), _) | (_, Endpoint::Client(c)) => Some(c),
+            _ => None,
+        });
+        let restart = cut_client.filter(|&c| self.clients[c].core.is_some());
         for (from, to) in pairs {
             self.cuts.insert((from, to));
             self.schedule(
                 self.now + Duration::from_millis(ms),
                 Event::Heal { from, to },
             );
+        }
+        if let Some(c) = restart.filter(|_| self.rng.chance(1, 2)) {
+            self.crash_client(c);
         }
     }
 

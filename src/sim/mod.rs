@@ -52,6 +52,10 @@ pub struct Scenario {
     /// The run also kills both servers at once and starts a fresh primary (a cold
     /// restart, outside the assignment's fault model).
     pub cold_restart: bool,
+    /// Outside the fault model (A4): a fault may strike before the service settled from
+    /// the one before. Such a run must stay safe (G1-G4); it may stall, and a stall (no
+    /// result for [`world::STALL_AFTER`]) ends it without failing.
+    pub beyond_model: bool,
     /// Network partitions in the run: links cut (one way or both) and healed later.
     pub partitions: u32,
     /// Clients start knowing only the first primary's address (`--servers` naming one
@@ -91,9 +95,17 @@ impl Scenario {
         let gone_for_good = (clients >= 3 + usize::from(leaver.is_some()) && rng.chance(1, 6))
             .then_some(clients - 1);
         let cold_restart = rng.chance(1, 6);
+        // Some histories longer than a cold restart's tail (MAX_RECOVERY_TAIL).
+        let ballots = if rng.chance(1, 10) {
+            rng.range(65, 150)
+        } else {
+            rng.range(3, 40)
+        };
+        let beyond_model = rng.chance(1, 8);
         Scenario {
             clients,
-            ballots: rng.range(3, 40),
+            ballots,
+            beyond_model,
             window: rng.range(1, 4),
             heartbeat: Duration::from_millis(rng.range(20, 200)),
             miss_limit: rng.range(2, 6) as u32,
@@ -145,14 +157,25 @@ pub struct Report {
     pub ballots: u64,
     pub faults: u32,
     pub virtual_ms: u64,
+    /// A run beyond the fault model that stalled (safely).
+    pub stalled: bool,
 }
 
 impl fmt::Display for Report {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "{} clients, {} ballots, {} faults, {} steps, {} virtual ms",
-            self.clients, self.ballots, self.faults, self.steps, self.virtual_ms
+            "{} clients, {} ballots, {} faults, {} steps, {} virtual ms{}",
+            self.clients,
+            self.ballots,
+            self.faults,
+            self.steps,
+            self.virtual_ms,
+            if self.stalled {
+                " (beyond the fault model: stalled, safely)"
+            } else {
+                ""
+            }
         )
     }
 }
@@ -164,6 +187,8 @@ pub struct Summary {
     pub steps: u64,
     pub ballots: u64,
     pub faults: u64,
+    /// Runs beyond the fault model that stalled, safely.
+    pub stalled: u64,
     pub first_failure: Option<SimFailure>,
 }
 
@@ -171,8 +196,8 @@ impl fmt::Display for Summary {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "{} runs, {} failed, {} ballots, {} faults, {} steps",
-            self.runs, self.failures, self.ballots, self.faults, self.steps
+            "{} runs, {} failed, {} ballots, {} faults, {} steps, {} stalled beyond the fault model",
+            self.runs, self.failures, self.ballots, self.faults, self.steps, self.stalled
         )
     }
 }
@@ -186,6 +211,7 @@ pub fn run_seeds(first: u64, count: u64) -> Summary {
                 summary.steps += report.steps;
                 summary.ballots += report.ballots;
                 summary.faults += u64::from(report.faults);
+                summary.stalled += u64::from(report.stalled);
             }
             Err(failure) => {
                 summary.failures += 1;

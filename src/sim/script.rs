@@ -76,6 +76,7 @@ impl Sim {
                 policies: setup.policies,
                 faults: 0,
                 cold_restart: false,
+                beyond_model: false,
                 partitions: 0,
                 one_server_known: false,
                 late_clients: 0,

@@ -20,6 +20,8 @@ use std::time::{Duration, Instant};
 /// Virtual time the run may take before a lack of progress is a G5 failure.
 pub(super) const TIME_LIMIT: Duration = Duration::from_secs(600);
 pub(super) const STEP_LIMIT: u64 = 2_000_000;
+/// A run beyond the fault model with no new result for this long has stalled.
+pub(super) const STALL_AFTER: Duration = Duration::from_secs(30);
 /// Chance per step that a fault strikes, out of 10,000 (while the run has faults left).
 pub(super) const FAULT_CHANCE: u64 = 40;
 
@@ -87,6 +89,10 @@ pub struct World {
     /// The two addresses the cluster starts on; a cold restart reuses the first.
     pub(super) addrs: (SocketAddr, SocketAddr),
     pub(super) cold_restart_pending: bool,
+    /// When a client last logged a result (a stall beyond the fault model is timed from
+    /// it), and whether the run ended so.
+    pub(super) last_result: Duration,
+    pub(super) stalled: bool,
     /// Directed cuts in force: nothing from the first reaches the second.
     pub(super) cuts: BTreeSet<(Endpoint, Endpoint)>,
     /// Per (connection, sending side), what arrived at a cut, in order, for after it heals.
@@ -130,6 +136,8 @@ impl World {
                 SocketAddr::from(([10, 0, 0, 2], 7000)),
             ),
             cold_restart_pending: scenario.cold_restart,
+            last_result: Duration::ZERO,
+            stalled: false,
             cuts: BTreeSet::new(),
             held: BTreeMap::new(),
             partitions_left: scenario.partitions,
@@ -282,6 +290,10 @@ impl World {
     pub(super) fn run(&mut self) -> Result<Report, SimFailure> {
         self.start()?;
         while !self.done() {
+            if self.scenario.beyond_model && self.now > self.last_result + STALL_AFTER {
+                self.stalled = true;
+                break;
+            }
             self.step()?;
         }
         self.final_check()?;
@@ -303,6 +315,7 @@ impl World {
             ballots: self.scenario.ballots,
             faults: self.faults_done,
             virtual_ms: self.now.as_millis() as u64,
+            stalled: self.stalled,
         }
     }
 
@@ -494,6 +507,7 @@ impl World {
                 ClientOutput::Close(c) => self.close(proc, c),
                 ClientOutput::Promise(promised) => self.clients[i].promised = promised,
                 ClientOutput::Append(line) => {
+                    self.last_result = self.now;
                     self.clients[i].log.push(line);
                     if let Err(v) = self.live.observe(i, &format!("c{i}"), line) {
                         return Err(self.fail(v.to_string()));
