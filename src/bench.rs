@@ -173,9 +173,13 @@ pub fn run(cfg: &BenchConfig) -> Result<BenchReport, String> {
     // With --duration, measure with the backup in service: every client, here and in the
     // workers, follows a view that has one (with 10,000 clients each view change costs
     // 20,000 fsyncs of promises, seconds of settling). With --ballots the count starts at
-    // ballot 1, whatever serves it.
+    // ballot 1, whatever serves it. And once ballots run: a fresh primary waits a peer
+    // timeout before ballot 1 (a cold restart's clients say hello meanwhile).
     let warmup = Instant::now() + Duration::from_secs(60);
-    while cfg.duration.is_some() && !(host.all_paired() && workers_ready(&dir, workers.0.len())) {
+    let measurable = |host: &ClientHost| {
+        host.all_paired() && host.all_logged() && workers_ready(&dir, workers.0.len())
+    };
+    while cfg.duration.is_some() && !measurable(&host) {
         if Instant::now() > warmup {
             return Err(format!(
                 "the backup did not join within 60 s; see {}",

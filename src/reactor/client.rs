@@ -267,6 +267,11 @@ impl ClientHost {
             .all(|c| c.core.view().is_some_and(|v| v.backup.is_some()))
     }
 
+    /// Every client here logged a result: ballots run.
+    pub fn all_logged(&self) -> bool {
+        self.clients.iter().all(|c| c.core.last_logged() > Seq(0))
+    }
+
     pub fn all_done(&self) -> bool {
         self.clients.iter().all(|c| c.core.is_done())
     }
