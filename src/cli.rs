@@ -507,6 +507,17 @@ fn run_remove(args: RemoveArgs) -> Result<(), Failure> {
             RemoveReply::AskPrimary { .. } => break,
             RemoveReply::Recovering {
                 view,
+                present: _,
+                members: 0,
+            } => {
+                return Err(Failure::Runtime(format!(
+                    "{server}: recovering from a cold restart (view {view}), waiting for \
+                     clients with history to report; the removal of {} is kept",
+                    args.id
+                )))
+            }
+            RemoveReply::Recovering {
+                view,
                 present,
                 members,
             } => {

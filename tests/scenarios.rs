@@ -367,7 +367,8 @@ fn members_changing_while_the_backup_starts_do_not_respawn_it() {
     for_each_seed(|seed| {
         let setup = Setup {
             policies: vec![Policy::Yes],
-            backup_start_delay: Duration::from_millis(400),
+            // Past the first-ballot wait (1 s), so that the joins below fall in it.
+            backup_start_delay: Duration::from_millis(1500),
             ..Setup::default()
         };
         let mut sim = Sim::new(seed, setup)?;

@@ -10,7 +10,7 @@ use super::timers::Timer;
 use super::views::Proposal;
 use super::{Node, Output};
 use crate::link::ConnId;
-use crate::proto::{ClientId, Fingerprint, MemberStatus, RemoveReply, Seq, ServerMsg};
+use crate::proto::{ClientId, Fingerprint, MemberStatus, RemoveReply, Seq, ServerMsg, View};
 use log::{info, warn};
 use std::time::Instant;
 
@@ -172,6 +172,15 @@ impl Node {
         let Some(primary) = self.role.primary() else {
             return;
         };
+        // A server started as primary takes no member in before its first-ballot wait is
+        // over: a client with history arriving meanwhile makes this a cold restart, and the
+        // recovery must not meet views of this server's own (docs/PROTOCOL.md §9).
+        if let Some(at) = primary.first_ballot_at.filter(|&at| now < at) {
+            if self.is_pristine() && !primary.is_recovering() {
+                self.timers.set_no_later_than(Timer::Propose, at);
+                return;
+            }
+        }
         let idle = !primary.is_recovering() && primary.pending_install.is_none();
         let mut going = primary.leaving.keys().chain(primary.removing.keys());
         let leaving = going.any(|&i| self.views.members.contains(i))
@@ -272,9 +281,8 @@ impl Node {
             }
             if self.role.is_recovering() {
                 // Whole, but a client with history has not reported yet.
-                let view = self.views.installed.number;
                 let waiting = RemoveReply::Recovering {
-                    view,
+                    view: self.views.highest_seen(),
                     present: 0,
                     members: 0,
                 };
@@ -440,16 +448,25 @@ impl Node {
         // Out of every view installed or on its way, and of every open ballot's electorate
         // (a vote it cast may not have reached the backup yet: a ballot is safe to leave
         // only once it is gone).
-        // Nor while a view is on its way at all: a client that has promised it, or already
-        // follows it (told by the backup), ignores a `Left` tagged with the older view, and
-        // it is told only once. The install releases it.
-        if self.views.proposal.is_some() || primary.pending_install.is_some() {
-            return;
-        }
+        let pending = self.views.proposal.as_ref();
+        let installing = primary.pending_install.as_ref();
         let free = |idx: &u32| {
             let idx = *idx;
-            !self.views.members.contains(idx) && self.ballots.iter().all(|b| !b.counts(idx))
+            !self.views.members.contains(idx)
+                && pending.is_none_or(|p| !p.members.contains(idx))
+                && installing.is_none_or(|i| !i.members.contains(idx))
+                && self.ballots.iter().all(|b| !b.counts(idx))
         };
+        // Tagged with the newest view on its way, if one is: a client that has promised
+        // it, or already follows it (told by the backup), ignores a `Left` tagged with an
+        // older one, and it is told once. No view of this primary takes a leaver back in.
+        let view = [
+            pending.map(|p| p.view.number),
+            installing.map(|i| i.view.number),
+        ]
+        .into_iter()
+        .flatten()
+        .fold(view, View::max);
         let due = primary.leaving.iter().filter(|(_, told)| !**told);
         let released: Vec<u32> = due.map(|(&idx, _)| idx).filter(free).collect();
         for idx in released {

@@ -161,6 +161,12 @@ impl Recovery {
                 None => return None,
             }
         }
+        // An operator removed it: no member, even if it reported.
+        for (&idx, &(hash, _)) in &self.reporters {
+            if self.removed.contains(&hash) {
+                members.remove(idx);
+            }
+        }
         any.then_some(members)
     }
 

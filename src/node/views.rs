@@ -204,6 +204,11 @@ impl Node {
     /// Sends the proposal to every connected witness that has not accepted it; also
     /// [`Timer::Propose`]'s handler.
     pub(super) fn send_proposal(&mut self, now: Instant) {
+        if self.views.proposal.is_none() {
+            // Armed while a fresh primary waited to take members in.
+            self.propose_membership_change(now);
+            return;
+        }
         if let Some(primary) = self.role.primary_mut() {
             let waited = primary.first_ballot_at.is_none_or(|t| now >= t);
             if let (true, Some(recovery)) = (waited, primary.recovery.as_mut()) {
