@@ -310,6 +310,14 @@ impl LiveCheck {
         self.last[log] = Seq(0);
         let longest = others.iter().map(|l| l.len()).max().unwrap_or(0);
         self.agreed.truncate(longest);
+        // Only a recovery forgets a log: what the dead servers held of the ballots it
+        // alone had logged is gone too (see `cold_restart`).
+        let logged = Seq(longest as u64);
+        for (&seq, (_, lasting)) in self.electorates.range_mut(logged.next()..) {
+            *lasting = false;
+            self.from_dead.insert(seq);
+        }
+        self.lasting_known = self.lasting_known.min(logged);
         for (i, tally) in self.agreed.iter_mut().enumerate() {
             if let Some(line) = others.iter().find_map(|l| l.get(i)) {
                 *tally = line.tally;
