@@ -278,6 +278,12 @@ impl LiveCheck {
     /// replaces theirs; a result still on its way from a dead server keeps theirs.
     pub fn cold_restart(&mut self) {
         let logged = self.last.iter().copied().max().unwrap_or(Seq(0));
+        self.forget_electorates_after(logged);
+    }
+
+    /// What servers that all died held of ballots after `logged` (no log holds them) lasts
+    /// no more, and a later server's word replaces it.
+    fn forget_electorates_after(&mut self, logged: Seq) {
         for (&seq, (_, lasting)) in self.electorates.range_mut(logged.next()..) {
             *lasting = false;
             self.from_dead.insert(seq);
@@ -312,12 +318,7 @@ impl LiveCheck {
         self.agreed.truncate(longest);
         // Only a recovery forgets a log: what the dead servers held of the ballots it
         // alone had logged is gone too (see `cold_restart`).
-        let logged = Seq(longest as u64);
-        for (&seq, (_, lasting)) in self.electorates.range_mut(logged.next()..) {
-            *lasting = false;
-            self.from_dead.insert(seq);
-        }
-        self.lasting_known = self.lasting_known.min(logged);
+        self.forget_electorates_after(Seq(longest as u64));
         for (i, tally) in self.agreed.iter_mut().enumerate() {
             if let Some(line) = others.iter().find_map(|l| l.get(i)) {
                 *tally = line.tally;

@@ -60,31 +60,49 @@ fn counted_per_ballot(log: &Path) -> Vec<(u64, u32)> {
         .collect()
 }
 
+/// j1 (yes) and j2 (no) start while ballots run; once they are members (7 voters) the
+/// clients' names with theirs, for the log checks.
+fn add_two_joiners(c: &Cluster) -> ([Proc; 2], Vec<(&'static str, Policy)>) {
+    let dir = c.dir.path();
+    let joiners = [
+        start_client(dir, "j1", &c.addr, "yes", c.ballots),
+        start_client(dir, "j2", &c.addr, "no", c.ballots),
+    ];
+    wait_line(&c.err, "voters=7 ", T);
+    let mut names = c.clients.clone();
+    names.extend([("j1", Policy::Yes), ("j2", Policy::No)]);
+    (joiners, names)
+}
+
+/// SIGTERM: the client asks to leave, is told `client-left`, and exits 0.
+fn leave_by_sigterm(client: &mut Proc) {
+    signal(client.pid(), libc::SIGTERM);
+    client.wait_line("client-left", T);
+    let status = client.wait_exit(T);
+    assert!(status.success(), "the leaver exited {status}");
+}
+
+/// Each of `procs` exits 0.
+fn all_exit_ok<'a>(procs: impl Iterator<Item = &'a mut Proc>) {
+    for p in procs {
+        let status = p.wait_exit(Duration::from_secs(120));
+        assert!(status.success(), "{} exited {status}", p.name);
+    }
+}
+
 #[test]
 fn clients_join_and_leave_while_ballots_run() {
     let ballots = 60;
     let mut c = Cluster::start(ballots, &["--ballot-interval-ms", "30"]);
     let (dir, err) = (c.dir.path().to_path_buf(), c.err.clone());
     wait_line(&err, "ballot-open seq=10 ", T);
-    let mut joiners = [
-        start_client(&dir, "j1", &c.addr, "yes", ballots),
-        start_client(&dir, "j2", &c.addr, "no", ballots),
-    ];
-    wait_line(&err, "voters=7 ", T);
+    let (mut joiners, names) = add_two_joiners(&c);
     // One of the first five leaves by SIGTERM: asked, agreed, and gone with exit 0.
     let leaver = c.clients[4].0;
-    signal(c.procs[4].pid(), libc::SIGTERM);
-    c.procs[4].wait_line("client-left", T);
-    let status = c.procs[4].wait_exit(T);
-    assert!(status.success(), "the leaver exited {status}");
+    leave_by_sigterm(&mut c.procs[4]);
     wait_line(&err, "voters=6 ", T);
-    for p in c.procs[..4].iter_mut().chain(joiners.iter_mut()) {
-        let status = p.wait_exit(Duration::from_secs(120));
-        assert!(status.success(), "{} exited {status}", p.name);
-    }
+    all_exit_ok(c.procs[..4].iter_mut().chain(joiners.iter_mut()));
 
-    let mut names: Vec<(&str, Policy)> = c.clients.clone();
-    names.extend([("j1", Policy::Yes), ("j2", Policy::No)]);
     assert_exact_and_agreeing(&dir, &names, ballots, &[leaver]);
     let voters = voters_per_ballot(&err);
     for (seq, counted) in counted_per_ballot(&dir.join("n1.log")) {
@@ -136,10 +154,7 @@ fn a_client_killed_for_good_is_removed_with_remove_client() {
         .filter_map(|s| s.as_u64())
         .collect();
     wait_line(&err, "client-removed client=n2 reason=operator", T);
-    for p in c.procs[..4].iter_mut() {
-        let status = p.wait_exit(Duration::from_secs(120));
-        assert!(status.success(), "{} exited {status}", p.name);
-    }
+    all_exit_ok(c.procs[..4].iter_mut());
     let voters = voters_per_ballot(&err);
     let n1 = counted_per_ballot(&dir.join("n1.log"));
     assert_eq!(n1.len() as u64, ballots);
@@ -166,16 +181,8 @@ fn membership_changes_and_both_replicas_killed_in_one_run() {
     let (dir, err) = (c.dir.path().to_path_buf(), c.err.clone());
     wait_line(&err, "view-change role=backup", T);
     wait_line(&err, "ballot-open seq=5 ", T);
-    let mut joiners = [
-        start_client(&dir, "j1", &c.addr, "yes", ballots),
-        start_client(&dir, "j2", &c.addr, "no", ballots),
-    ];
-    wait_line(&err, "voters=7 ", T);
-    // n2 leaves: asked, agreed, gone with exit 0.
-    signal(c.procs[4].pid(), libc::SIGTERM);
-    c.procs[4].wait_line("client-left", T);
-    let status = c.procs[4].wait_exit(T);
-    assert!(status.success(), "the leaver exited {status}");
+    let (mut joiners, names) = add_two_joiners(&c);
+    leave_by_sigterm(&mut c.procs[4]);
     // n1 dies for good and is removed.
     c.procs[3].kill_group();
     let out = pbvote(&["remove-client", "--server", &c.addr, "--id", "n1"]);
@@ -202,13 +209,8 @@ fn membership_changes_and_both_replicas_killed_in_one_run() {
     );
     signal(c.primary.pid(), libc::SIGKILL);
     wait_line(&err, "took_over=true", T);
-    for p in c.procs[..3].iter_mut().chain(joiners.iter_mut()) {
-        let status = p.wait_exit(Duration::from_secs(120));
-        assert!(status.success(), "{} exited {status}", p.name);
-    }
+    all_exit_ok(c.procs[..3].iter_mut().chain(joiners.iter_mut()));
 
-    let mut names: Vec<(&str, Policy)> = c.clients.clone();
-    names.extend([("j1", Policy::Yes), ("j2", Policy::No)]);
     assert_exact_and_agreeing(&dir, &names, ballots, &["n1", "n2"]);
     for id in ["y1", "j2"] {
         let logged = counted_per_ballot(&dir.join(format!("{id}.log")));

@@ -36,8 +36,6 @@ pub struct Recovery {
     /// The names' hashes of clients an operator removed meanwhile (gone for good): they
     /// count as present for completing a membership, and are no member of the result.
     removed: Vec<u64>,
-    /// See [`Recovery::recovered`].
-    settled: bool,
 }
 
 /// The most subsets of the silent clients tried when completing one membership: a member
@@ -147,7 +145,7 @@ impl Recovery {
     /// running has said hello by then). Its missing members are then ones the newer view
     /// left out: a leaver that was told `Left` (so the newer view was installed) and
     /// exited, or one removed.
-    fn recovered(&self) -> Option<Members> {
+    fn recovered(&self, settled: bool) -> Option<Members> {
         let required: Vec<_> = self.required().collect();
         let mut members = Members::default();
         let mut any = false;
@@ -157,7 +155,7 @@ impl Recovery {
                     members = members.union(whole.iter());
                     any = true;
                 }
-                None if any && self.settled => break,
+                None if any && settled => break,
                 None => return None,
             }
         }
@@ -168,11 +166,6 @@ impl Recovery {
             }
         }
         any.then_some(members)
-    }
-
-    /// The fresh primary has waited as long as it waits for ballot 1.
-    pub fn settle(&mut self) {
-        self.settled = true;
     }
 
     /// An operator removed client `id` (gone for good): a membership that lacks only it
@@ -190,11 +183,12 @@ impl Recovery {
     }
 
     /// Every required membership has all its members here, and every client with history
-    /// that `connected` says is still here has reported.
-    pub fn is_complete(&self, connected: impl Fn(u32) -> bool) -> bool {
+    /// that `connected` says is still here has reported. `settled`: the fresh primary has
+    /// waited as long as it waits for ballot 1 (see [`Recovery::recovered`]).
+    pub fn is_complete(&self, connected: impl Fn(u32) -> bool, settled: bool) -> bool {
         let unheard = (self.with_history.iter())
             .any(|idx| connected(idx) && !self.reporters.contains_key(&idx));
-        !unheard && self.recovered().is_some()
+        !unheard && self.recovered(settled).is_some()
     }
 
     /// The first membership still incomplete: `(view, present, members)`.
@@ -205,8 +199,8 @@ impl Recovery {
     }
 
     /// The recovered membership: every member of a required membership.
-    pub fn members(&self) -> Members {
-        self.recovered().unwrap_or_default()
+    pub fn members(&self, settled: bool) -> Members {
+        self.recovered(settled).unwrap_or_default()
     }
 
     /// The rebuilt history: `(first seq, tallies)`, if any client had one.

@@ -209,13 +209,7 @@ impl Node {
             self.propose_membership_change(now);
             return;
         }
-        if let Some(primary) = self.role.primary_mut() {
-            let waited = primary.first_ballot_at.is_none_or(|t| now >= t);
-            if let (true, Some(recovery)) = (waited, primary.recovery.as_mut()) {
-                recovery.settle();
-            }
-        }
-        if self.proposal_may_install() {
+        if self.proposal_may_install(now) {
             self.install_proposal(now);
             return;
         }
@@ -280,7 +274,7 @@ impl Node {
         } else {
             debug!("view-accept client={idx} view={view} accepted={count} members={members}");
         }
-        if self.proposal_may_install() {
+        if self.proposal_may_install(now) {
             self.install_proposal(now);
         }
     }
@@ -288,14 +282,23 @@ impl Node {
     /// The pending proposal has its witnesses. A recovering one needs every member of the
     /// memberships the clients recorded (see [`Recovery::is_complete`]): a result that
     /// reached only one of them must not be run again with a different electorate.
-    fn proposal_may_install(&self) -> bool {
+    fn proposal_may_install(&self, now: Instant) -> bool {
         let Some(p) = &self.views.proposal else {
             return false;
         };
         match self.role.primary().and_then(|p| p.recovery.as_ref()) {
-            Some(recovery) => recovery.is_complete(|idx| self.registry.conn(idx).is_some()),
+            Some(recovery) => {
+                let connected = |idx| self.registry.conn(idx).is_some();
+                recovery.is_complete(connected, self.waited_for_first_ballot(now))
+            }
             None => p.won(),
         }
+    }
+
+    /// A server started as primary has waited as long as it waits for ballot 1.
+    fn waited_for_first_ballot(&self, now: Instant) -> bool {
+        let at = self.role.primary().and_then(|p| p.first_ballot_at);
+        at.is_none_or(|t| now >= t)
     }
 
     fn recovery_mut(&mut self) -> Option<&mut Recovery> {
@@ -388,7 +391,7 @@ impl Node {
         self.timers.stop(Timer::Propose);
         if let Some(recovery) = self.role.primary().and_then(|p| p.recovery.as_ref()) {
             // The members the clients recorded; the others with history join afterwards.
-            p.members = recovery.members();
+            p.members = recovery.members(self.waited_for_first_ballot(now));
             p.fingerprint = self.fingerprint(&p.members);
         }
         let view = p.view;
