@@ -21,16 +21,16 @@ impl Client {
     /// The rules the client's state keeps after every input.
     pub fn invariants(&self) -> Result<(), Broken> {
         let broken = |rule, detail| Err(Broken { rule, detail });
-        if let Some(view) = self.view.filter(|v| v.number > self.promised) {
+        if let Some(view) = self.view.filter(|v| v.number > self.promised()) {
             return broken(
                 "promise-covers-the-view-followed",
-                format!("follows {} with promise {}", view.number, self.promised),
+                format!("follows {} with promise {}", view.number, self.promised()),
             );
         }
-        if let Some(view) = self.promised_view.filter(|v| v.number > self.promised) {
+        if let Some(view) = self.promised_view.filter(|v| v.number > self.promised()) {
             return broken(
                 "promise-covers-the-proposal-accepted",
-                format!("accepted {} with promise {}", view.number, self.promised),
+                format!("accepted {} with promise {}", view.number, self.promised()),
             );
         }
         if let Err(detail) = self.cast.check(self.last_logged) {

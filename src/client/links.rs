@@ -59,7 +59,7 @@ impl Client {
                 last_seq: self.last_logged,
                 view: self
                     .view
-                    .map_or(self.promised, |v| v.number.max(self.promised)),
+                    .map_or(self.promised(), |v| v.number.max(self.promised())),
             },
         ));
     }

@@ -84,9 +84,6 @@ pub struct Client {
     /// The view whose primary this client follows: the newest installed view it heard of
     /// (`Welcome`, `NewView`). `None` before the first `Welcome`.
     view: Option<ViewInfo>,
-    /// The highest view number this client accepted a proposal for. It accepts only
-    /// proposals above it, so two proposals of one number can never both win a majority.
-    promised: View,
     /// How long after hearing from `lease_holder` it refuses anyone else as primary.
     lease: Duration,
     /// The server whose lease this client honours: the primary of `view`, or the proposer
@@ -157,7 +154,6 @@ impl Client {
             cfg,
             last_logged,
             view: None,
-            promised: promised.view,
             durable: promised.clone(),
             lease: Duration::ZERO,
             lease_holder: None,
@@ -189,13 +185,20 @@ impl Client {
         self.view
     }
 
+    /// The highest view number this client promised (accepted a proposal for, or followed).
+    /// It accepts only proposals above it, so two proposals of one number can never both
+    /// win a majority.
+    fn promised(&self) -> View {
+        self.durable.view
+    }
+
     /// One line on the state, for a simulator failure report.
     pub fn describe(&self) -> String {
         format!(
             "logged={} view={:?} promised={} holder={:?} links={:?}",
             self.last_logged,
             self.view.map(|v| v.to_string()),
-            self.promised,
+            self.promised(),
             self.lease_holder,
             self.links
                 .iter()

@@ -39,8 +39,7 @@ pub fn honoured_lease(lease_ms: u64) -> Duration {
 
 impl Client {
     pub(super) fn promise(&mut self, view: ViewInfo) {
-        if view.number > self.promised {
-            self.promised = view.number;
+        if view.number > self.promised() {
             self.durable.view = view.number;
             self.durable.servers = view.servers().collect();
             self.persist();
@@ -143,14 +142,15 @@ impl Client {
                 self.heard_from(conn, from, now);
                 return;
             }
-        } else if view.number < self.promised {
+        } else if view.number < self.promised() {
             // Restarted with a promise above it: some proposal it accepted is newer, and
             // the server offering this view (a backup cut off since, say) may lack what
             // that one produced. Follow nothing older; the primary's next view comes above
             // (a hello says the promise, and a primary proposes above what clients report).
             debug!(
                 "view-refused client={} view={view} promised={} reason=below-promise",
-                self.cfg.id, self.promised
+                self.cfg.id,
+                self.promised()
             );
             return;
         }
@@ -158,7 +158,7 @@ impl Client {
         self.view = Some(view);
         // A view below our promise does not take the lease from the proposer we promised
         // (it may be acting on it already).
-        if view.number >= self.promised {
+        if view.number >= self.promised() {
             if self.lease_holder == Some(view.primary) {
                 // Its proposal, which we accepted: the lease runs from then (the primary
                 // counts it so), even if the backup's Welcome told us of the view first.
@@ -258,7 +258,7 @@ impl Client {
         // (a new primary that never heard its leave), and it asks that one again.
         let ours = self
             .view
-            .filter(|v| v.primary == from && view >= v.number && view >= self.promised);
+            .filter(|v| v.primary == from && view >= v.number && view >= self.promised());
         if ours.is_some() && self.leaving.is_some() && !self.left {
             info!("client-left client={} view={view}", self.cfg.id);
             self.left = true;
@@ -316,16 +316,18 @@ impl Client {
         let reject = |retry_after_ms| ClientMsg::Reject {
             proposed: view.number,
             accepted: ours,
-            promised: self.promised,
+            promised: self.promised(),
             retry_after_ms,
         };
         // A proposer whose state predates the view we follow was replaced: it may lack
         // results that view produced. A promise is never given twice for one number.
-        let resent = view.number == self.promised && self.durable.proposer == Some(node);
-        if (view.number <= self.promised && !resent) || (base < ours.number && !recovering) {
+        let resent = view.number == self.promised() && self.durable.proposer == Some(node);
+        if (view.number <= self.promised() && !resent) || (base < ours.number && !recovering) {
             debug!(
                 "proposal-rejected client={} view={view} base={base} promised={} ours={}",
-                self.cfg.id, self.promised, ours.number
+                self.cfg.id,
+                self.promised(),
+                ours.number
             );
             self.out.push_back(ClientOutput::Send(conn, reject(None)));
             return;
@@ -356,7 +358,8 @@ impl Client {
                 member,
             });
         }
-        if view.number <= self.promised && before != (self.durable.proposer, self.durable.accepted)
+        if view.number <= self.promised()
+            && before != (self.durable.proposer, self.durable.accepted)
         {
             // A re-sent proposal: the promise stands, what it keeps with it changed.
             self.persist();

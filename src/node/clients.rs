@@ -109,8 +109,6 @@ impl Node {
     }
 
     fn primary_client_hello(&mut self, conn: ConnId, hello: ClientHello, now: Instant) {
-        // Results are history; a view alone is not (a client that joined after this very
-        // primary started says the view it learned here).
         let ClientHello {
             id,
             last_seq,

@@ -98,6 +98,7 @@ impl Node {
     /// From now on `members` are the voters: the ones new here vote from the next ballot.
     pub(super) fn set_members(&mut self, members: Members) {
         let next = self.next_seq();
+        let fingerprint = self.fingerprint(&members);
         let views = &mut self.views;
         views.voter_from.retain(|idx, _| members.contains(*idx));
         for idx in members.iter() {
@@ -105,7 +106,7 @@ impl Node {
                 views.voter_from.insert(idx, next);
             }
         }
-        views.fingerprint = Fingerprint::of(members.iter().map(|idx| self.registry.id(idx)));
+        views.fingerprint = fingerprint;
         views.members = members;
     }
 
@@ -267,24 +268,18 @@ impl Node {
             warn!("client-removing client={id} by=operator recovering=true");
             recovery.remove(&id);
             self.send_proposal(now);
-            if let Some((view, present, members)) = self
-                .role
-                .primary()
-                .and_then(|p| p.recovery.as_ref()?.waiting_for())
-            {
+            if self.role.is_recovering() {
+                // Still short of members, or whole but a client with history has not
+                // reported yet (0 of 0).
+                let waiting = self
+                    .role
+                    .primary()
+                    .and_then(|p| p.recovery.as_ref()?.waiting_for());
+                let (view, present, members) = waiting.unwrap_or((self.views.highest_seen(), 0, 0));
                 let waiting = RemoveReply::Recovering {
                     view,
                     present,
                     members,
-                };
-                return reply(self, waiting);
-            }
-            if self.role.is_recovering() {
-                // Whole, but a client with history has not reported yet.
-                let waiting = RemoveReply::Recovering {
-                    view: self.views.highest_seen(),
-                    present: 0,
-                    members: 0,
                 };
                 return reply(self, waiting);
             }
