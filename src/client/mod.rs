@@ -291,8 +291,7 @@ impl Client {
                     self.lease = honoured_lease(lease_ms);
                 }
                 let same = self.view.is_some_and(|v| v.number == view.number);
-                self.adopt_view(conn, from, view, now);
-                self.record_followed(view, members, member);
+                self.adopt_view(conn, from, view, (members, member), now);
                 if same && view.servers().any(|s| s == from) {
                     // A new link to a server of our view (a reconnect): it may not have our
                     // leave.
@@ -308,8 +307,7 @@ impl Client {
                 if from == view.primary && !self.is_older(view) {
                     self.lease = honoured_lease(lease_ms);
                 }
-                self.adopt_view(conn, from, view, now);
-                self.record_followed(view, members, member);
+                self.adopt_view(conn, from, view, (members, member), now);
             }
             ServerMsg::Propose {
                 view,

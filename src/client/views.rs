@@ -52,23 +52,6 @@ impl Client {
             .push_back(ClientOutput::Promise(self.durable.clone()));
     }
 
-    /// It follows `view` (if the message was not refused): keep what it was told of the
-    /// view's membership, for a cold restart.
-    pub(super) fn record_followed(&mut self, view: ViewInfo, members: Fingerprint, member: bool) {
-        if self.view.map(|v| v.number) != Some(view.number) {
-            return;
-        }
-        let record = Some(MemberRecord {
-            view: view.number,
-            members,
-            member,
-        });
-        if self.durable.followed != record {
-            self.durable.followed = record;
-            self.persist();
-        }
-    }
-
     /// Whether a message tagged `view` may be acted on. One from a view older than ours
     /// comes from a replaced server: it is told so and ignored. Hearing from our primary
     /// renews its lease.
@@ -122,12 +105,14 @@ impl Client {
         }
     }
 
-    /// An installed view (a majority accepted it): follow it if it is newer.
+    /// An installed view (a majority accepted it), with its membership's fingerprint and
+    /// whether this client is a member: follow it if it is newer.
     pub(super) fn adopt_view(
         &mut self,
         conn: ConnId,
         from: SocketAddr,
         view: ViewInfo,
+        (members, member): (Fingerprint, bool),
         now: Instant,
     ) {
         if let Some(ours) = self.view {
@@ -173,7 +158,20 @@ impl Client {
                 self.heard_holder = Some(now);
             }
         }
-        self.promise(view);
+        // What a fresh primary after a cold restart needs of it: kept only for a view this
+        // client adopts, never for another server's view that happens to share its number.
+        let record = Some(MemberRecord {
+            view: view.number,
+            members,
+            member,
+        });
+        let recorded = self.durable.followed != record;
+        self.durable.followed = record;
+        if view.number > self.promised() {
+            self.promise(view);
+        } else if recorded {
+            self.persist();
+        }
         self.link_to_servers_of(view, now);
         self.resend_pending = from != view.primary;
         // A new primary does not know this client wants out: ask it (a link still to be

@@ -119,7 +119,7 @@ impl Node {
         // started; a view it installed itself is not (a client that joined since says the
         // view it learned here).
         let evidence = last_seq > Seq(0) || foreign_view;
-        if evidence && !self.role.is_recovering() && self.is_pristine() {
+        if evidence && self.may_detect_cold_restart() {
             if let Some(primary) = self.role.primary_mut() {
                 warn!("cold-restart-detected client={id} last_seq={last_seq} client_view={view}");
                 primary.recovery = Some(Recovery::default());

@@ -196,6 +196,17 @@ impl Node {
         self.role.is_recovering()
     }
 
+    /// Only a server started as primary that has installed nothing but its first view and
+    /// done nothing yet can meet a cold restart: a backup that took over (its own
+    /// `Primary`, no first-ballot wait) is the cluster's history, not a fresh one.
+    fn may_detect_cold_restart(&self) -> bool {
+        let started_fresh = self
+            .role
+            .primary()
+            .is_some_and(|p| p.first_ballot_at.is_some() && !p.is_recovering());
+        started_fresh && self.views.installed.number == View(1) && self.is_pristine()
+    }
+
     /// Nothing has happened here yet: no ballot opened, no result known.
     fn is_pristine(&self) -> bool {
         self.role.primary().is_some_and(|p| p.last_open.is_none())

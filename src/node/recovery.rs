@@ -45,6 +45,8 @@ const MAX_SUBSETS_TRIED: u64 = 10_000;
 
 #[derive(Debug, Default)]
 struct Claim {
+    /// Some client follows this view: it was installed.
+    followed: bool,
     members: Members,
     /// The fingerprint of the claimants' names: equal to the recorded one once every
     /// member is here.
@@ -89,11 +91,13 @@ impl Recovery {
         let hash = Fingerprint::name_hash(id);
         self.reporters
             .insert(idx, (hash, newest.unwrap_or_default()));
-        for record in followed.into_iter().chain(promised) {
+        let records = followed.map(|r| (r, true)).into_iter();
+        for (record, installed) in records.chain(promised.map(|r| (r, false))) {
             let claim = self
                 .claims
                 .entry((record.view, record.members))
                 .or_default();
+            claim.followed |= installed;
             if record.member && !claim.members.contains(idx) {
                 claim.members.insert(idx);
                 claim.names.add(id);
@@ -134,28 +138,43 @@ impl Recovery {
         {
             return None;
         }
-        let found = first_subset(&silent, missing, rest)?;
-        Some(claim.members.union(found.into_iter().flatten()))
+        // Choose the smaller side: the silent members, or the silent ones that are not
+        // (their hashes make up the rest of all of theirs). With at most 10,000 subsets
+        // that side is small, and so is the search's depth.
+        let total = silent
+            .iter()
+            .fold(0u64, |sum, &(_, hash)| sum.wrapping_add(hash));
+        let members = if missing * 2 <= silent.len() {
+            first_subset(&silent, missing, rest)?
+        } else {
+            let others = first_subset(&silent, silent.len() - missing, total.wrapping_sub(rest))?;
+            (silent.iter())
+                .map(|&(idx, _)| idx)
+                .filter(|idx| !others.contains(idx))
+                .collect()
+        };
+        Some(claim.members.union(members.into_iter().flatten()))
     }
 
     /// Every required membership is whole, and there is one: the recovered members.
     ///
-    /// From the newest down: a membership older than a whole, newer one may stay short
-    /// once the fresh primary has waited as long as for ballot 1 (every client still
-    /// running has said hello by then). Its missing members are then ones the newer view
-    /// left out: a leaver that was told `Left` (so the newer view was installed) and
-    /// exited, or one removed.
+    /// From the newest down: a membership older than a whole, newer one that some client
+    /// follows (so it was installed) may stay short once the fresh primary has waited as
+    /// long as for ballot 1 (every client still running has said hello by then). Its
+    /// missing members are then ones the installed view left out: a leaver told `Left`
+    /// that exited, or one removed.
     fn recovered(&self, settled: bool) -> Option<Members> {
         let required: Vec<_> = self.required().collect();
         let mut members = Members::default();
-        let mut any = false;
+        let (mut any, mut installed) = (false, false);
         for &(&(view, of), claim) in required.iter().rev() {
             match self.whole(view, of, claim) {
                 Some(whole) => {
                     members = members.union(whole.iter());
                     any = true;
+                    installed |= claim.followed;
                 }
-                None if any && settled => break,
+                None if installed && settled => break,
                 None => return None,
             }
         }
@@ -235,4 +254,43 @@ fn first_subset(
         }
     }
     None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(view: u64, members: Fingerprint, member: bool) -> Option<MemberRecord> {
+        Some(MemberRecord {
+            view: View(view),
+            members,
+            member,
+        })
+    }
+
+    /// One client says it is in view 5; every other member was down while view 5 was
+    /// installed and knows only view 4. The fingerprint still finds them all, and the
+    /// search is one sum, not a recursion as deep as the membership (it overflowed the
+    /// stack at this size).
+    #[test]
+    fn members_that_never_heard_of_the_view_are_found_by_its_fingerprint() {
+        let ids: Vec<ClientId> = (0..50_000).map(|i| ClientId(format!("c{i}"))).collect();
+        let all = Fingerprint::of(&ids);
+        let mut recovery = Recovery::default();
+        recovery.add_records(0, &ids[0], record(5, all, true), None);
+        assert!(!recovery.is_complete(|_| true, false));
+        let old = Fingerprint::of(&ids[1..]);
+        for (idx, id) in ids.iter().enumerate().skip(1) {
+            recovery.add_records(idx as u32, id, record(4, old, true), None);
+        }
+        assert!(recovery.is_complete(|_| true, false));
+        assert_eq!(recovery.members(false).len(), ids.len());
+        // One of them missing: not whole.
+        let mut short = Recovery::default();
+        short.add_records(0, &ids[0], record(5, all, true), None);
+        for (idx, id) in ids.iter().enumerate().skip(2) {
+            short.add_records(idx as u32, id, record(4, old, true), None);
+        }
+        assert!(!short.is_complete(|_| true, false));
+    }
 }
