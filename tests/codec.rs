@@ -108,9 +108,12 @@ fn client_msg() -> impl Strategy<Value = ClientMsg> {
                 }
             ),
         view_info().prop_map(|accepted| ClientMsg::Stale { accepted }),
-        (any::<u64>(), any::<u64>()).prop_map(|(v, round)| ClientMsg::LeaseAck {
-            view: View(v),
-            round
+        (any::<u64>(), any::<u64>(), any::<u64>()).prop_map(|(v, round, logged)| {
+            ClientMsg::LeaseAck {
+                view: View(v),
+                round,
+                logged: Seq(logged),
+            }
         }),
         any::<u64>().prop_map(|v| ClientMsg::Leave { view: View(v) }),
     ]

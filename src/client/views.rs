@@ -278,7 +278,11 @@ impl Client {
             self.lease = honoured_lease(lease_ms);
             self.out.push_back(ClientOutput::Send(
                 conn,
-                ClientMsg::LeaseAck { view, round },
+                ClientMsg::LeaseAck {
+                    view,
+                    round,
+                    logged: self.last_logged,
+                },
             ));
         }
     }

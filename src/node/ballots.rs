@@ -219,7 +219,13 @@ impl Node {
         if tallies.is_empty() {
             return;
         }
-        let conns = self.registry.connected_conns();
+        let conns = if self.role.primary().is_some_and(|p| p.leaving.is_empty()) {
+            self.registry.connected_conns()
+        } else {
+            let connected = self.registry.connected();
+            let getting = connected.filter(|&(idx, _)| self.gets_results(idx));
+            getting.map(|(_, conn)| conn).collect()
+        };
         self.out
             .results(conns, self.views.installed.number, first, tallies);
         if self.ballots.is_empty() {

@@ -4,7 +4,7 @@
 
 use super::recovery::Recovery;
 use super::registry::Detached;
-use super::role::RoleState;
+use super::role::{Leaving, RoleState};
 use super::Node;
 use crate::link::ConnId;
 use crate::proto::limits::{MAX_CLIENTS, MAX_CLIENT_ID_LEN};
@@ -142,6 +142,7 @@ impl Node {
         let Some(idx) = self.register_hello(conn, &id) else {
             return;
         };
+        self.registry.note_logged(idx, last_seq);
         if let Some(recovery) = self.role.primary_mut().and_then(|p| p.recovery.as_mut()) {
             // Once recovering, every client with a log or a view reports before it acts.
             if last_seq > Seq(0) || view > View(0) {
@@ -248,7 +249,7 @@ impl Node {
                 self.leases.void(idx);
                 if let Some(primary) = self.role.primary_mut() {
                     // Told it may go, and gone: a later hello is a new start.
-                    if primary.leaving.get(&idx) == Some(&true) {
+                    if matches!(primary.leaving.get(&idx), Some(Leaving::Told { .. })) {
                         primary.leaving.remove(&idx);
                     }
                 }

@@ -96,6 +96,10 @@ impl Node {
     /// the connection to drain. All at once, a client far behind overflowed its output
     /// buffer (4 MiB, ~400,000 results), was cut, reconnected and started over.
     pub(super) fn continue_catch_up(&mut self, conn: ConnId) {
+        let last = self
+            .registry
+            .resolve(conn)
+            .and_then(|idx| self.last_result_for(idx));
         let RoleState::Primary(primary) = &mut self.role else {
             return;
         };
@@ -104,7 +108,10 @@ impl Node {
         };
         let history = &self.history;
         let mut start = next.0.max(history.first) - history.first;
-        let held = history.results.len() as u64;
+        let mut held = history.results.len() as u64;
+        if let Some(last) = last {
+            held = held.min((last.0 + 1).saturating_sub(history.first));
+        }
         for _ in 0..CATCHUP_BURST {
             if start >= held {
                 break;

@@ -5,6 +5,7 @@
 
 use super::membership::Members;
 use super::Node;
+use crate::proto::Seq;
 use std::cell::Cell;
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -148,8 +149,12 @@ impl Leases {
 }
 
 impl Node {
-    /// Client `idx` acknowledged lease renewal `round`.
-    pub(super) fn on_lease_ack(&mut self, idx: u32, round: u64, now: Instant) {
+    /// Client `idx` acknowledged lease renewal `round`, having logged through `logged`.
+    pub(super) fn on_lease_ack(&mut self, idx: u32, round: u64, logged: Seq, now: Instant) {
+        self.registry.note_logged(idx, logged);
+        if self.has_draining_leavers() {
+            self.release_leavers();
+        }
         let Some(sent) = self.leases.sent_at(round) else {
             return;
         };

@@ -5,7 +5,7 @@
 //! argue it. Clients join (a view adds every connected non-member) and leave (`Leave`, a
 //! view without them, then `Left`) here.
 
-use super::role::{Removal, RoleState};
+use super::role::{Leaving, Removal, RoleState};
 use super::timers::Timer;
 use super::views::Proposal;
 use super::{Node, Output};
@@ -238,8 +238,14 @@ impl Node {
         let Some(primary) = self.role.primary_mut() else {
             return;
         };
-        if primary.leaving.insert(idx, false).is_none() {
-            info!("client-leaving client={}", self.registry.id(idx));
+        let registry = &self.registry;
+        let state = primary.leaving.entry(idx).or_insert_with(|| {
+            info!("client-leaving client={}", registry.id(idx));
+            Leaving::Asked
+        });
+        // Asked again after it was told (the `Left` was lost): tell it again.
+        if matches!(state, Leaving::Told { .. }) {
+            *state = Leaving::Asked;
         }
         let adds_it = self
             .views
@@ -433,10 +439,12 @@ impl Node {
         }
     }
 
-    /// Tells every client that asked to leave, is no member, and has no vote an open
-    /// ballot waits for, that it may go.
+    /// Tells every client that asked to leave, is no member, has no vote an open ballot
+    /// waits for, and holds no result that no member has logged, that it may go.
     pub(super) fn release_leavers(&mut self) {
         let view = self.views.installed.number;
+        let committed = self.committed();
+        let members_logged = self.members_logged();
         let Some(primary) = self.role.primary_mut() else {
             return;
         };
@@ -462,14 +470,76 @@ impl Node {
         .into_iter()
         .flatten()
         .fold(view, View::max);
-        let due = primary.leaving.iter().filter(|(_, told)| !**told);
-        let released: Vec<u32> = due.map(|(&idx, _)| idx).filter(free).collect();
-        for idx in released {
-            primary.leaving.insert(idx, true);
+        let asked = primary
+            .leaving
+            .iter()
+            .filter(|(_, l)| **l == Leaving::Asked);
+        let freed: Vec<u32> = asked.map(|(&idx, _)| idx).filter(free).collect();
+        for idx in freed {
+            // From now on it is sent no result: what it may have logged stays put.
+            let last_sent = committed;
+            info!(
+                "client-draining client={} last_sent={last_sent}",
+                self.registry.id(idx)
+            );
+            primary.leaving.insert(idx, Leaving::Draining { last_sent });
+        }
+        // With no member left, nobody else can hold its results: it goes at once.
+        let logged_elsewhere = |last_sent: Seq| members_logged.is_none_or(|m| m >= last_sent);
+        let released: Vec<(u32, Seq)> = primary
+            .leaving
+            .iter()
+            .filter_map(|(&idx, l)| match *l {
+                Leaving::Draining { last_sent } if logged_elsewhere(last_sent) => {
+                    Some((idx, last_sent))
+                }
+                _ => None,
+            })
+            .collect();
+        for (idx, last_sent) in released {
+            primary.leaving.insert(idx, Leaving::Told { last_sent });
             info!("client-left client={} view={view}", self.registry.id(idx));
             if let Some(conn) = self.registry.conn(idx) {
                 self.out.send_client(conn, ServerMsg::Left { view });
             }
+        }
+    }
+
+    /// Whether a leaver waits for a member to log what it was sent.
+    pub(super) fn has_draining_leavers(&self) -> bool {
+        self.role.primary().is_some_and(|p| {
+            let mut states = p.leaving.values();
+            states.any(|l| matches!(l, Leaving::Draining { .. }))
+        })
+    }
+
+    /// The most any member of the installed view has said it logged (`None`: no member).
+    /// Asked only while a leaver may be draining.
+    fn members_logged(&self) -> Option<Seq> {
+        let waiting = self.role.primary().is_some_and(|p| {
+            let mut states = p.leaving.values();
+            states.any(|l| !matches!(l, Leaving::Told { .. }))
+        });
+        if !waiting {
+            return Some(Seq(0));
+        }
+        self.views
+            .members
+            .iter()
+            .map(|m| self.registry.logged(m))
+            .max()
+    }
+
+    /// A leaver that is draining or told is sent no result after its `last_sent`.
+    pub(super) fn gets_results(&self, idx: u32) -> bool {
+        self.last_result_for(idx).is_none()
+    }
+
+    /// The last result client `idx` may be sent, if it is a leaver past `Asked`.
+    pub(super) fn last_result_for(&self, idx: u32) -> Option<Seq> {
+        match self.role.primary()?.leaving.get(&idx)? {
+            Leaving::Asked => None,
+            Leaving::Draining { last_sent } | Leaving::Told { last_sent } => Some(*last_sent),
         }
     }
 }

@@ -442,7 +442,11 @@ impl Node {
                 promised,
                 retry_after_ms,
             } => self.on_reject(proposed, accepted, promised, retry_after_ms, now),
-            ClientMsg::LeaseAck { view: _, round } => self.on_lease_ack(idx, round, now),
+            ClientMsg::LeaseAck {
+                view: _,
+                round,
+                logged,
+            } => self.on_lease_ack(idx, round, logged, now),
             ClientMsg::Leave { view: _ } => self.on_leave(idx, now),
             ClientMsg::Stale { .. } => {}
         }

@@ -3,7 +3,7 @@
 //! to one index for ever.
 
 use crate::link::ConnId;
-use crate::proto::ClientId;
+use crate::proto::{ClientId, Seq};
 use std::collections::{BTreeMap, HashMap};
 use std::time::Instant;
 
@@ -17,6 +17,9 @@ struct ClientRecord {
     /// It asked to leave (told either server, so that a backup taking over knows); a new
     /// hello from it clears this.
     asked_to_leave: bool,
+    /// The last seq it said it logged (hello, `Accept`, `LeaseAck`): whether a leaver's
+    /// results are held by a member too.
+    logged: Seq,
 }
 
 /// A client connection as a server knows it. A backup may hear from a client before the
@@ -108,6 +111,7 @@ impl Registry {
             conn,
             gone_since: None,
             asked_to_leave: false,
+            logged: Seq(0),
         });
         (idx, true)
     }
@@ -161,6 +165,16 @@ impl Registry {
     }
 
     /// Client `idx` asked to leave (`true`), or started again (`false`).
+    /// Client `idx` said it logged through `seq`. A new process under its name may say
+    /// less (its log is the same file), never more than is true.
+    pub fn note_logged(&mut self, idx: u32, seq: Seq) {
+        self.clients[idx as usize].logged = seq;
+    }
+
+    pub fn logged(&self, idx: u32) -> Seq {
+        self.clients[idx as usize].logged
+    }
+
     pub fn set_leaving(&mut self, idx: u32, leaving: bool) {
         self.clients[idx as usize].asked_to_leave = leaving;
     }

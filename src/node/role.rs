@@ -68,13 +68,26 @@ pub struct Primary {
     pub first_ballot_at: Option<Instant>,
     /// When it last spawned a backup (spawns are spaced by a heartbeat).
     pub last_spawn: Option<Instant>,
-    /// Clients that asked to leave (client indexes), and whether they were told `Left`.
-    /// One that was stays here until its connection closes, so that it is not taken back
-    /// in as a joiner meanwhile. Not replicated: a leaving client asks each new primary.
-    pub leaving: BTreeMap<u32, bool>,
+    /// Clients that asked to leave (client indexes), and how far each has got. One told
+    /// `Left` stays here until its connection closes, so that it is not taken back in as a
+    /// joiner meanwhile. Not replicated: a leaving client asks each new primary.
+    pub leaving: BTreeMap<u32, Leaving>,
     /// Clients being removed (`remove-client`, or absent past `--absent-after-ms`), with
     /// why and the connections waiting for the answer.
     pub removing: BTreeMap<u32, Removal>,
+}
+
+/// How far a client that asked to leave has got.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Leaving {
+    /// It is still a member, or a voter of an open ballot, or a view with it is on its way.
+    Asked,
+    /// Free to go, and sent no result after `last_sent`: it is told `Left` once a member
+    /// has logged `last_sent`. Told at once, a leaver could take the only copy of a result
+    /// with it, and a cold restart would count that ballot again (docs/PROTOCOL.md §9).
+    Draining { last_sent: Seq },
+    /// Told `Left`; still sent no result after `last_sent`.
+    Told { last_sent: Seq },
 }
 
 /// A removal under way.

@@ -60,7 +60,11 @@ fn step(node: &mut Node, voter: ConnId, now: Instant) -> (Vec<(ConnId, u64, usiz
                     promised_members: None,
                 }),
                 ServerMsg::Lease { view, round, .. } if c == voter => {
-                    replies.push(ClientMsg::LeaseAck { view, round })
+                    replies.push(ClientMsg::LeaseAck {
+                        view,
+                        round,
+                        logged: Seq(0),
+                    })
                 }
                 ServerMsg::VoteRequest { view, first, count } if c == voter => {
                     replies.push(ClientMsg::Votes {
@@ -263,5 +267,74 @@ fn results_published_in_one_turn_ride_in_one_frame() {
     assert_eq!(
         results_sent(&mut node),
         vec![(a, 4, 1), (b, 4, 1), (b, 2, 3), (a, 5, 1), (b, 5, 1)]
+    );
+}
+
+/// A leaver that was sent results no member has logged yet is not told `Left`: if it
+/// exited and both servers died, a cold restart would count those ballots again without
+/// its copy (simulator seed 85969). It is sent no more results meanwhile, and told once a
+/// member says it logged them.
+#[test]
+fn a_leaver_goes_only_once_a_member_logged_what_it_was_sent() {
+    let t0 = Instant::now();
+    let mut node = primary(t0);
+    let (a, b, going) = (conn(1), conn(2), conn(3));
+    for (c, id) in [(a, "a"), (b, "b"), (going, "going")] {
+        hello(&mut node, c, id, 0, t0);
+    }
+    accept_every_proposal(&mut node, t0);
+    node.handle_timeout(t0);
+    for c in [a, b, going] {
+        node.handle_client_msg(c, votes(1, 3), t0);
+    }
+    sent(&mut node);
+    node.handle_client_msg(going, ClientMsg::Leave { view: View(1) }, t0);
+    accept_every_proposal(&mut node, t0);
+    // Every ballot open before the view without it counts its vote.
+    let window = 64;
+    for c in [a, b, going] {
+        node.handle_client_msg(c, votes(4, window - 3), t0);
+    }
+    let committed = node.committed();
+    assert!(committed >= Seq(window), "{committed}");
+    let told = |msgs: &[(ConnId, ServerMsg)]| {
+        msgs.iter()
+            .any(|(c, m)| *c == going && matches!(m, ServerMsg::Left { .. }))
+    };
+    assert!(
+        !told(&sent(&mut node)),
+        "told before any member logged a result"
+    );
+
+    // More ballots complete without it: it is sent none of them.
+    node.handle_timeout(t0);
+    for c in [a, b] {
+        node.handle_client_msg(c, votes(committed.0 + 1, 1), t0);
+    }
+    let msgs = sent(&mut node);
+    let results: Vec<_> = msgs
+        .iter()
+        .filter(|(_, m)| matches!(m, ServerMsg::Results { .. }))
+        .map(|(c, _)| *c)
+        .collect();
+    assert!(
+        results.contains(&a) && !results.contains(&going),
+        "{results:?}"
+    );
+    assert!(!told(&msgs));
+
+    // A member that logged less than it was sent does not release it; one that logged
+    // all of it does.
+    let ack = |logged: u64| ClientMsg::LeaseAck {
+        view: View(1),
+        round: 0,
+        logged: Seq(logged),
+    };
+    node.handle_client_msg(a, ack(committed.0 - 1), t0);
+    assert!(!told(&sent(&mut node)));
+    node.handle_client_msg(b, ack(committed.0), t0);
+    assert!(
+        told(&sent(&mut node)),
+        "not told once a member logged its results"
     );
 }

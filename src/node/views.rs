@@ -6,7 +6,7 @@
 
 use super::membership::Members;
 use super::recovery::{Recovery, Report};
-use super::role::{Evidence, Installing, RoleState, StepDown};
+use super::role::{Evidence, Installing, Leaving, RoleState, StepDown};
 use super::timers::Timer;
 use super::{Node, Output};
 use crate::proto::{Fingerprint, PeerMsg, Seq, ServerMsg, View, ViewInfo};
@@ -252,6 +252,7 @@ impl Node {
     ) {
         // Results the client lacks: it asks (`Resend`) when it adopts the view we install,
         // or says `last_seq` in its hello when it connects later.
+        self.registry.note_logged(idx, last_seq);
         self.count_votes(votes.into_iter().map(|(seq, yes)| (idx, seq, yes)), now);
         let Some(p) = &mut self.views.proposal else {
             return;
@@ -453,7 +454,7 @@ impl Node {
         let leavers: Vec<u32> = self.registry.leaving().collect();
         if let Some(primary) = self.role.primary_mut() {
             for idx in leavers {
-                primary.leaving.entry(idx).or_insert(false);
+                primary.leaving.entry(idx).or_insert(Leaving::Asked);
             }
         }
         let unblocked = self.drop_removed_voters(&removed);

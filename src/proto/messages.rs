@@ -94,7 +94,9 @@ pub enum ClientMsg {
     Stale { accepted: ViewInfo },
     /// "Your lease renewal `round` reached me": the primary holds this client's lease for
     /// one lease time from when it sent that round.
-    LeaseAck { view: View, round: u64 },
+    /// `logged`: the last seq in the client's log. A leaver is told `Left` only once a
+    /// member has logged every result the leaver may have (docs/PROTOCOL.md §9).
+    LeaseAck { view: View, round: u64, logged: Seq },
     /// "Take me out of the membership": the client reached `--until` or was told to stop.
     /// It keeps voting on every ballot it is a voter of until the primary answers `Left`.
     Leave { view: View },
