@@ -450,6 +450,10 @@ fn run_client(args: ClientArgs) -> Result<(), Failure> {
             }
             Ok(())
         }
+        Ended::Refused(why) => Err(Failure::Runtime(format!(
+            "client {}: refused (log at {last}): {why}",
+            args.id
+        ))),
         Ended::LeaveUnconfirmed => Err(Failure::Runtime(format!(
             "client {}: leaving was not agreed within {LEAVE_WAIT_MS} ms (log at {last}); \
              the servers may still count it as a voter: `pbvote remove-client --id {}` takes it out",

@@ -193,9 +193,12 @@ fn server_msg() -> impl Strategy<Value = ServerMsg> {
                 first: Seq(s),
                 tallies,
             }),
-        (any::<u64>(), ".{0,40}").prop_map(|(v, reason)| ServerMsg::Refused {
-            view: View(v),
-            reason,
+        (any::<u64>(), ".{0,40}", any::<bool>()).prop_map(|(v, reason, permanent)| {
+            ServerMsg::Refused {
+                view: View(v),
+                reason,
+                permanent,
+            }
         }),
         any::<u64>().prop_map(|v| ServerMsg::Left { view: View(v) }),
     ]

@@ -9,6 +9,7 @@
 
 use pbvote::client::policy::Policy;
 use pbvote::node::StepDown;
+use pbvote::proto::limits::MAX_RECOVERY_TAIL;
 use pbvote::proto::{PeerMsg, Role};
 use pbvote::sim::{Endpoint, Setup, Sim, SimFailure};
 use std::cell::Cell;
@@ -471,5 +472,34 @@ fn a_client_that_leaves_while_it_joins_is_not_left_a_member() {
         sim.run_until("ballots go on", |s| s.logged(0) >= after + 5)?;
         let _ = seed;
         sim.finish().map(drop)
+    });
+}
+
+/// Issue 12: a client that joins after a cold restart rebuilt only the tail of a longer
+/// history cannot log results 1.. (no server holds them): it is refused for good with
+/// `results-unavailable` (and `pbvote client` exits 1), it is never made a voter, and
+/// the members' ballots go on.
+#[test]
+fn a_client_joining_past_the_recovered_tail_is_refused_and_the_others_go_on() {
+    for_each_seed(|seed| {
+        let ballots = MAX_RECOVERY_TAIL as u64 + 30;
+        let setup = Setup {
+            policies: vec![Policy::Yes, Policy::No, Policy::Yes],
+            ballots,
+            ..Setup::default()
+        };
+        let mut sim = Sim::new(seed, setup)?;
+        serving_with_backup(&mut sim, MAX_RECOVERY_TAIL as u64 + 10)?;
+        sim.crash_every_server();
+        let fresh = sim.start_primary()?;
+        sim.run_until("the fresh primary recovers", |s| {
+            s.server(fresh).is_acting_primary()
+        })?;
+        let late = sim.add_client(Policy::No)?;
+        sim.run_until("the late client is refused", |s| s.refused() == 1)?;
+        assert_eq!(sim.logged(late), 0, "seed {seed}");
+        let report = sim.finish()?;
+        assert_eq!(report.refused, 1, "seed {seed}");
+        Ok(())
     });
 }

@@ -118,6 +118,8 @@ pub struct Client {
     /// The primary answered `Left`: a view without it is installed and no open ballot
     /// waits for its vote.
     left: bool,
+    /// A server's `Refused { permanent: true }`: why this client cannot go on.
+    refused: Option<String>,
     out: VecDeque<ClientOutput>,
 }
 
@@ -167,6 +169,7 @@ impl Client {
             resend_pending: false,
             leaving: None,
             left: false,
+            refused: None,
             out: VecDeque::new(),
         }
     }
@@ -210,6 +213,11 @@ impl Client {
     /// Its leave is agreed: it may exit.
     pub fn has_left(&self) -> bool {
         self.left
+    }
+
+    /// Why a server refused this client for good, if one did: it cannot go on.
+    pub fn refused(&self) -> Option<&str> {
+        self.refused.as_deref()
     }
 
     /// The log holds every ballot up to `--until`.
@@ -352,11 +360,18 @@ impl Client {
                 }
             }
             ServerMsg::Left { view } => self.on_left(from, view),
-            ServerMsg::Refused { view, reason } => {
+            ServerMsg::Refused {
+                view,
+                reason,
+                permanent,
+            } => {
                 info!(
-                    "refused client={} conn={conn} view={view} reason={reason}",
+                    "refused client={} conn={conn} view={view} permanent={permanent} reason={reason}",
                     self.cfg.id
                 );
+                if permanent {
+                    self.refused = Some(reason);
+                }
             }
         }
     }

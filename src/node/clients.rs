@@ -34,6 +34,7 @@ impl Node {
             self.refuse_client(
                 conn,
                 format!("client id must be 1..={MAX_CLIENT_ID_LEN} bytes"),
+                true,
             );
             return;
         }
@@ -44,7 +45,7 @@ impl Node {
         self.views.saw(view);
         match &self.role {
             RoleState::Joining(_) => {
-                self.refuse_client(conn, "this server is still joining".to_string());
+                self.refuse_client(conn, "this server is still joining".to_string(), false);
             }
             RoleState::Backup => {
                 // Votes sent here are a second copy; the primary owns registration.
@@ -136,8 +137,13 @@ impl Node {
                  result {committed}; it holds results this primary cannot reconstruct \
                  (a cold restart that did not wait for this client), so it cannot be continued"
             );
-            self.refuse_client(conn, reason);
+            self.refuse_client(conn, reason, true);
             return;
+        }
+        if !self.role.is_recovering() && self.lacks_unheld_results(last_seq.next()) {
+            // Refused before it registers: it never becomes a joiner.
+            let idx = self.registry.index_of(&id);
+            return self.refuse_unavailable(conn, idx, last_seq.next(), now);
         }
         let Some(idx) = self.register_hello(conn, &id) else {
             return;
@@ -168,7 +174,7 @@ impl Node {
         } else if let Some(msg) = self.proposal_msg_for(idx) {
             self.out.send_client(conn, msg);
         }
-        self.send_results_from(conn, last_seq.next());
+        self.send_results_from(conn, last_seq.next(), now);
         self.ask_missing_votes(idx, conn);
         self.arm_open_ballot(now);
         self.catch_up_with_promise(&id, view, now);
@@ -183,7 +189,7 @@ impl Node {
         let idx = match self.registry.index_of(id) {
             Some(idx) => idx,
             None if self.registry.len() >= MAX_CLIENTS => {
-                self.refuse_client(conn, format!("at most {MAX_CLIENTS} clients"));
+                self.refuse_client(conn, format!("at most {MAX_CLIENTS} clients"), false);
                 return None;
             }
             None => {
@@ -266,7 +272,7 @@ impl Node {
     }
 
     /// "Send me every result from `from` on", from a client following view `view`.
-    pub(super) fn on_resend(&mut self, conn: ConnId, view: View, from: Seq) {
+    pub(super) fn on_resend(&mut self, conn: ConnId, view: View, from: Seq, now: Instant) {
         let ours = self.views.installed.number;
         let Some(primary) = self.role.primary_mut() else {
             return;
@@ -277,15 +283,19 @@ impl Node {
             // Answer once we act in its view.
             primary.resend_after_install.insert(conn, from);
         } else {
-            self.send_results_from(conn, from);
+            self.send_results_from(conn, from, now);
         }
     }
 
-    pub(super) fn refuse_client(&mut self, conn: ConnId, reason: String) {
-        warn!("client-refused conn={conn} reason={reason}");
+    pub(super) fn refuse_client(&mut self, conn: ConnId, reason: String, permanent: bool) {
+        warn!("client-refused conn={conn} permanent={permanent} reason={reason}");
         let view = self.views.installed.number;
-        self.out
-            .send_client(conn, ServerMsg::Refused { view, reason });
+        let refused = ServerMsg::Refused {
+            view,
+            reason,
+            permanent,
+        };
+        self.out.send_client(conn, refused);
         self.out.close(conn, "client refused");
     }
 

@@ -2,7 +2,7 @@
 //! some: a client's hello (`last_seq`) or `Resend` starts one, and it goes out a burst at
 //! a time.
 
-use super::role::RoleState;
+use super::role::{Removal, RemovalReason, RoleState};
 use super::Node;
 use crate::link::ConnId;
 use crate::proto::limits::{
@@ -10,6 +10,7 @@ use crate::proto::limits::{
 };
 use crate::proto::{Seq, ServerMsg, Tally};
 use log::warn;
+use std::time::Instant;
 
 /// Final results: `results[i]` is ballot `first + i`. Only a primary rebuilt by a cold
 /// restart (or a backup that joined it) starts above 1.
@@ -68,7 +69,7 @@ impl History {
 
 impl Node {
     /// Starts (or moves on) the catch-up of a client that lacks results from `from` on.
-    pub(super) fn send_results_from(&mut self, conn: ConnId, from: Seq) {
+    pub(super) fn send_results_from(&mut self, conn: ConnId, from: Seq, now: Instant) {
         let Some(primary) = self.role.primary_mut() else {
             return;
         };
@@ -82,14 +83,61 @@ impl Node {
             Some(&next) if next >= from => return,
             _ => {}
         }
-        if from.0 < self.history.first && from <= self.history.committed() {
-            warn!(
-                "results-unavailable conn={conn} from={from} first_held={}",
-                self.history.first
-            );
+        if self.lacks_unheld_results(from) {
+            let idx = self.registry.resolve(conn);
+            return self.refuse_unavailable(conn, idx, from, now);
         }
-        primary.catching_up.insert(conn, from);
+        if let Some(primary) = self.role.primary_mut() {
+            primary.catching_up.insert(conn, from);
+        }
         self.continue_catch_up(conn);
+    }
+
+    /// Whether a client whose log needs results from `from` on lacks some that this server
+    /// no longer holds (trimmed past [`MAX_RESULTS_HELD`], or older than the tail a cold
+    /// restart recovered).
+    pub(super) fn lacks_unheld_results(&self, from: Seq) -> bool {
+        from.0 < self.history.first && from <= self.history.committed()
+    }
+
+    /// A client whose log cannot be completed (it would miss the results no server holds)
+    /// is refused for good, and, if it is a member or a ballot waits for it, removed: no
+    /// ballot may wait for a voter that cannot go on.
+    pub(super) fn refuse_unavailable(
+        &mut self,
+        conn: ConnId,
+        idx: Option<u32>,
+        from: Seq,
+        now: Instant,
+    ) {
+        let first_held = Seq(self.history.first);
+        let name = idx.map_or("?".to_string(), |i| self.registry.id(i).to_string());
+        warn!("results-unavailable client={name} conn={conn} from={from} first_held={first_held}");
+        let reason = format!(
+            "results-unavailable: this log ends at ballot {}, and the results from {from} to {} \
+             are no longer held (the servers keep the last {MAX_RESULTS_HELD}; after a cold \
+             restart, only what the clients' logs held), so this log cannot be completed",
+            from.0 - 1,
+            first_held.0 - 1
+        );
+        self.refuse_client(conn, reason, true);
+        let Some(idx) = idx else {
+            return;
+        };
+        let proposed = (self.views.proposal.as_ref()).is_some_and(|p| p.members.contains(idx));
+        if !self.views.members.contains(idx) && !proposed && !self.awaited(idx) {
+            return;
+        }
+        if let Some(primary) = self.role.primary_mut() {
+            primary.removing.entry(idx).or_insert_with(|| {
+                warn!("client-removing client={name} by=results-unavailable");
+                Removal {
+                    reason: RemovalReason::ResultsUnavailable,
+                    ..Removal::default()
+                }
+            });
+        }
+        self.propose_membership_change(now);
     }
 
     /// Sends the next burst of a catch-up: at most `CATCHUP_BURST` frames, then waits for

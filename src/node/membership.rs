@@ -5,7 +5,7 @@
 //! argue it. Clients join (a view adds every connected non-member) and leave (`Leave`, a
 //! view without them, then `Left`) here.
 
-use super::role::{Leaving, Removal, RoleState};
+use super::role::{Leaving, Removal, RemovalReason, RoleState};
 use super::timers::Timer;
 use super::views::Proposal;
 use super::{Node, Output};
@@ -339,7 +339,7 @@ impl Node {
                     now.saturating_duration_since(since).as_millis()
                 );
                 entry.insert(Removal {
-                    absent: true,
+                    reason: RemovalReason::Absent,
                     ..Removal::default()
                 });
             }
@@ -404,15 +404,14 @@ impl Node {
             let seqs: Vec<Seq> = (self.ballots.iter_mut())
                 .filter_map(|b| b.drop_voter(idx).then_some(b.seq))
                 .collect();
-            let absent = self
+            let reason = self
                 .role
                 .primary()
                 .and_then(|p| p.removing.get(&idx))
-                .is_some_and(|r| r.absent);
+                .map_or(RemovalReason::Operator, |r| r.reason);
             info!(
-                "client-removed client={} reason={} unblocked={}",
+                "client-removed client={} reason={reason} unblocked={}",
                 self.registry.id(idx),
-                if absent { "absent" } else { "operator" },
                 seqs.len()
             );
             unblocked.push((idx, seqs));

@@ -420,7 +420,7 @@ impl Node {
             ClientMsg::Votes { view: _, votes } => {
                 self.count_votes(votes.into_iter().map(|(seq, yes)| (idx, seq, yes)), now);
             }
-            ClientMsg::Resend { view, from } => self.on_resend(conn, view, from),
+            ClientMsg::Resend { view, from } => self.on_resend(conn, view, from, now),
             ClientMsg::Accept {
                 view,
                 last_seq,

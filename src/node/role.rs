@@ -95,8 +95,29 @@ pub enum Leaving {
 pub struct Removal {
     /// `remove-client` connections waiting for the answer (none for an absent client).
     pub waiting: Vec<ConnId>,
-    /// It was absent too long (`--absent-after-ms`), not named by an operator.
-    pub absent: bool,
+    pub reason: RemovalReason,
+}
+
+/// Why a client is being removed (the `reason=` of `client-removed`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum RemovalReason {
+    /// `pbvote remove-client`.
+    #[default]
+    Operator,
+    /// Disconnected longer than `--absent-after-ms`.
+    Absent,
+    /// Its log lacks results no server holds any more: it was refused for good.
+    ResultsUnavailable,
+}
+
+impl fmt::Display for RemovalReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            RemovalReason::Operator => "operator",
+            RemovalReason::Absent => "absent",
+            RemovalReason::ResultsUnavailable => "results-unavailable",
+        })
+    }
 }
 
 /// A view waiting for its backup's `InstallAck`, its members, and the clients it removes

@@ -162,6 +162,22 @@ fn a_client_far_behind_is_caught_up_a_burst_at_a_time_and_the_history_stays_boun
         "caught up to {next}, committed {committed}"
     );
     assert!(bursts > 1, "a catch-up this long takes several bursts");
+
+    // One further behind than the history reaches cannot be completed: it is refused for
+    // good, and asked to join no view.
+    let lost = conn(3);
+    hello(&mut node, lost, "lost", from - 2, now);
+    let to_lost: Vec<ServerMsg> = sent(&mut node)
+        .into_iter()
+        .filter_map(|(c, m)| (c == lost).then_some(m))
+        .collect();
+    assert!(
+        matches!(&to_lost[..], [ServerMsg::Refused { permanent: true, reason, .. }]
+            if reason.starts_with("results-unavailable")),
+        "{to_lost:?}"
+    );
+    accept_every_proposal(&mut node, now);
+    assert!(!node.status(now).members.iter().any(|m| m.id.0 == "lost"));
 }
 
 /// Every client accepts every proposal it gets, until none is left: the clients that

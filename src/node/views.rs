@@ -467,7 +467,7 @@ impl Node {
             self.register(id);
         }
         self.announce_view();
-        self.answer_resends_held_for_install();
+        self.answer_resends_held_for_install(now);
         self.recommit();
         self.timers.set(Timer::Heartbeat, now);
         if took_over {
@@ -511,7 +511,7 @@ impl Node {
     }
 
     /// `Resend`s that waited for the view we now act in.
-    fn answer_resends_held_for_install(&mut self) {
+    fn answer_resends_held_for_install(&mut self, now: Instant) {
         let Some(primary) = self.role.primary_mut() else {
             return;
         };
@@ -521,7 +521,7 @@ impl Node {
                 if let Some(primary) = self.role.primary_mut() {
                     primary.catching_up.remove(&conn);
                 }
-                self.send_results_from(conn, from);
+                self.send_results_from(conn, from, now);
             }
         }
     }

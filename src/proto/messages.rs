@@ -159,7 +159,14 @@ pub enum ServerMsg {
         tallies: Vec<Tally>,
     },
     /// The server will not serve this client; the connection closes after this frame.
-    Refused { view: View, reason: String },
+    /// `permanent`: no server of this service will, as this client's log stands (its log
+    /// holds results the service lacks, or lacks results it no longer holds): the client
+    /// exits 1 with `reason`. Otherwise it tries again (a joining server, a full registry).
+    Refused {
+        view: View,
+        reason: String,
+        permanent: bool,
+    },
     /// The answer to `Leave`: a view without this client is installed and no open ballot
     /// waits for its vote. It may go.
     Left { view: View },

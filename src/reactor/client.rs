@@ -213,7 +213,7 @@ pub struct ClientHost {
 }
 
 /// How a host's run ended.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Ended {
     /// Every client is done (`--until`) and, where it leaves, left.
     Done,
@@ -223,6 +223,8 @@ pub enum Ended {
     LeaveUnconfirmed,
     /// The deadline passed.
     Deadline,
+    /// A server refused a client for good (`Refused { permanent }`): its reason.
+    Refused(String),
 }
 
 impl ClientHost {
@@ -286,6 +288,9 @@ impl ClientHost {
     fn ended(&mut self, now: Instant, deadline: Option<Instant>) -> Option<Ended> {
         if deadline.is_some_and(|d| d <= now) {
             return Some(Ended::Deadline);
+        }
+        if let Some(why) = self.clients.iter().find_map(|c| c.core.refused()) {
+            return Some(Ended::Refused(why.to_string()));
         }
         let wants_out = self.shutdown || self.all_done();
         let Some(wait) = self.leave_wait else {

@@ -102,9 +102,6 @@ impl Scenario {
             rng.range(3, 40)
         };
         let beyond_model = rng.chance(1, 8);
-        // Not yet: a client that joins after a cold restart rebuilt only the last
-        // MAX_RECOVERY_TAIL results cannot be given the ones before (issue 12, open).
-        let cold_restart = cold_restart && (late_clients == 0 || ballots < 64);
         Scenario {
             clients,
             ballots,
@@ -162,6 +159,9 @@ pub struct Report {
     pub virtual_ms: u64,
     /// A run beyond the fault model that stalled (safely).
     pub stalled: bool,
+    /// Clients refused for good (`results-unavailable`: they joined after a cold
+    /// restart that rebuilt only the tail of a longer history).
+    pub refused: u32,
 }
 
 impl fmt::Display for Report {
@@ -192,6 +192,8 @@ pub struct Summary {
     pub faults: u64,
     /// Runs beyond the fault model that stalled, safely.
     pub stalled: u64,
+    /// Clients refused for good (`results-unavailable`).
+    pub refused: u64,
     pub first_failure: Option<SimFailure>,
 }
 
@@ -199,8 +201,15 @@ impl fmt::Display for Summary {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "{} runs, {} failed, {} ballots, {} faults, {} steps, {} stalled beyond the fault model",
-            self.runs, self.failures, self.ballots, self.faults, self.steps, self.stalled
+            "{} runs, {} failed, {} ballots, {} faults, {} steps, {} stalled beyond the fault \
+             model, {} clients refused as results-unavailable",
+            self.runs,
+            self.failures,
+            self.ballots,
+            self.faults,
+            self.steps,
+            self.stalled,
+            self.refused
         )
     }
 }
@@ -215,6 +224,7 @@ pub fn run_seeds(first: u64, count: u64) -> Summary {
                 summary.ballots += report.ballots;
                 summary.faults += u64::from(report.faults);
                 summary.stalled += u64::from(report.stalled);
+                summary.refused += u64::from(report.refused);
             }
             Err(failure) => {
                 summary.failures += 1;

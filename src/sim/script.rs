@@ -229,6 +229,11 @@ impl Sim {
         client.gone || client.core.as_ref().is_some_and(|core| core.has_left())
     }
 
+    /// How many clients were refused for good (`results-unavailable`) and exited.
+    pub fn refused(&self) -> u32 {
+        self.world.refused
+    }
+
     /// Client `c` exits for good (after its leave, or as a one-off that never comes back).
     pub fn exit_client(&mut self, c: usize) {
         self.world.exit_client(c);

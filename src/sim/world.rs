@@ -93,6 +93,8 @@ pub struct World {
     /// it), and whether the run ended so.
     pub(super) last_result: Duration,
     pub(super) stalled: bool,
+    /// Clients refused for good so far.
+    pub(super) refused: u32,
     /// Directed cuts in force: nothing from the first reaches the second.
     pub(super) cuts: BTreeSet<(Endpoint, Endpoint)>,
     /// Per (connection, sending side), what arrived at a cut, in order, for after it heals.
@@ -138,6 +140,7 @@ impl World {
             cold_restart_pending: scenario.cold_restart,
             last_result: Duration::ZERO,
             stalled: false,
+            refused: 0,
             cuts: BTreeSet::new(),
             held: BTreeMap::new(),
             partitions_left: scenario.partitions,
@@ -316,6 +319,7 @@ impl World {
             faults: self.faults_done,
             virtual_ms: self.now.as_millis() as u64,
             stalled: self.stalled,
+            refused: self.refused,
         }
     }
 
@@ -498,7 +502,7 @@ impl World {
                 if self.clients[i].core.as_ref().is_some_and(|c| c.has_left()) {
                     self.exit_client(i); // `client-left`, exit 0
                 }
-                return Ok(());
+                return self.exit_if_refused(i);
             };
             match out {
                 ClientOutput::Dial(addr) => self.dial(proc, addr),
@@ -525,6 +529,28 @@ impl World {
                 return Ok(());
             }
         }
+    }
+
+    /// A client refused for good exits 1, as `pbvote client` does. The one refusal the
+    /// fault model reaches: a log that lacks results no server holds (a client that
+    /// joins after a cold restart rebuilt only the tail); the server removes such a
+    /// member by itself. Any other (`client-ahead`) means the servers lost a result.
+    fn exit_if_refused(&mut self, i: usize) -> Result<(), SimFailure> {
+        let refused = self.clients[i].core.as_ref().and_then(|c| c.refused());
+        let Some(why) = refused.map(str::to_string) else {
+            return Ok(());
+        };
+        log::warn!(
+            "sim-refused client=c{i} t_ms={} reason={why}",
+            self.now.as_millis()
+        );
+        if !why.starts_with("results-unavailable") {
+            return Err(self.fail(format!("c{i} refused: {why}")));
+        }
+        self.live.removed(i);
+        self.refused += 1;
+        self.exit_client(i);
+        Ok(())
     }
 
     /// An operator runs `remove-client` against the acting primary (the answer is not
