@@ -13,6 +13,7 @@ use crate::reactor::promise::PromiseFile;
 use crate::reactor::spawn::SpawnSpec;
 use crate::reactor::{server, status};
 use crate::sim;
+use crate::watch::{Watch, MIN_WATCH_INTERVAL_MS};
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -37,10 +38,20 @@ pub enum Command {
     Sim(SimArgs),
     /// Measure: a real primary and backup on loopback, N clients on this process's loop.
     Bench(BenchArgs),
+    /// Print a completion script for a shell: bash, zsh, fish, powershell or elvish
+    /// (e.g. `pbvote completions bash > /etc/bash_completion.d/pbvote`).
+    Completions(CompletionsArgs),
     /// Internal to `bench`: hosts a share of its clients when one process may not open
     /// enough descriptors for all of them.
     #[structopt(setting(structopt::clap::AppSettings::Hidden))]
     BenchWorker(BenchWorkerArgs),
+}
+
+#[derive(Debug, StructOpt)]
+pub struct CompletionsArgs {
+    /// bash, zsh, fish, powershell or elvish.
+    #[structopt(possible_values = &structopt::clap::Shell::variants())]
+    pub shell: structopt::clap::Shell,
 }
 
 #[derive(Debug, StructOpt)]
@@ -184,9 +195,19 @@ pub struct ClientArgs {
 pub struct StatusArgs {
     #[structopt(long)]
     pub server: SocketAddr,
-    /// One JSON object instead of text.
+    /// One JSON object instead of text (with --watch: one per line).
     #[structopt(long)]
     pub json: bool,
+    /// Print one line per server every interval until interrupted, following the
+    /// cluster across a failover (the servers the answers name are watched too).
+    #[structopt(long)]
+    pub watch: bool,
+    /// With --watch: the interval (at least 100).
+    #[structopt(long, default_value = "1000")]
+    pub interval_ms: u64,
+    /// With --watch: stop after this many rounds.
+    #[structopt(long)]
+    pub count: Option<u64>,
 }
 
 #[derive(Debug, StructOpt)]
@@ -234,6 +255,13 @@ pub struct SimArgs {
     pub seed: Option<u64>,
 }
 
+fn run_completions(args: CompletionsArgs) -> Result<(), Failure> {
+    let mut out = std::io::stdout().lock();
+    Command::clap().gen_completions_to("pbvote", args.shell, &mut out);
+    out.flush()
+        .map_err(|e| Failure::Runtime(format!("completions: {e}")))
+}
+
 /// Runs the command line; returns the process exit code.
 pub fn main() -> i32 {
     let command = match Command::from_iter_safe(std::env::args_os()) {
@@ -259,6 +287,7 @@ pub fn main() -> i32 {
         Command::Sim(args) => run_sim(args),
         Command::Bench(args) => run_bench(args),
         Command::BenchWorker(args) => run_bench_worker(args),
+        Command::Completions(args) => run_completions(args),
     };
     match result {
         Ok(()) => 0,
@@ -540,6 +569,9 @@ fn run_remove(args: RemoveArgs) -> Result<(), Failure> {
 }
 
 fn run_status(args: StatusArgs) -> Result<(), Failure> {
+    if args.watch {
+        return run_watch(&args);
+    }
     let reply = status::query(args.server, Duration::from_secs(5)).map_err(Failure::Runtime)?;
     if args.json {
         let json = serde_json::to_string(&reply).map_err(|e| Failure::Runtime(e.to_string()))?;
@@ -597,6 +629,44 @@ fn run_status(args: StatusArgs) -> Result<(), Failure> {
         ),
     }
     Ok(())
+}
+
+fn run_watch(args: &StatusArgs) -> Result<(), Failure> {
+    if args.interval_ms < MIN_WATCH_INTERVAL_MS {
+        return Err(Failure::Usage(format!(
+            "--interval-ms must be at least {MIN_WATCH_INTERVAL_MS}"
+        )));
+    }
+    let interval = Duration::from_millis(args.interval_ms);
+    let mut watch = Watch::new(args.server, interval);
+    let mut out = std::io::stdout().lock();
+    let mut next = Instant::now();
+    let mut rounds = 0;
+    loop {
+        for line in watch.round() {
+            let text = if args.json {
+                serde_json::to_string(&line).map_err(|e| Failure::Runtime(e.to_string()))?
+            } else {
+                line.to_string()
+            };
+            // A closed pipe (`| head`) ends the watch quietly.
+            if writeln!(out, "{text}").and_then(|_| out.flush()).is_err() {
+                return Ok(());
+            }
+        }
+        rounds += 1;
+        if args.count.is_some_and(|count| rounds >= count) {
+            return Ok(());
+        }
+        // Rounds keep to the interval however long the asking took.
+        next += interval;
+        let now = Instant::now();
+        if next > now {
+            std::thread::sleep(next - now);
+        } else {
+            next = now;
+        }
+    }
 }
 
 fn run_check(args: CheckArgs) -> Result<(), Failure> {

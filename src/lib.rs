@@ -16,3 +16,4 @@ pub mod node;
 pub mod proto;
 pub mod reactor;
 pub mod sim;
+pub mod watch;

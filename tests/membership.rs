@@ -120,13 +120,6 @@ fn clients_join_and_leave_while_ballots_run() {
     );
 }
 
-fn pbvote(args: &[&str]) -> std::process::Output {
-    std::process::Command::new(BIN)
-        .args(args)
-        .output()
-        .expect("run pbvote")
-}
-
 /// A SIGKILLed client is a crash, not a leave: the ballots wait for it. `remove-client`,
 /// pointed at the backup (which names the primary), takes it out: it says which ballots
 /// it unblocked, those complete without its vote, and the rest count one voter fewer.

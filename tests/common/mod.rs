@@ -21,12 +21,23 @@ pub struct Proc {
 
 impl Proc {
     pub fn start(dir: &Path, name: &str, args: &[&str]) -> Proc {
+        Proc::start_with_stdout(dir, name, args, Stdio::null())
+    }
+
+    /// As `start`, with its stdout in `<name>.out` beside the stderr file.
+    pub fn start_keeping_stdout(dir: &Path, name: &str, args: &[&str]) -> (Proc, PathBuf) {
+        let out = dir.join(format!("{name}.out"));
+        let file = fs::File::create(&out).expect("create stdout file");
+        (Proc::start_with_stdout(dir, name, args, file.into()), out)
+    }
+
+    fn start_with_stdout(dir: &Path, name: &str, args: &[&str], stdout: Stdio) -> Proc {
         let stderr = dir.join(format!("{name}.err"));
         let file = fs::File::create(&stderr).expect("create stderr file");
         let child = Command::new(BIN)
             .args(args)
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
+            .stdout(stdout)
             .stderr(file)
             .process_group(0)
             .spawn()
@@ -381,4 +392,12 @@ impl Cluster {
             assert_eq!(log, expected, "log of {id}");
         }
     }
+}
+
+/// Runs `pbvote ARGS` to its end (a command that exits by itself).
+pub fn pbvote(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(BIN)
+        .args(args)
+        .output()
+        .expect("run pbvote")
 }
