@@ -582,16 +582,7 @@ const FDS_SPARE: u64 = 256;
 
 /// The most clients one process can host under its hard descriptor limit.
 fn clients_per_process() -> usize {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit with a valid pointer to a local struct.
-    let hard = if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } == 0 {
-        lim.rlim_max
-    } else {
-        1024
-    };
+    let hard = crate::reactor::nofile_limit().map_or(1024, |(_, hard)| hard);
     // Root with CAP_SYS_RESOURCE may raise the hard limit; try before settling for it.
     let hard = if hard < 1 << 20 && can_raise_hard_limit() {
         1 << 20

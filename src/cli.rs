@@ -153,6 +153,12 @@ pub struct ServerArgs {
     /// Do not spawn a backup at start (one started by hand with --join joins instead).
     #[structopt(long)]
     pub no_spawn: bool,
+    /// Most connections held at once (clients, status and the peer). Past it a client's
+    /// hello is answered `Refused` ("max-connections: ...") and closed; the peer link, a
+    /// joining backup, status and remove-client are still let in. Default: the soft
+    /// descriptor limit less 64. Passed on to spawned backups.
+    #[structopt(long)]
+    pub max_connections: Option<usize>,
     /// Remove a member that has been disconnected from the primary for this long, as
     /// `remove-client` would (default: never).
     #[structopt(long)]
@@ -417,10 +423,19 @@ fn run_server(args: ServerArgs) -> Result<(), Failure> {
         window: args.window,
         min_clients: args.min_clients,
         absent_after_ms: args.absent_after_ms,
+        max_connections: args.max_connections,
         log_level: args.log_level.clone(),
         via: args.spawn_via.clone(),
     };
-    server::run(args.listen, cfg, spawn)
+    let max_connections = args
+        .max_connections
+        .unwrap_or_else(server::default_max_connections);
+    if max_connections == 0 {
+        return Err(Failure::Usage(
+            "--max-connections must be at least 1".into(),
+        ));
+    }
+    server::run(args.listen, cfg, spawn, max_connections)
         .map_err(|e| Failure::Runtime(format!("server on {}: {e}", args.listen)))
 }
 
@@ -613,6 +628,12 @@ fn run_status(args: StatusArgs) -> Result<(), Failure> {
         reply.members.len(),
         members.join(", ")
     );
+    if let Some(c) = reply.connections {
+        println!(
+            "connections {} open, at most {} (--max-connections), {} rejected",
+            c.open, c.max, c.rejected
+        );
+    }
     match (reply.view.backup, &reply.peer) {
         (backup, Some(peer)) => println!(
             "backup      {}\npeer        addr={} connected={} alive={} last_heard_ms={}",

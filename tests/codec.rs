@@ -5,9 +5,9 @@ use pbvote::proto::codec::{decode_frame, frame, DecodeError, Wire};
 use pbvote::proto::limits::{MAX_CLIENT_FRAME_LEN, MAX_FRAME_LEN, MAX_HELLO_LEN};
 use pbvote::proto::messages::OpenBallot;
 use pbvote::proto::{
-    ClientId, ClientMsg, Fingerprint, Hello, JoinRefusal, MemberRecord, MemberStatus, NodeId,
-    PeerMsg, PeerStatus, RemoveReply, Role, Seq, ServerMsg, Snapshot, StatusReply, Tally, View,
-    ViewInfo,
+    ClientId, ClientMsg, ConnectionStats, Fingerprint, Hello, JoinRefusal, MemberRecord,
+    MemberStatus, NodeId, PeerMsg, PeerStatus, RemoveReply, Role, Seq, ServerMsg, Snapshot,
+    StatusReply, Tally, View, ViewInfo,
 };
 use proptest::prelude::*;
 use std::net::SocketAddr;
@@ -328,6 +328,11 @@ fn status_reply() -> impl Strategy<Value = StatusReply> {
                 absent_ms: Some(n),
                 voter_from: Some(Seq(n)),
             }],
+            connections: Some(ConnectionStats {
+                open: n,
+                max: n / 3,
+                rejected: n / 5,
+            }),
         })
 }
 

@@ -269,6 +269,7 @@ impl Node {
             connected_clients: self.registry.conn_count() as u64,
             peer: self.peer_status(now),
             members: self.member_status(now),
+            connections: None,
         }
     }
 

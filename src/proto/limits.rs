@@ -26,6 +26,24 @@ pub const MAX_CLIENT_OUTBUF: usize = 4 * 1024 * 1024;
 /// Same for the peer link, which carries snapshots and so needs more room.
 pub const MAX_PEER_OUTBUF: usize = 64 * 1024 * 1024;
 
+/// Descriptors a server keeps back from its default `--max-connections` (the soft
+/// descriptor limit less this): the listener, two epoll sets, the signal pipe, stdio, a
+/// spawn's pipes, and room for the peer link and a joiner, which are never refused.
+pub const FDS_RESERVED: usize = 64;
+
+/// Connections past `--max-connections` held while their hello is awaited: a peer, a
+/// joining backup, `status` and `remove-client` are let in, a client is refused with a
+/// reason. Beyond this many, a new connection is closed at once, unanswered.
+pub const MAX_OVER_LIMIT_HELLOS: usize = 16;
+
+/// A connection whose hello has not arrived this long after it was accepted (a half-open
+/// or silent one) is closed.
+pub const HELLO_DEADLINE_MS: u64 = 5_000;
+
+/// After `accept` failed for want of descriptors (EMFILE, ENFILE), it is tried again this
+/// much later, not at every turn: the connections wait in the kernel's backlog meanwhile.
+pub const ACCEPT_RETRY_MS: u64 = 100;
+
 /// Most ballots open at once (the upper bound for `--window`).
 pub const MAX_OPEN_BALLOTS: u64 = 1024;
 

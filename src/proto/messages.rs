@@ -306,6 +306,19 @@ pub struct StatusReply {
     pub peer: Option<PeerStatus>,
     /// The installed view's members: its voters.
     pub members: Vec<MemberStatus>,
+    /// What the server process holds of connections (filled in by the host, not the core).
+    pub connections: Option<ConnectionStats>,
+}
+
+/// A server's connections and its `--max-connections` (as Redis' `connected_clients`,
+/// `maxclients` and `rejected_connections`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConnectionStats {
+    /// Open now, any kind.
+    pub open: u64,
+    pub max: u64,
+    /// Refused or closed unanswered for want of room since the server started.
+    pub rejected: u64,
 }
 
 /// One member, as the server answering `status` sees it.

@@ -77,6 +77,11 @@ fn live(slab: &mut Slab<Conn>, id: ConnId) -> Option<&mut Conn> {
 }
 
 impl Conns {
+    /// Open connections, dialed ones included.
+    pub fn open(&self) -> usize {
+        self.slab.len()
+    }
+
     pub fn get_mut(&mut self, id: ConnId) -> Option<&mut Conn> {
         live(&mut self.slab, id)
     }

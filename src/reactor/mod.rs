@@ -24,3 +24,14 @@ pub fn timeout_until(deadline: Option<Instant>, now: Instant) -> Option<Duration
         Duration::from_millis(ms as u64)
     })
 }
+
+/// This process's descriptor limit, `(soft, hard)`; `None` if it cannot be read.
+pub fn nofile_limit() -> Option<(u64, u64)> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit with a valid pointer to a local struct.
+    let read = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } == 0;
+    read.then_some((lim.rlim_cur, lim.rlim_max))
+}

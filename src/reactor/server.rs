@@ -8,14 +8,18 @@ use super::timeout_until;
 use crate::link::ConnId;
 use crate::node::{Node, NodeConfig, Output};
 use crate::proto::codec::DecodeError;
-use crate::proto::limits::{MAX_CLIENT_OUTBUF, MAX_PEER_OUTBUF};
-use crate::proto::{ClientMsg, Hello, LinkKind, PeerMsg, ServerMsg};
+use crate::proto::limits::{
+    ACCEPT_RETRY_MS, FDS_RESERVED, HELLO_DEADLINE_MS, MAX_CLIENT_OUTBUF, MAX_OVER_LIMIT_HELLOS,
+    MAX_PEER_OUTBUF,
+};
+use crate::proto::{ClientMsg, ConnectionStats, Hello, LinkKind, PeerMsg, ServerMsg};
 use log::{debug, error, info, warn};
 use mio::net::TcpListener;
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
 use signal_hook::consts::{SIGCHLD, SIGINT, SIGTERM};
 use signal_hook_mio::v1_0::Signals;
+use std::collections::{BTreeSet, VecDeque};
 use std::io;
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
@@ -54,6 +58,48 @@ pub struct Server {
     client_poll_armed: bool,
     /// After a batch was read: when to look at the client links again.
     client_look_at: Option<Instant>,
+    limit: ConnLimit,
+}
+
+/// `--max-connections`, and what is held to enforce it.
+struct ConnLimit {
+    max: usize,
+    /// Accepted past `max`, their hello awaited: a peer, `status` or `remove-client` is
+    /// let in, a client refused.
+    over: BTreeSet<ConnId>,
+    rejected: u64,
+    /// Accepted connections in order, for the hello deadline.
+    accepted: VecDeque<(Instant, ConnId)>,
+    /// `accept` failed for want of descriptors: try again then.
+    retry_accept_at: Option<Instant>,
+    /// Rejections are logged at most once a second, with the count since.
+    last_logged: Option<Instant>,
+    unlogged: u64,
+}
+
+impl ConnLimit {
+    fn rejected(&mut self, peer: SocketAddr, why: &str, now: Instant) {
+        self.rejected += 1;
+        self.unlogged += 1;
+        if self
+            .last_logged
+            .is_none_or(|t| now.saturating_duration_since(t) >= Duration::from_secs(1))
+        {
+            warn!(
+                "conn-rejected peer={peer} reason={why} max_connections={} rejected={} since_last_line={}",
+                self.max, self.rejected, self.unlogged
+            );
+            self.last_logged = Some(now);
+            self.unlogged = 0;
+        }
+    }
+}
+
+/// The default `--max-connections`: the soft descriptor limit less [`FDS_RESERVED`].
+pub fn default_max_connections() -> usize {
+    let soft = super::nofile_limit().map_or(1024, |(soft, _)| soft);
+    let soft = usize::try_from(soft).unwrap_or(usize::MAX);
+    soft.saturating_sub(FDS_RESERVED).max(1)
 }
 
 /// What a readiness event said, from either poll.
@@ -76,17 +122,28 @@ impl Readiness {
 }
 
 /// Binds `listen`, then runs the server until SIGTERM or SIGINT.
-pub fn run(listen: SocketAddr, cfg: NodeConfig, spawn: SpawnSpec) -> io::Result<()> {
-    let mut server = Server::bind(listen, cfg, spawn)?;
+pub fn run(
+    listen: SocketAddr,
+    cfg: NodeConfig,
+    spawn: SpawnSpec,
+    max_connections: usize,
+) -> io::Result<()> {
+    let mut server = Server::bind(listen, cfg, spawn, max_connections)?;
     server.run()
 }
 
 impl Server {
-    pub fn bind(listen: SocketAddr, mut cfg: NodeConfig, spawn: SpawnSpec) -> io::Result<Server> {
+    pub fn bind(
+        listen: SocketAddr,
+        mut cfg: NodeConfig,
+        spawn: SpawnSpec,
+        max_connections: usize,
+    ) -> io::Result<Server> {
         let poll = Poll::new()?;
         let mut listener = TcpListener::bind(listen)?;
         let bound = listener.local_addr()?;
         info!("listening addr={bound}");
+        info!("connection-limit max_connections={max_connections} hello_deadline_ms={HELLO_DEADLINE_MS}");
         poll.registry()
             .register(&mut listener, LISTENER, Interest::READABLE)?;
         let mut signals = Signals::new([SIGCHLD, SIGTERM, SIGINT])?;
@@ -108,6 +165,15 @@ impl Server {
             clients_deferred: false,
             client_poll_armed: false,
             client_look_at: None,
+            limit: ConnLimit {
+                max: max_connections,
+                over: BTreeSet::new(),
+                rejected: 0,
+                accepted: VecDeque::new(),
+                retry_accept_at: None,
+                last_logged: None,
+                unlogged: 0,
+            },
         })
     }
 
@@ -117,10 +183,17 @@ impl Server {
         self.drain_outputs(Instant::now());
         self.flush_dirty(Instant::now());
         while !self.shutdown {
-            let deadline = match (self.node.poll_timeout(), self.client_look_at) {
-                (Some(a), Some(b)) => Some(a.min(b)),
-                (a, b) => a.or(b),
-            };
+            let hello_due = (self.limit.accepted.front())
+                .map(|(at, _)| *at + Duration::from_millis(HELLO_DEADLINE_MS));
+            let deadline = [
+                self.node.poll_timeout(),
+                self.client_look_at,
+                hello_due,
+                self.limit.retry_accept_at,
+            ]
+            .into_iter()
+            .flatten()
+            .min();
             let timeout = timeout_until(deadline, Instant::now());
             if let Err(e) = self.poll.poll(&mut events, timeout) {
                 if e.kind() == io::ErrorKind::Interrupted {
@@ -143,6 +216,11 @@ impl Server {
             if self.node.poll_timeout().is_some_and(|t| t <= now) {
                 self.node.handle_timeout(now);
             }
+            if self.limit.retry_accept_at.is_some_and(|t| t <= now) {
+                self.limit.retry_accept_at = None;
+                self.accept(now);
+            }
+            self.close_silent(now);
             self.drain_outputs(now);
             self.flush_dirty(now);
             // What can wait comes after what this turn owes its peer (a `CommitAck` the
@@ -162,6 +240,14 @@ impl Server {
         loop {
             match self.listener.accept() {
                 Ok((stream, addr)) => {
+                    let open = self.conns.open() - self.limit.over.len();
+                    let over = open >= self.limit.max;
+                    if over && self.limit.over.len() >= MAX_OVER_LIMIT_HELLOS {
+                        // No room even to hear who it is: closed unanswered.
+                        drop(stream);
+                        self.limit.rejected(addr, "max-connections", now);
+                        continue;
+                    }
                     // A client link until its hello says otherwise (a peer gets more room).
                     let registry = self.poll.registry();
                     match self.conns.insert(
@@ -171,20 +257,75 @@ impl Server {
                         Expect::Hello,
                         MAX_CLIENT_OUTBUF,
                     ) {
-                        Ok(id) => debug!("conn-accepted peer={addr} conn={id}"),
+                        Ok(id) => {
+                            debug!("conn-accepted peer={addr} conn={id} over_limit={over}");
+                            if over {
+                                self.limit.over.insert(id);
+                            }
+                            self.limit.accepted.push_back((now, id));
+                        }
                         Err(e) => warn!("conn-register-failed peer={addr} error={e}"),
                     }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => {
-                    // EMFILE and friends: log and retry on the next readiness event.
-                    warn!("accept-failed error={e}");
-                    let _ = now;
+                    // Out of descriptors (EMFILE, ENFILE) or the like: the connection
+                    // waits in the backlog. The listener, edge-triggered, would not fire
+                    // again for it: retry on a timer, and serve everyone else meanwhile.
+                    warn!("accept-failed error={e} retry_in_ms={ACCEPT_RETRY_MS}");
+                    self.limit.retry_accept_at = Some(now + Duration::from_millis(ACCEPT_RETRY_MS));
                     return;
                 }
             }
         }
+    }
+
+    /// Closes every connection whose hello has not come within [`HELLO_DEADLINE_MS`].
+    fn close_silent(&mut self, now: Instant) {
+        let deadline = Duration::from_millis(HELLO_DEADLINE_MS);
+        while let Some(&(at, id)) = self.limit.accepted.front() {
+            if now.saturating_duration_since(at) < deadline {
+                return;
+            }
+            self.limit.accepted.pop_front();
+            if self.conns.expect_of(id) == Some(Expect::Hello) {
+                let addr = self.conns.get_mut(id).map(|c| c.addr);
+                warn!(
+                    "conn-closing peer={} conn={id} reason=no hello within {HELLO_DEADLINE_MS} ms",
+                    addr.map(|a| a.to_string()).unwrap_or_default()
+                );
+                self.close_now(id, now);
+            }
+        }
+    }
+
+    /// A connection accepted past `--max-connections` said who it is: a peer and the
+    /// one-shot commands come in (the peer link and a joining backup are never refused for
+    /// want of room), a client is told why not and closed. Returns whether to go on.
+    fn admit_over_limit(&mut self, id: ConnId, hello: &Hello, now: Instant) -> bool {
+        if !self.limit.over.remove(&id) {
+            return true;
+        }
+        if hello.link_kind() != LinkKind::Client {
+            return true;
+        }
+        let addr = self.conns.get_mut(id).map(|c| c.addr);
+        if let Some(addr) = addr {
+            self.limit.rejected(addr, "max-connections", now);
+        }
+        let refused = ServerMsg::Refused {
+            view: self.node.view().number,
+            reason: format!(
+                "max-connections: this server holds its limit of {} connections \
+                 (--max-connections); try again later",
+                self.limit.max
+            ),
+            permanent: false,
+        };
+        self.queue(id, &refused, now);
+        self.conns.close_after_flush(id);
+        false
     }
 
     fn on_signals(&mut self, now: Instant) {
@@ -414,6 +555,12 @@ impl Server {
                     let Some(hello) = conn.next_frame::<Hello>(scratch)? else {
                         return Ok(());
                     };
+                    if !self.admit_over_limit(id, &hello, now) {
+                        return Ok(());
+                    }
+                    let Some(conn) = self.conns.get_mut(id) else {
+                        return Ok(());
+                    };
                     conn.expect = match hello.link_kind() {
                         LinkKind::Client => Expect::ClientMsgs,
                         LinkKind::Peer => {
@@ -474,7 +621,14 @@ impl Server {
                 Output::WhenDrained(id) => self.conns.notify_when_drained(id),
                 Output::ToClients(ids, msg) => self.queue_to_all(&ids, &msg, now),
                 Output::ToPeer(id, msg) => self.queue(id, &msg, now),
-                Output::Status(id, reply) => self.queue(id, &*reply, now),
+                Output::Status(id, mut reply) => {
+                    reply.connections = Some(ConnectionStats {
+                        open: self.conns.open() as u64,
+                        max: self.limit.max as u64,
+                        rejected: self.limit.rejected,
+                    });
+                    self.queue(id, &*reply, now)
+                }
                 Output::Removed(id, reply) => self.queue(id, &reply, now),
                 Output::Close(id, reason) => {
                     if let Some(addr) = self.conns.close_after_flush(id) {
@@ -587,6 +741,7 @@ impl Server {
         } else {
             self.poll.registry()
         };
+        self.limit.over.remove(&id);
         if let Some(conn) = self.conns.remove(registry, id) {
             debug!("conn-closed peer={} conn={id}", conn.addr);
             self.node.handle_closed(id, now);

@@ -18,6 +18,8 @@ pub struct SpawnSpec {
     pub window: u64,
     pub min_clients: usize,
     pub absent_after_ms: Option<u64>,
+    /// `--max-connections`, if given (else the backup sizes its own from its limit).
+    pub max_connections: Option<usize>,
     pub log_level: String,
     /// `--spawn-via`: a program that starts the backup where its address lives (another
     /// network namespace, another host), run as `PROGRAM LISTEN_ADDR PBVOTE ARGS...`; it
@@ -63,6 +65,9 @@ pub fn spawn_backup(spec: &SpawnSpec, primary: SocketAddr) -> std::io::Result<Ch
     }
     if let Some(ms) = spec.absent_after_ms {
         cmd.args(["--absent-after-ms", &ms.to_string()]);
+    }
+    if let Some(n) = spec.max_connections {
+        cmd.args(["--max-connections", &n.to_string()]);
     }
     if let Some(via) = &spec.via {
         cmd.arg("--spawn-via").arg(via);
