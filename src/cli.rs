@@ -38,6 +38,8 @@ pub enum Command {
     Sim(SimArgs),
     /// Measure: a real primary and backup on loopback, N clients on this process's loop.
     Bench(BenchArgs),
+    /// Print the pbvote frames in a packet capture (pcap or pcapng), one line each.
+    Decode(DecodeArgs),
     /// Print a completion script for a shell: bash, zsh, fish, powershell or elvish
     /// (e.g. `pbvote completions bash > /etc/bash_completion.d/pbvote`).
     Completions(CompletionsArgs),
@@ -45,6 +47,20 @@ pub enum Command {
     /// enough descriptors for all of them.
     #[structopt(setting(structopt::clap::AppSettings::Hidden))]
     BenchWorker(BenchWorkerArgs),
+}
+
+#[derive(Debug, StructOpt)]
+pub struct DecodeArgs {
+    /// The capture: `tcpdump -i lo -w FILE` (pcap) or `tshark -w FILE` (pcapng).
+    #[structopt(parse(from_os_str))]
+    pub file: PathBuf,
+    /// Only connections with an end on this port (repeatable; default: every TCP
+    /// connection in the capture).
+    #[structopt(long = "port", number_of_values = 1)]
+    pub ports: Vec<u16>,
+    /// One JSON object per frame instead of text.
+    #[structopt(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, StructOpt)]
@@ -261,6 +277,40 @@ pub struct SimArgs {
     pub seed: Option<u64>,
 }
 
+fn run_decode(args: DecodeArgs) -> Result<(), Failure> {
+    let file = std::fs::File::open(&args.file)
+        .map_err(|e| Failure::Runtime(format!("{}: {e}", args.file.display())))?;
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    let mut write_failed = None;
+    let summary = crate::decode::decode(file, &args.ports, |line| {
+        if write_failed.is_some() {
+            return;
+        }
+        let written = if args.json {
+            match serde_json::to_string(line) {
+                Ok(json) => writeln!(out, "{json}"),
+                Err(e) => writeln!(out, "{{\"error\":{:?}}}", e.to_string()),
+            }
+        } else {
+            writeln!(out, "{line}")
+        };
+        write_failed = written.err();
+    })
+    .map_err(|e| Failure::Runtime(format!("{}: {e}", args.file.display())))?;
+    if let Some(e) = write_failed.or_else(|| out.flush().err()) {
+        // A closed pipe (`| head`) is the reader's choice, not a failure.
+        if e.kind() != std::io::ErrorKind::BrokenPipe {
+            return Err(Failure::Runtime(format!("stdout: {e}")));
+        }
+        return Ok(());
+    }
+    eprintln!(
+        "pbvote decode: {} packets, {} frames ({} undecodable), {} packets skipped (not TCP, or other ports)",
+        summary.packets, summary.frames, summary.undecodable, summary.skipped
+    );
+    Ok(())
+}
+
 fn run_completions(args: CompletionsArgs) -> Result<(), Failure> {
     let mut out = std::io::stdout().lock();
     Command::clap().gen_completions_to("pbvote", args.shell, &mut out);
@@ -294,6 +344,7 @@ pub fn main() -> i32 {
         Command::Bench(args) => run_bench(args),
         Command::BenchWorker(args) => run_bench_worker(args),
         Command::Completions(args) => run_completions(args),
+        Command::Decode(args) => run_decode(args),
     };
     match result {
         Ok(()) => 0,

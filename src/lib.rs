@@ -11,6 +11,7 @@ pub mod bench;
 pub mod check;
 pub mod cli;
 pub mod client;
+pub mod decode;
 pub mod link;
 pub mod node;
 pub mod proto;

@@ -186,12 +186,21 @@ fn up_line(time_ms: u64, server: SocketAddr, reply: &StatusReply, rate: Option<f
     }
 }
 
-/// `HH:MM:SS.mmm` (UTC) of a time in ms since the epoch.
+/// `HH:MM:SS.fff` (UTC, `digits` of the second's fraction, at most 9) of a time since the
+/// epoch.
+pub fn time_of_day(since_epoch: Duration, digits: u32) -> String {
+    let secs = since_epoch.as_secs() % 86_400;
+    let (h, m, s) = (secs / 3600, secs / 60 % 60, secs % 60);
+    let digits = digits.min(9);
+    let fraction = since_epoch.subsec_nanos() / 10u32.pow(9 - digits);
+    format!(
+        "{h:02}:{m:02}:{s:02}.{fraction:0width$}",
+        width = digits as usize
+    )
+}
+
 fn clock(time_ms: u64) -> String {
-    let ms_of_day = time_ms % 86_400_000;
-    let (h, m) = (ms_of_day / 3_600_000, ms_of_day / 60_000 % 60);
-    let (s, ms) = (ms_of_day / 1000 % 60, ms_of_day % 1000);
-    format!("{h:02}:{m:02}:{s:02}.{ms:03}")
+    time_of_day(Duration::from_millis(time_ms), 3)
 }
 
 impl fmt::Display for WatchLine {

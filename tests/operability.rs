@@ -113,3 +113,212 @@ fn status_watch_follows_the_cluster_across_a_failover() {
     watch.kill_group();
     c.finish_and_check();
 }
+
+/// `tcpdump -i lo` on the given ports, in its own process group: stopped with SIGINT (so
+/// it writes out what it buffered) and reaped, or killed if the test fails first.
+struct Capture {
+    child: std::process::Child,
+    path: std::path::PathBuf,
+}
+
+impl Capture {
+    /// `None` (with a line saying why) when not root: capturing needs it.
+    fn start(dir: &std::path::Path, ports: &[u16]) -> Option<Capture> {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            eprintln!("skipped: capturing with tcpdump needs root");
+            return None;
+        }
+        use std::os::unix::process::CommandExt;
+        let path = dir.join("cap.pcap");
+        let filter: Vec<String> = ports.iter().map(|p| format!("tcp port {p}")).collect();
+        let err = std::fs::File::create(dir.join("tcpdump.err")).expect("tcpdump.err");
+        let child = std::process::Command::new("tcpdump")
+            .args(["-i", "lo", "--immediate-mode", "-U", "-w"])
+            .arg(&path)
+            .arg(filter.join(" or "))
+            .stderr(err)
+            .process_group(0)
+            .spawn()
+            .expect("tcpdump (apt-get install tcpdump; .ci/run does)");
+        wait_line(&dir.join("tcpdump.err"), "listening on lo", T);
+        Some(Capture { child, path })
+    }
+
+    /// Sends a frame of junk holding `marker` to `addr`, waits until the capture file
+    /// holds it (so everything before it is written too), and stops the capture.
+    fn stop_after_marker(mut self, addr: &str, marker: &[u8; 4]) -> std::path::PathBuf {
+        use std::io::Write;
+        let mut s = std::net::TcpStream::connect(addr).expect("connect");
+        s.write_all(&[0, 0, 0, 4]).expect("write");
+        s.write_all(marker).expect("write");
+        let deadline = std::time::Instant::now() + T;
+        loop {
+            let bytes = std::fs::read(&self.path).unwrap_or_default();
+            if bytes.windows(4).any(|w| w == marker) {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the marker was never captured"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        signal(self.child.id() as i32, libc::SIGINT);
+        let status = self.child.wait().expect("wait tcpdump");
+        assert!(status.success(), "tcpdump: {status}");
+        self.path.clone()
+    }
+}
+
+impl Drop for Capture {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A real run on probed ports, captured: ballots, a failover (kill, takeover, respawn,
+/// join), a status request, a hello written in two pieces, and garbage. `pbvote decode`
+/// names every message kind of the run, puts the split hello back together, reports the
+/// garbage as undecodable, and goes on.
+#[test]
+fn decode_reads_a_captured_failover() {
+    use pbvote::client::policy::Policy;
+    use std::io::Write;
+    let dir = test_dir();
+    let (p1, p2) = (probe_port(), probe_port());
+    let Some(capture) = Capture::start(dir.path(), &[p1, p2]) else {
+        return;
+    };
+    let (a1, a2) = (format!("127.0.0.1:{p1}"), format!("127.0.0.1:{p2}"));
+    let mut primary = Proc::start(
+        dir.path(),
+        "primary",
+        &[
+            "server",
+            "--role",
+            "primary",
+            "--listen",
+            &a1,
+            "--backup-listen",
+            &a2,
+            "--heartbeat-ms",
+            "50",
+            "--backup-start-delay-ms",
+            "200",
+            "--ballot-interval-ms",
+            "20",
+            "--min-clients",
+            "3",
+            "--ballots",
+            "60",
+        ],
+    );
+    let servers = format!("{a1},{a2}");
+    let clients = [("y1", Policy::Yes), ("y2", Policy::Yes), ("n1", Policy::No)];
+    let mut procs: Vec<Proc> = (clients.iter())
+        .map(|(id, p)| start_client(dir.path(), id, &servers, &p.to_string(), 60))
+        .collect();
+    let err = dir.path().join("primary.err");
+    wait_line(&err, "view-change role=backup", T);
+    wait_line(&err, "ballot-result seq=5 ", T);
+    assert!(pbvote(&["status", "--server", &a1]).status.success());
+    // A hello in two writes, 50 ms apart: two segments.
+    let mut split = std::net::TcpStream::connect(&a1).expect("connect");
+    split.set_nodelay(true).expect("nodelay");
+    let split_port = split.local_addr().expect("local addr").port();
+    let hello = pbvote::proto::codec::frame(&pbvote::proto::Hello::Status).expect("encode");
+    split.write_all(&hello[..3]).expect("write");
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    split.write_all(&hello[3..]).expect("write");
+    // Garbage: a length prefix with a body that is no message.
+    let mut garbage = std::net::TcpStream::connect(&a1).expect("connect");
+    garbage
+        .write_all(&[0, 0, 0, 4, 0xde, 0xad, 0xbe, 0xef])
+        .expect("write");
+    wait_line(&err, "bad-frame", T);
+
+    signal(primary.pid(), libc::SIGKILL);
+    wait_line(&err, "took_over=true", T);
+    wait_count(&err, "view-change role=backup", 2, T);
+    finish_and_check(dir.path(), &mut procs, &clients, 60);
+    drop(split);
+    drop(garbage);
+    let cap = capture.stop_after_marker(&a2, b"MARK");
+    primary.kill_group();
+
+    let out = pbvote(&[
+        "decode",
+        cap.to_str().expect("path"),
+        "--port",
+        &p1.to_string(),
+        "--port",
+        &p2.to_string(),
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    let text = String::from_utf8(out.stdout).expect("utf-8");
+    // The message: the sixth field, up to its fields.
+    let kinds: std::collections::BTreeSet<&str> = (text.lines())
+        .filter_map(|l| l.split_whitespace().nth(5))
+        .map(|m| m.split(['{', '(']).next().unwrap_or(m))
+        .collect();
+    for kind in [
+        "Hello::Client",
+        "Hello::Peer",
+        "Hello::Status",
+        "Welcome",
+        "Lease",
+        "LeaseAck",
+        "VoteRequest",
+        "Votes",
+        "Results",
+        "Propose",
+        "Accept",
+        "NewView",
+        "Snapshot",
+        "Install",
+        "InstallAck",
+        "Heartbeat",
+        "Open",
+        "Commit",
+        "CommitAck",
+        "StatusReply",
+        "Leave",
+        "Left",
+    ] {
+        assert!(
+            kinds.contains(kind),
+            "no {kind} in the decoded capture: {kinds:?}"
+        );
+    }
+    let split_from = format!("127.0.0.1:{split_port} -> {a1} status Hello::Status");
+    assert!(
+        text.contains(&split_from),
+        "the hello written in two pieces: not whole"
+    );
+    assert!(
+        text.contains("UNDECODABLE frame of 8 bytes"),
+        "garbage not reported"
+    );
+    // The JSON form: one object per frame, with the message under its kind.
+    let json = pbvote(&[
+        "decode",
+        cap.to_str().expect("path"),
+        "--json",
+        "--port",
+        &p1.to_string(),
+    ]);
+    assert!(json.status.success());
+    let first: serde_json::Value = serde_json::from_str(
+        String::from_utf8_lossy(&json.stdout)
+            .lines()
+            .next()
+            .expect("a line"),
+    )
+    .expect("json");
+    assert!(
+        first["frame"].is_object() && first["src"].is_string(),
+        "{first}"
+    );
+}

@@ -161,6 +161,21 @@ pub fn frame<T: Wire>(msg: &T) -> Result<Vec<u8>, EncodeError> {
     Ok(out)
 }
 
+/// The length of the frame at the start of `buf`, prefix included, once the prefix is
+/// there (`None`: not yet); an error if it announces more than any frame may hold.
+pub fn frame_extent(buf: &[u8]) -> Option<Result<usize, DecodeError>> {
+    let prefix = buf.get(..LEN_PREFIX)?;
+    let len = u32::from_be_bytes([prefix[0], prefix[1], prefix[2], prefix[3]]) as usize;
+    Some(if len > MAX_FRAME_LEN {
+        Err(DecodeError::TooLarge {
+            len,
+            max: MAX_FRAME_LEN,
+        })
+    } else {
+        Ok(LEN_PREFIX + len)
+    })
+}
+
 /// Decodes the first frame in `buf`. `Ok(None)`: need more bytes. `Ok(Some((msg, used)))`:
 /// one message, `used` bytes consumed. An error means the stream is unusable: the caller
 /// closes the connection.
