@@ -322,3 +322,97 @@ fn decode_reads_a_captured_failover() {
         "{first}"
     );
 }
+
+/// Datagrams on `socket` until `done` holds of what came, or the test's bound.
+fn notifications(
+    socket: &std::os::unix::net::UnixDatagram,
+    done: impl Fn(&[String]) -> bool,
+) -> Vec<String> {
+    socket
+        .set_read_timeout(Some(std::time::Duration::from_millis(200)))
+        .expect("timeout");
+    let deadline = std::time::Instant::now() + T;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !done(&got) {
+        assert!(std::time::Instant::now() < deadline, "only {got:?}");
+        if let Ok(n) = socket.recv(&mut buf) {
+            got.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+        }
+    }
+    got
+}
+
+/// Under systemd (`Type=notify`): `READY=1` once the primary serves, `STATUS=` with its
+/// role and view as they change, `WATCHDOG=1` at half of `WATCHDOG_USEC` from the loop,
+/// `STOPPING=1` on SIGTERM. The backup it spawns says nothing on its socket. An abstract
+/// `@name` address works too.
+#[test]
+fn systemd_notify_readiness_status_and_watchdog() {
+    use std::os::unix::net::UnixDatagram;
+    let dir = test_dir();
+    let path = dir.path().join("notify.sock");
+    let socket = UnixDatagram::bind(&path).expect("bind the notify socket");
+    let env = [
+        ("NOTIFY_SOCKET", path.to_str().expect("utf-8")),
+        ("WATCHDOG_USEC", "200000"),
+    ];
+    let args = [
+        "server",
+        "--role",
+        "primary",
+        "--listen",
+        "127.0.0.1:0",
+        "--heartbeat-ms",
+        "50",
+        "--backup-start-delay-ms",
+        "100",
+        "--min-clients",
+        "1",
+    ];
+    let mut primary = Proc::start_with_env(dir.path(), "primary", &args, &env);
+    let addr = listen_addr(&mut primary);
+    let got = notifications(&socket, |g| {
+        g.iter()
+            .any(|m| m.starts_with("READY=1\nSTATUS=primary in view 1"))
+            && g.iter().filter(|m| *m == "WATCHDOG=1").count() >= 3
+    });
+    // A client joins, and the backup: each is a new view, and a new STATUS.
+    let mut client = start_client(dir.path(), "c", &addr, "yes", 1_000_000);
+    let got = [
+        got,
+        notifications(&socket, |g| {
+            g.iter()
+                .any(|m| m.starts_with("STATUS=primary") && m.contains(",b=127.0.0.1:"))
+        }),
+    ]
+    .concat();
+    assert!(
+        got.iter()
+            .all(|m| !m.contains("STATUS=backup") && !m.contains("STATUS=joining")),
+        "the spawned backup wrote to its parent's socket: {got:?}"
+    );
+    signal(primary.pid(), libc::SIGTERM);
+    notifications(&socket, |g| g.iter().any(|m| m == "STOPPING=1"));
+    client.kill_group();
+    primary.kill_group();
+
+    // An abstract address.
+    use std::os::linux::net::SocketAddrExt;
+    let name = format!("pbvote-test-{}", std::process::id());
+    let abstract_addr =
+        std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes()).expect("name");
+    let socket = UnixDatagram::bind_addr(&abstract_addr).expect("bind abstract");
+    let at = format!("@{name}");
+    let args = [
+        "server",
+        "--role",
+        "primary",
+        "--listen",
+        "127.0.0.1:0",
+        "--no-spawn",
+    ];
+    let mut lone = Proc::start_with_env(dir.path(), "lone", &args, &[("NOTIFY_SOCKET", &at)]);
+    notifications(&socket, |g| g.iter().any(|m| m.starts_with("READY=1")));
+    lone.kill_group();
+}

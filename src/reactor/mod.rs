@@ -7,6 +7,7 @@
 pub mod client;
 pub mod conn;
 pub mod conns;
+pub mod notify;
 pub mod promise;
 pub mod server;
 pub mod spawn;

@@ -3,6 +3,7 @@
 
 use super::conn::{Expect, Fill};
 use super::conns::{Conns, Flushed};
+use super::notify::Notifier;
 use super::spawn::{spawn_backup, SpawnSpec};
 use super::timeout_until;
 use crate::link::ConnId;
@@ -12,7 +13,7 @@ use crate::proto::limits::{
     ACCEPT_RETRY_MS, FDS_RESERVED, HELLO_DEADLINE_MS, MAX_CLIENT_OUTBUF, MAX_OVER_LIMIT_HELLOS,
     MAX_PEER_OUTBUF,
 };
-use crate::proto::{ClientMsg, ConnectionStats, Hello, LinkKind, PeerMsg, ServerMsg};
+use crate::proto::{ClientMsg, ConnectionStats, Hello, LinkKind, PeerMsg, Role, ServerMsg};
 use log::{debug, error, info, warn};
 use mio::net::TcpListener;
 use mio::unix::SourceFd;
@@ -59,6 +60,8 @@ pub struct Server {
     /// After a batch was read: when to look at the client links again.
     client_look_at: Option<Instant>,
     limit: ConnLimit,
+    /// systemd's `$NOTIFY_SOCKET`, if it set one.
+    notify: Option<Notifier>,
 }
 
 /// `--max-connections`, and what is held to enforce it.
@@ -174,6 +177,7 @@ impl Server {
                 last_logged: None,
                 unlogged: 0,
             },
+            notify: Notifier::from_env(Instant::now()),
         })
     }
 
@@ -190,6 +194,7 @@ impl Server {
                 self.client_look_at,
                 hello_due,
                 self.limit.retry_accept_at,
+                self.notify.as_ref().and_then(|n| n.deadline()),
             ]
             .into_iter()
             .flatten()
@@ -231,9 +236,29 @@ impl Server {
                 self.flush_dirty(now);
             }
             self.place_client_links();
+            self.tell_supervisor(now);
+        }
+        if let Some(notify) = &self.notify {
+            notify.stopping();
         }
         info!("shutdown");
         Ok(())
+    }
+
+    /// systemd, if it asked: ready once serving, the role and view as they change, and the
+    /// watchdog from this loop's own turns (a loop that hangs stops petting it).
+    fn tell_supervisor(&mut self, now: Instant) {
+        let Some(notify) = &mut self.notify else {
+            return;
+        };
+        notify.on_time(now);
+        let role = self.node.role();
+        let serving = match role {
+            Role::Primary => !self.node.is_recovering(),
+            Role::Backup => true,
+            Role::Joining => false,
+        };
+        notify.update(role, self.node.view(), serving);
     }
 
     fn accept(&mut self, now: Instant) {

@@ -42,6 +42,10 @@ pub fn spawn_backup(spec: &SpawnSpec, primary: SocketAddr) -> std::io::Result<Ch
         }
         None => Command::new(exe),
     };
+    // Our supervisor's socket is ours: the backup's own supervisor, if any, is elsewhere.
+    cmd.env_remove("NOTIFY_SOCKET")
+        .env_remove("WATCHDOG_USEC")
+        .env_remove("WATCHDOG_PID");
     cmd.arg("server")
         .args(["--role", "backup"])
         .args(["--listen", &spec.listen.to_string()])

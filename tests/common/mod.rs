@@ -21,23 +21,38 @@ pub struct Proc {
 
 impl Proc {
     pub fn start(dir: &Path, name: &str, args: &[&str]) -> Proc {
-        Proc::start_with_stdout(dir, name, args, Stdio::null())
+        Proc::start_with_stdout(dir, name, args, Stdio::null(), &[])
+    }
+
+    /// As `start`, with these variables added to its environment.
+    pub fn start_with_env(dir: &Path, name: &str, args: &[&str], env: &[(&str, &str)]) -> Proc {
+        Proc::start_with_stdout(dir, name, args, Stdio::null(), env)
     }
 
     /// As `start`, with its stdout in `<name>.out` beside the stderr file.
     pub fn start_keeping_stdout(dir: &Path, name: &str, args: &[&str]) -> (Proc, PathBuf) {
         let out = dir.join(format!("{name}.out"));
         let file = fs::File::create(&out).expect("create stdout file");
-        (Proc::start_with_stdout(dir, name, args, file.into()), out)
+        (
+            Proc::start_with_stdout(dir, name, args, file.into(), &[]),
+            out,
+        )
     }
 
-    fn start_with_stdout(dir: &Path, name: &str, args: &[&str], stdout: Stdio) -> Proc {
+    fn start_with_stdout(
+        dir: &Path,
+        name: &str,
+        args: &[&str],
+        stdout: Stdio,
+        env: &[(&str, &str)],
+    ) -> Proc {
         let stderr = dir.join(format!("{name}.err"));
         let file = fs::File::create(&stderr).expect("create stderr file");
         let child = Command::new(BIN)
             .args(args)
             .stdin(Stdio::null())
             .stdout(stdout)
+            .envs(env.iter().copied())
             .stderr(file)
             .process_group(0)
             .spawn()
