@@ -178,12 +178,36 @@ impl Drop for Capture {
     }
 }
 
+/// The message kinds a run with a failover, a status request and leaving clients shows.
+const KINDS_OF_A_FAILOVER: [&str; 20] = [
+    "Welcome",
+    "Lease",
+    "LeaseAck",
+    "VoteRequest",
+    "Votes",
+    "Results",
+    "Propose",
+    "Accept",
+    "NewView",
+    "Snapshot",
+    "Install",
+    "InstallAck",
+    "Heartbeat",
+    "Open",
+    "Commit",
+    "CommitAck",
+    "StatusReply",
+    "Leave",
+    "Left",
+    "Forward",
+];
+
 /// A real run on probed ports, captured: ballots, a failover (kill, takeover, respawn,
 /// join), a status request, a hello written in two pieces, and garbage. `pbvote decode`
 /// names every message kind of the run, puts the split hello back together, reports the
-/// garbage as undecodable, and goes on.
+/// garbage as undecodable, and goes on; the Wireshark dissector names every kind too.
 #[test]
-fn decode_reads_a_captured_failover() {
+fn a_captured_failover_is_read_by_decode_and_by_the_dissector() {
     use pbvote::client::policy::Policy;
     use std::io::Write;
     let dir = test_dir();
@@ -263,30 +287,8 @@ fn decode_reads_a_captured_failover() {
         .filter_map(|l| l.split_whitespace().nth(5))
         .map(|m| m.split(['{', '(']).next().unwrap_or(m))
         .collect();
-    for kind in [
-        "Hello::Client",
-        "Hello::Peer",
-        "Hello::Status",
-        "Welcome",
-        "Lease",
-        "LeaseAck",
-        "VoteRequest",
-        "Votes",
-        "Results",
-        "Propose",
-        "Accept",
-        "NewView",
-        "Snapshot",
-        "Install",
-        "InstallAck",
-        "Heartbeat",
-        "Open",
-        "Commit",
-        "CommitAck",
-        "StatusReply",
-        "Leave",
-        "Left",
-    ] {
+    let hellos = ["Hello::Client", "Hello::Peer", "Hello::Status"];
+    for kind in KINDS_OF_A_FAILOVER.iter().chain(&hellos) {
         assert!(
             kinds.contains(kind),
             "no {kind} in the decoded capture: {kinds:?}"
@@ -321,6 +323,7 @@ fn decode_reads_a_captured_failover() {
         first["frame"].is_object() && first["src"].is_string(),
         "{first}"
     );
+    dissect(&cap);
 }
 
 /// Datagrams on `socket` until `done` holds of what came, or the test's bound.
@@ -415,4 +418,48 @@ fn systemd_notify_readiness_status_and_watchdog() {
     let mut lone = Proc::start_with_env(dir.path(), "lone", &args, &[("NOTIFY_SOCKET", &at)]);
     notifications(&socket, |g| g.iter().any(|m| m.starts_with("READY=1")));
     lone.kill_group();
+}
+
+/// `tshark` with contrib/wireshark/pbvote.lua names every message kind of the capture,
+/// knows each link's kind from its hello, and filters on `pbvote.msg`.
+fn dissect(cap: &std::path::Path) {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/contrib/wireshark/pbvote.lua");
+    let tshark = |args: &[&str]| -> String {
+        let out = std::process::Command::new("tshark")
+            .args(["-X", &format!("lua_script:{script}"), "-r"])
+            .arg(cap)
+            .args(args)
+            .output()
+            .expect("tshark (apt-get install tshark; .ci/run does)");
+        assert!(out.status.success(), "tshark: {out:?}");
+        String::from_utf8(out.stdout).expect("utf-8")
+    };
+    let fields = tshark(&[
+        "-Y",
+        "pbvote",
+        "-T",
+        "fields",
+        "-e",
+        "pbvote.msg",
+        "-e",
+        "pbvote.link",
+    ]);
+    let mut names = std::collections::BTreeSet::new();
+    let mut links = std::collections::BTreeSet::new();
+    for line in fields.lines() {
+        let mut columns = line.split('\t');
+        names.extend(columns.next().unwrap_or("").split(',').map(str::to_string));
+        links.extend(columns.next().unwrap_or("").split(',').map(str::to_string));
+    }
+    for kind in KINDS_OF_A_FAILOVER.iter().chain(&["Hello"]) {
+        assert!(
+            names.contains(*kind),
+            "the dissector shows no {kind}: {names:?}"
+        );
+    }
+    for link in ["client", "peer", "status"] {
+        assert!(links.contains(link), "no {link} link: {links:?}");
+    }
+    let commits = tshark(&["-Y", "pbvote.msg == \"Commit\""]);
+    assert!(commits.lines().count() > 0 && commits.contains("Commit"));
 }
