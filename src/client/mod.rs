@@ -354,8 +354,10 @@ impl Client {
                 tallies,
             } => {
                 if self.current(conn, from, view, now) {
-                    for (i, tally) in tallies.into_iter().enumerate() {
-                        self.deliver(conn, Seq(first.0 + i as u64), tally);
+                    // A seq past the last there is comes from no server of ours.
+                    let seqs = (first.0..=u64::MAX).map(Seq);
+                    for (seq, tally) in seqs.zip(tallies) {
+                        self.deliver(conn, seq, tally);
                     }
                 }
             }

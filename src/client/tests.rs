@@ -222,3 +222,27 @@ fn a_view_learned_from_its_backup_gives_that_backup_no_lease_free_accept() {
         "the lease ran out: the takeover may go on"
     );
 }
+
+/// Found by the `client_core` fuzz target: `Results` numbered up to the last seq there is
+/// overflowed the seq arithmetic (a panic). What lies past `u64::MAX` is dropped.
+#[test]
+fn results_past_the_last_seq_are_dropped_not_a_panic() {
+    let now = Instant::now();
+    let mut client = linked_client(now);
+    let welcome = ServerMsg::Welcome {
+        view: view(1, 1),
+        lease_ms: 1000,
+        members: Fingerprint::default(),
+        member: true,
+    };
+    client.handle_msg(conn(1), welcome, now);
+    let tally = Tally { yes: 1, no: 0 };
+    let results = ServerMsg::Results {
+        view: View(1),
+        first: Seq(u64::MAX),
+        tallies: vec![tally, tally],
+    };
+    client.handle_msg(conn(1), results, now);
+    assert_eq!(client.last_logged(), Seq(0));
+    assert_eq!(client.invariants(), Ok(()));
+}

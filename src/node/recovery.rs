@@ -4,6 +4,7 @@
 //! docs/PROTOCOL.md §9.
 
 use super::membership::Members;
+use crate::proto::limits::MAX_RECOVERY_TAIL;
 use crate::proto::{ClientId, Fingerprint, MemberRecord, Seq, Tally, View};
 use log::{info, warn};
 use std::collections::BTreeMap;
@@ -55,7 +56,16 @@ struct Claim {
 
 impl Recovery {
     /// Keeps the longest log tail a client reported; the clients' logs must agree.
-    pub fn add_tail(&mut self, last_seq: Seq, tail: Vec<Tally>) {
+    pub fn add_tail(&mut self, last_seq: Seq, mut tail: Vec<Tally>) {
+        // A tail past the last seq there is, or longer than any client keeps, is no log of
+        // ours (found by the `server_core` fuzz target: it overflowed).
+        if last_seq.0 == u64::MAX {
+            warn!("recovery-tail-ignored last_seq={last_seq} reason=past-the-last-seq");
+            return;
+        }
+        if tail.len() > MAX_RECOVERY_TAIL {
+            tail.drain(..tail.len() - MAX_RECOVERY_TAIL);
+        }
         let tail_first = last_seq.0 + 1 - tail.len().min(last_seq.0 as usize) as u64;
         if let Some((best_last, best)) = &self.longest {
             let best_first = best_last.0 + 1 - best.len() as u64;
@@ -259,6 +269,17 @@ fn first_subset(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Found by the `server_core` fuzz target: an `Accept` whose `last_seq` is the last
+    /// seq there is overflowed the tail arithmetic.
+    #[test]
+    fn a_tail_past_the_last_seq_is_ignored_not_a_panic() {
+        let mut recovery = Recovery::default();
+        let tally = Tally { yes: 1, no: 0 };
+        recovery.add_tail(Seq(u64::MAX), vec![tally]);
+        recovery.add_tail(Seq(3), vec![tally; 100]);
+        recovery.add_tail(Seq(u64::MAX - 1), vec![tally; 2]);
+    }
 
     fn record(view: u64, members: Fingerprint, member: bool) -> Option<MemberRecord> {
         Some(MemberRecord {

@@ -77,20 +77,34 @@ impl PromiseFile {
     /// Reads the promise a client made before it stopped (0 if none).
     pub fn open(log: &Path) -> Result<(PromiseFile, Promised), String> {
         let path = promise_path(log);
-        let mut file = PromiseFile {
+        let bytes = match std::fs::read(&path) {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Ok((PromiseFile::fresh(path), Promised::default()))
+            }
+            Err(e) => return Err(format!("{}: {e}", path.display())),
+        };
+        PromiseFile::from_bytes(path, &bytes)
+    }
+
+    /// What a promise file's bytes say, as `open` reads them (for the fuzzer: any bytes
+    /// give a promise or an error, never a panic).
+    pub fn parse(bytes: &[u8]) -> Result<Promised, String> {
+        PromiseFile::from_bytes(PathBuf::from("<bytes>"), bytes).map(|(_, p)| p)
+    }
+
+    fn fresh(path: PathBuf) -> PromiseFile {
+        PromiseFile {
             path,
             newest: None,
             create: true,
             generation: 0,
             due: None,
-        };
-        let bytes = match std::fs::read(&file.path) {
-            Ok(bytes) => bytes,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                return Ok((file, Promised::default()))
-            }
-            Err(e) => return Err(format!("{}: {e}", file.path.display())),
-        };
+        }
+    }
+
+    fn from_bytes(path: PathBuf, bytes: &[u8]) -> Result<(PromiseFile, Promised), String> {
+        let mut file = PromiseFile::fresh(path);
         let damaged = |what: &str| format!("{}: {what}", file.path.display());
         let slots = match bytes.len() {
             FILE_LEN => {
