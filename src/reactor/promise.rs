@@ -115,7 +115,7 @@ impl PromiseFile {
             // Rewritten whole, in the new layout, at the next promise.
             PACKED_FILE_LEN => [read_slot(&bytes[..SLOT_LEN]), read_slot(&bytes[SLOT_LEN..])],
             _ => {
-                let text = std::str::from_utf8(&bytes).map_err(|_| damaged("not text"))?;
+                let text = std::str::from_utf8(bytes).map_err(|_| damaged("not text"))?;
                 let (promised, _) = parse_line(text).ok_or_else(|| damaged("not a promise"))?;
                 return Ok((file, promised));
             }
