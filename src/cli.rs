@@ -551,7 +551,8 @@ fn run_client(args: ClientArgs) -> Result<(), Failure> {
         ))),
         Ended::LeaveUnconfirmed => Err(Failure::Runtime(format!(
             "client {}: leaving was not agreed within {LEAVE_WAIT_MS} ms (log at {last}); \
-             the servers may still count it as a voter: `pbvote remove-client --id {}` takes it out",
+             the servers may still count it as a voter (`pbvote remove-client --id {}` takes \
+             it out), and its log may hold results no member has logged yet: keep it",
             args.id, args.id
         ))),
     }

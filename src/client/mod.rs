@@ -371,8 +371,14 @@ impl Client {
                     "refused client={} conn={conn} view={view} permanent={permanent} reason={reason}",
                     self.cfg.id
                 );
-                if permanent {
+                // For good only from a server at least as new as what this client knows: a
+                // replaced primary that has not heard of its successor would otherwise end
+                // a client its successor serves. That one is told, as any stale sender.
+                let known = self.view.map_or(View(0), |v| v.number).max(self.promised());
+                if permanent && view >= known {
                     self.refused = Some(reason);
+                } else if permanent {
+                    self.current(conn, from, view, now);
                 }
             }
         }

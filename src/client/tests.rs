@@ -246,3 +246,32 @@ fn results_past_the_last_seq_are_dropped_not_a_panic() {
     assert_eq!(client.last_logged(), Seq(0));
     assert_eq!(client.invariants(), Ok(()));
 }
+
+/// A permanent refusal counts only from a server at least as new as what the client
+/// knows: a replaced primary, not yet aware of its successor, must not end a client the
+/// successor serves (it is told `Stale` instead).
+#[test]
+fn a_permanent_refusal_from_a_replaced_server_is_not_final() {
+    let now = Instant::now();
+    let mut client = linked_client(now);
+    let new_view = ServerMsg::NewView {
+        view: view(5, 2),
+        lease_ms: 1000,
+        members: Fingerprint::default(),
+        member: true,
+    };
+    client.handle_msg(conn(2), new_view, now);
+    while client.poll_output().is_some() {}
+    let refused = |view: u64| ServerMsg::Refused {
+        view: View(view),
+        reason: "client-ahead: …".into(),
+        permanent: true,
+    };
+    client.handle_msg(conn(1), refused(3), now);
+    assert_eq!(client.refused(), None);
+    let told_stale = std::iter::from_fn(|| client.poll_output())
+        .any(|o| matches!(o, ClientOutput::Send(c, ClientMsg::Stale { .. }) if c == conn(1)));
+    assert!(told_stale);
+    client.handle_msg(conn(2), refused(5), now);
+    assert_eq!(client.refused(), Some("client-ahead: …"));
+}

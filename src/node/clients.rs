@@ -137,13 +137,16 @@ impl Node {
                  result {committed}; it holds results this primary cannot reconstruct \
                  (a cold restart that did not wait for this client), so it cannot be continued"
             );
-            self.refuse_client(conn, reason, true);
+            // For good only if this server is not behind the client: one that was
+            // replaced and has not heard of it yet must not end a client its successor
+            // serves.
+            let permanent = view <= self.views.installed.number;
+            self.refuse_client(conn, reason, permanent);
             return;
         }
         if !self.role.is_recovering() && self.lacks_unheld_results(last_seq.next()) {
-            // Refused before it registers: it never becomes a joiner.
             let idx = self.registry.index_of(&id);
-            return self.refuse_unavailable(conn, idx, last_seq.next(), now);
+            return self.refuse_unavailable(conn, idx, last_seq.next(), view, now);
         }
         let Some(idx) = self.register_hello(conn, &id) else {
             return;
@@ -174,7 +177,7 @@ impl Node {
         } else if let Some(msg) = self.proposal_msg_for(idx) {
             self.out.send_client(conn, msg);
         }
-        self.send_results_from(conn, last_seq.next(), now);
+        self.send_results_from(conn, last_seq.next(), view, now);
         self.ask_missing_votes(idx, conn);
         self.arm_open_ballot(now);
         self.catch_up_with_promise(&id, view, now);
@@ -283,7 +286,7 @@ impl Node {
             // Answer once we act in its view.
             primary.resend_after_install.insert(conn, from);
         } else {
-            self.send_results_from(conn, from, now);
+            self.send_results_from(conn, from, view, now);
         }
     }
 

@@ -8,7 +8,7 @@ use crate::link::ConnId;
 use crate::proto::limits::{
     CATCHUP_BURST, MAX_RESULTS_HELD, MAX_RESULTS_PER_FRAME, RESULTS_TRIM_STEP,
 };
-use crate::proto::{Seq, ServerMsg, Tally};
+use crate::proto::{Seq, ServerMsg, Tally, View};
 use log::warn;
 use std::time::Instant;
 
@@ -69,7 +69,14 @@ impl History {
 
 impl Node {
     /// Starts (or moves on) the catch-up of a client that lacks results from `from` on.
-    pub(super) fn send_results_from(&mut self, conn: ConnId, from: Seq, now: Instant) {
+    /// `client_view`: the view the client says it follows (its hello's, its `Resend`'s).
+    pub(super) fn send_results_from(
+        &mut self,
+        conn: ConnId,
+        from: Seq,
+        client_view: View,
+        now: Instant,
+    ) {
         let Some(primary) = self.role.primary_mut() else {
             return;
         };
@@ -85,7 +92,7 @@ impl Node {
         }
         if self.lacks_unheld_results(from) {
             let idx = self.registry.resolve(conn);
-            return self.refuse_unavailable(conn, idx, from, now);
+            return self.refuse_unavailable(conn, idx, from, client_view, now);
         }
         if let Some(primary) = self.role.primary_mut() {
             primary.catching_up.insert(conn, from);
@@ -101,13 +108,15 @@ impl Node {
     }
 
     /// A client whose log cannot be completed (it would miss the results no server holds)
-    /// is refused for good, and, if it is a member or a ballot waits for it, removed: no
-    /// ballot may wait for a voter that cannot go on.
+    /// is refused for good. A member, or one a ballot waits for, is first removed (no
+    /// ballot may wait for a voter that cannot go on), and refused once a view without it
+    /// is installed: until then it stays linked, a witness that view may need.
     pub(super) fn refuse_unavailable(
         &mut self,
         conn: ConnId,
         idx: Option<u32>,
         from: Seq,
+        client_view: View,
         now: Instant,
     ) {
         let first_held = Seq(self.history.first);
@@ -120,22 +129,24 @@ impl Node {
             from.0 - 1,
             first_held.0 - 1
         );
-        self.refuse_client(conn, reason, true);
-        let Some(idx) = idx else {
-            return;
+        // A server behind the client may be a replaced one: its word is not final.
+        let permanent = client_view <= self.views.installed.number;
+        let voter = idx.filter(|&idx| {
+            let proposed = (self.views.proposal.as_ref()).is_some_and(|p| p.members.contains(idx));
+            self.views.members.contains(idx) || proposed || self.awaited(idx)
+        });
+        let (Some(idx), true) = (voter, permanent) else {
+            return self.refuse_client(conn, reason, permanent);
         };
-        let proposed = (self.views.proposal.as_ref()).is_some_and(|p| p.members.contains(idx));
-        if !self.views.members.contains(idx) && !proposed && !self.awaited(idx) {
-            return;
-        }
         if let Some(primary) = self.role.primary_mut() {
-            primary.removing.entry(idx).or_insert_with(|| {
+            let removal = primary.removing.entry(idx).or_insert_with(|| {
                 warn!("client-removing client={name} by=results-unavailable");
                 Removal {
                     reason: RemovalReason::ResultsUnavailable,
                     ..Removal::default()
                 }
             });
+            removal.refuse = Some(reason);
         }
         self.propose_membership_change(now);
     }

@@ -427,7 +427,11 @@ impl Node {
                 .role
                 .primary_mut()
                 .and_then(|p| p.removing.remove(&idx));
-            for conn in removal.map(|r| r.waiting).unwrap_or_default() {
+            let (waiting, refuse) = removal.map_or((Vec::new(), None), |r| (r.waiting, r.refuse));
+            if let (Some(reason), Some(conn)) = (refuse, self.registry.conn(idx)) {
+                self.refuse_client(conn, reason, true);
+            }
+            for conn in waiting {
                 let reply = RemoveReply::Removed {
                     view,
                     unblocked: seqs.clone(),
@@ -512,21 +516,27 @@ impl Node {
         })
     }
 
-    /// The most any member of the installed view has said it logged (`None`: no member).
-    /// Asked only while a leaver may be draining.
+    /// The most any member that stays has said it logged (`None`: no such member): a
+    /// member of the installed view, and of the view on its way if one is, not being
+    /// removed (a removed member's copy may go with it). Asked only while a leaver may be
+    /// draining.
     fn members_logged(&self) -> Option<Seq> {
-        let waiting = self.role.primary().is_some_and(|p| {
-            let mut states = p.leaving.values();
-            states.any(|l| !matches!(l, Leaving::Told { .. }))
-        });
-        if !waiting {
+        let Some(primary) = self.role.primary() else {
+            return Some(Seq(0));
+        };
+        let mut states = primary.leaving.values();
+        if !states.any(|l| !matches!(l, Leaving::Told { .. })) {
             return Some(Seq(0));
         }
-        self.views
-            .members
-            .iter()
-            .map(|m| self.registry.logged(m))
-            .max()
+        let pending = self.views.proposal.as_ref().map(|p| &p.members);
+        let installing = primary.pending_install.as_ref().map(|i| &i.members);
+        let stays = |m: &u32| {
+            !primary.removing.contains_key(m)
+                && pending.is_none_or(|p| p.contains(*m))
+                && installing.is_none_or(|i| i.contains(*m))
+        };
+        let members = self.views.members.iter().filter(stays);
+        members.map(|m| self.registry.logged(m)).max()
     }
 
     /// A leaver that is draining or told is sent no result after its `last_sent`.

@@ -96,6 +96,8 @@ pub struct Removal {
     /// `remove-client` connections waiting for the answer (none for an absent client).
     pub waiting: Vec<ConnId>,
     pub reason: RemovalReason,
+    /// Refused for good, with this reason, once a view without it is installed.
+    pub refuse: Option<String>,
 }
 
 /// Why a client is being removed (the `reason=` of `client-removed`).

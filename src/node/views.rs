@@ -521,7 +521,8 @@ impl Node {
                 if let Some(primary) = self.role.primary_mut() {
                     primary.catching_up.remove(&conn);
                 }
-                self.send_results_from(conn, from, now);
+                let view = self.views.installed.number;
+                self.send_results_from(conn, from, view, now);
             }
         }
     }
