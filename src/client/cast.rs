@@ -1,6 +1,7 @@
 //! The votes a client cast on ballots it has not logged yet, so that a re-ask gets the
 //! same answer and an `Accept` can carry them to a new primary.
 
+use crate::proto::limits::MAX_VOTES_HELD;
 use crate::proto::Seq;
 use std::collections::VecDeque;
 
@@ -15,22 +16,26 @@ pub struct Cast {
 impl Cast {
     /// The vote already cast on `seq`, or `decide(seq)` cast now.
     pub fn get_or_cast(&mut self, seq: Seq, decide: impl FnOnce(Seq) -> bool) -> bool {
-        match self.votes.back() {
-            Some(&(last, _)) if last >= seq => {}
+        let yes = match self.votes.back() {
+            Some(&(last, _)) if last >= seq => {
+                match self.votes.binary_search_by_key(&seq, |&(s, _)| s) {
+                    Ok(i) => return self.votes[i].1,
+                    Err(i) => {
+                        let yes = decide(seq);
+                        self.votes.insert(i, (seq, yes));
+                        yes
+                    }
+                }
+            }
             _ => {
                 let yes = decide(seq);
                 self.votes.push_back((seq, yes));
-                return yes;
-            }
-        }
-        match self.votes.binary_search_by_key(&seq, |&(s, _)| s) {
-            Ok(i) => self.votes[i].1,
-            Err(i) => {
-                let yes = decide(seq);
-                self.votes.insert(i, (seq, yes));
                 yes
             }
-        }
+        };
+        // Held for the nearest ballots first: the furthest ahead go.
+        self.votes.truncate(MAX_VOTES_HELD);
+        yes
     }
 
     /// Ballots up to `seq` are logged: their votes are no longer needed.
@@ -64,6 +69,22 @@ impl Cast {
 mod tests {
     use super::*;
     use std::collections::BTreeMap;
+
+    /// A server asking ever further ahead makes the client hold at most `MAX_VOTES_HELD`
+    /// votes, the nearest ones, and a vote let go is cast the same way when asked again.
+    #[test]
+    fn votes_held_are_bounded_and_the_nearest_kept() {
+        let mut cast = Cast::default();
+        let policy = |seq: Seq| seq.0 % 3 == 0;
+        for seq in (1..=3 * MAX_VOTES_HELD as u64).rev() {
+            assert_eq!(cast.get_or_cast(Seq(seq), policy), policy(Seq(seq)));
+        }
+        assert_eq!(cast.votes.len(), MAX_VOTES_HELD);
+        assert_eq!(cast.from(Seq(0)).next(), Some((Seq(1), policy(Seq(1)))));
+        let far = Seq(3 * MAX_VOTES_HELD as u64);
+        assert_eq!(cast.get_or_cast(far, policy), policy(far));
+        assert_eq!(cast.check(Seq(0)), Ok(()));
+    }
 
     /// Against the map it replaces, over requests in and out of order, overlapping
     /// re-asks and logging.

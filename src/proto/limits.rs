@@ -44,8 +44,14 @@ pub const HELLO_DEADLINE_MS: u64 = 5_000;
 /// much later, not at every turn: the connections wait in the kernel's backlog meanwhile.
 pub const ACCEPT_RETRY_MS: u64 = 100;
 
-/// Most ballots open at once (the upper bound for `--window`).
+/// Most ballots open at once (the upper bound for `--window`). A client answers a
+/// `VoteRequest` for at most this many ballots.
 pub const MAX_OPEN_BALLOTS: u64 = 1024;
+
+/// Votes a client holds for ballots it has not logged yet (a server may ask far ahead of
+/// its log). Beyond it the furthest ahead are let go: a re-ask casts them again, the same
+/// way (a client's vote is a function of the ballot), and an `Accept` carries the rest.
+pub const MAX_VOTES_HELD: usize = 4 * MAX_OPEN_BALLOTS as usize;
 
 /// Most results sent in one catch-up frame; a client further behind gets several.
 pub const MAX_RESULTS_PER_FRAME: usize = 4096;

@@ -376,6 +376,36 @@ mod tests {
             .collect()
     }
 
+    /// A reader that stops reading fills its connection's output buffer (after the
+    /// kernel's): past the limit, queueing to it fails with the limit named, and the
+    /// server closes it; a neighbour that reads is untouched. (Redis'
+    /// client-output-buffer-limit; the client reconnects and catches up from its log.)
+    #[test]
+    fn a_reader_that_stops_reading_is_cut_at_its_limit_and_no_one_else() {
+        let poll = Poll::new().expect("poll");
+        let mut conns = Conns::default();
+        let mut pair = linked(&mut conns, &poll, 2);
+        let (reading, mut far) = pair.remove(1);
+        let (stalled, _never_read) = pair.remove(0);
+        far.set_nonblocking(true).expect("nonblocking");
+        let mut sink = vec![0u8; 1 << 16];
+        let mut cut = None;
+        for round in 0..1_000_000u64 {
+            let failed = conns.queue_to_all(&[stalled, reading], &results(round), |_| false);
+            if let Some((id, e)) = failed.into_iter().next() {
+                cut = Some((id, e.to_string()));
+                break;
+            }
+            let ended = conns.flush_dirty(&mut Vec::new());
+            assert!(ended.is_empty(), "a write failed before the limit");
+            while std::io::Read::read(&mut far, &mut sink).is_ok_and(|n| n > 0) {}
+        }
+        let (id, why) = cut.expect("the stalled reader was never cut");
+        assert_eq!(id, stalled);
+        assert!(why.contains("over its limit of 1048576"), "{why}");
+        assert!(conns.queue(reading, &results(0)).is_ok());
+    }
+
     /// Frames decode straight from the shared scratch buffer; a frame cut short must
     /// survive another connection's read into that buffer before its rest arrives.
     #[test]
