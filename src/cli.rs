@@ -686,6 +686,17 @@ fn run_status(args: StatusArgs) -> Result<(), Failure> {
             c.open, c.max, c.rejected
         );
     }
+    if let Some(l) = reply.event_loop {
+        println!(
+            "loop        {} heartbeats sent, longest gap {} ms ({} since the last status), \
+             longest turn {} ms ({})",
+            l.heartbeats_sent,
+            l.heartbeat_gap_max_ms,
+            l.recent_heartbeat_gap_max_ms,
+            l.turn_max_ms,
+            l.recent_turn_max_ms
+        );
+    }
     match (reply.view.backup, &reply.peer) {
         (backup, Some(peer)) => println!(
             "backup      {}\npeer        addr={} connected={} alive={} last_heard_ms={}",

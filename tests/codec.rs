@@ -5,7 +5,7 @@ use pbvote::proto::codec::{decode_frame, frame, DecodeError, Wire};
 use pbvote::proto::limits::{MAX_CLIENT_FRAME_LEN, MAX_FRAME_LEN, MAX_HELLO_LEN};
 use pbvote::proto::messages::OpenBallot;
 use pbvote::proto::{
-    ClientId, ClientMsg, ConnectionStats, Fingerprint, Hello, JoinRefusal, MemberRecord,
+    ClientId, ClientMsg, ConnectionStats, Fingerprint, Hello, JoinRefusal, LoopStats, MemberRecord,
     MemberStatus, NodeId, PeerMsg, PeerStatus, RemoveReply, Role, Seq, ServerMsg, Snapshot,
     StatusReply, Tally, View, ViewInfo,
 };
@@ -332,6 +332,13 @@ fn status_reply() -> impl Strategy<Value = StatusReply> {
                 open: n,
                 max: n / 3,
                 rejected: n / 5,
+            }),
+            event_loop: Some(LoopStats {
+                heartbeats_sent: n,
+                heartbeat_gap_max_ms: n / 7,
+                turn_max_ms: n / 11,
+                recent_heartbeat_gap_max_ms: n / 13,
+                recent_turn_max_ms: n / 17,
             }),
         })
 }

@@ -270,6 +270,7 @@ impl Node {
             peer: self.peer_status(now),
             members: self.member_status(now),
             connections: None,
+            event_loop: None,
         }
     }
 

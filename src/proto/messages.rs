@@ -308,6 +308,22 @@ pub struct StatusReply {
     pub members: Vec<MemberStatus>,
     /// What the server process holds of connections (filled in by the host, not the core).
     pub connections: Option<ConnectionStats>,
+    /// How its event loop has kept up since it started (filled in by the host).
+    pub event_loop: Option<LoopStats>,
+}
+
+/// The event loop's liveness: a loop that falls behind sends its heartbeats late.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LoopStats {
+    pub heartbeats_sent: u64,
+    /// The longest time between two heartbeats sent on one peer link, in ms.
+    pub heartbeat_gap_max_ms: u64,
+    /// The longest loop turn (from the wakeup to the end of its work), in ms.
+    pub turn_max_ms: u64,
+    /// The same two since the previous `status` answer (a script measures a phase by
+    /// asking before and after it).
+    pub recent_heartbeat_gap_max_ms: u64,
+    pub recent_turn_max_ms: u64,
 }
 
 /// A server's connections and its `--max-connections` (as Redis' `connected_clients`,

@@ -10,7 +10,7 @@ pub mod messages;
 pub mod types;
 
 pub use messages::{
-    ClientMsg, ConnectionStats, Hello, JoinRefusal, LinkKind, MemberStatus, PeerMsg, PeerStatus,
-    RemoveReply, ServerMsg, Snapshot, StatusReply,
+    ClientMsg, ConnectionStats, Hello, JoinRefusal, LinkKind, LoopStats, MemberStatus, PeerMsg,
+    PeerStatus, RemoveReply, ServerMsg, Snapshot, StatusReply,
 };
 pub use types::{ClientId, Fingerprint, MemberRecord, NodeId, Role, Seq, Tally, View, ViewInfo};

@@ -13,7 +13,9 @@ use crate::proto::limits::{
     ACCEPT_RETRY_MS, FDS_RESERVED, HELLO_DEADLINE_MS, MAX_CLIENT_OUTBUF, MAX_OVER_LIMIT_HELLOS,
     MAX_PEER_OUTBUF,
 };
-use crate::proto::{ClientMsg, ConnectionStats, Hello, LinkKind, PeerMsg, Role, ServerMsg};
+use crate::proto::{
+    ClientMsg, ConnectionStats, Hello, LinkKind, LoopStats, PeerMsg, Role, ServerMsg,
+};
 use log::{debug, error, info, warn};
 use mio::net::TcpListener;
 use mio::unix::SourceFd;
@@ -62,6 +64,44 @@ pub struct Server {
     limit: ConnLimit,
     /// systemd's `$NOTIFY_SOCKET`, if it set one.
     notify: Option<Notifier>,
+    liveness: Liveness,
+}
+
+/// How the loop keeps up, for `status` (`scripts/loop-liveness.sh` reads it under load).
+#[derive(Default)]
+struct Liveness {
+    stats: LoopStats,
+    /// The peer link the last heartbeat went out on, and when.
+    last_heartbeat: Option<(ConnId, Instant)>,
+}
+
+impl Liveness {
+    fn heartbeat(&mut self, link: ConnId, now: Instant) {
+        self.stats.heartbeats_sent += 1;
+        if let Some((last_link, at)) = self.last_heartbeat {
+            if last_link == link {
+                let gap = now.saturating_duration_since(at).as_millis() as u64;
+                let stats = &mut self.stats;
+                stats.heartbeat_gap_max_ms = stats.heartbeat_gap_max_ms.max(gap);
+                stats.recent_heartbeat_gap_max_ms = stats.recent_heartbeat_gap_max_ms.max(gap);
+            }
+        }
+        self.last_heartbeat = Some((link, now));
+    }
+
+    fn turn(&mut self, woke: Instant) {
+        let took = woke.elapsed().as_millis() as u64;
+        self.stats.turn_max_ms = self.stats.turn_max_ms.max(took);
+        self.stats.recent_turn_max_ms = self.stats.recent_turn_max_ms.max(took);
+    }
+
+    /// What a `status` answer says; the recent maxima start over.
+    fn report(&mut self) -> LoopStats {
+        let stats = self.stats;
+        self.stats.recent_heartbeat_gap_max_ms = 0;
+        self.stats.recent_turn_max_ms = 0;
+        stats
+    }
 }
 
 /// `--max-connections`, and what is held to enforce it.
@@ -178,6 +218,7 @@ impl Server {
                 unlogged: 0,
             },
             notify: Notifier::from_env(Instant::now()),
+            liveness: Liveness::default(),
         })
     }
 
@@ -237,6 +278,7 @@ impl Server {
             }
             self.place_client_links();
             self.tell_supervisor(now);
+            self.liveness.turn(now);
         }
         if let Some(notify) = &self.notify {
             notify.stopping();
@@ -645,13 +687,19 @@ impl Server {
                 Output::ToClient(id, msg) => self.queue(id, &msg, now),
                 Output::WhenDrained(id) => self.conns.notify_when_drained(id),
                 Output::ToClients(ids, msg) => self.queue_to_all(&ids, &msg, now),
-                Output::ToPeer(id, msg) => self.queue(id, &msg, now),
+                Output::ToPeer(id, msg) => {
+                    if matches!(msg, PeerMsg::Heartbeat { .. }) {
+                        self.liveness.heartbeat(id, Instant::now());
+                    }
+                    self.queue(id, &msg, now)
+                }
                 Output::Status(id, mut reply) => {
                     reply.connections = Some(ConnectionStats {
                         open: self.conns.open() as u64,
                         max: self.limit.max as u64,
                         rejected: self.limit.rejected,
                     });
+                    reply.event_loop = Some(self.liveness.report());
                     self.queue(id, &*reply, now)
                 }
                 Output::Removed(id, reply) => self.queue(id, &reply, now),
