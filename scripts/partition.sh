@@ -12,6 +12,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 BIN=${BIN:-$ROOT/target/release/pbvote}
+# shellcheck source=scripts/netns.sh
+. "$ROOT/scripts/netns.sh"
 CYCLES=${CYCLES:-8} BALLOTS=${BALLOTS:-80} KILL_PCT=${KILL_PCT:-30} CUT_MS=${CUT_MS:-1500}
 STOP_PRIMARY=${STOP_PRIMARY:-0}
 [ "$(id -u)" = 0 ] || { echo "partition.sh needs root (network namespaces)" >&2; exit 2; }
@@ -28,26 +30,14 @@ cleanup() {
     [ -n "$SERVERS" ] && kill -KILL -- "-$SERVERS" 2>/dev/null
     [ ${#CLIENT_PIDS[@]} -gt 0 ] && kill -KILL "${CLIENT_PIDS[@]}" 2>/dev/null
     wait 2>/dev/null
-    for ns in "$NS_P" "$NS_B" "$NS_C"; do ip netns del "$ns" 2>/dev/null; done
-    ip link del "$BR" 2>/dev/null
+    netns_down "$BR" "$NS_P" "$NS_B" "$NS_C"
     return 0
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 echo "== hosts: primary $P ($NS_P), backup $B ($NS_B), clients $C ($NS_C); files in $DIR"
-ip link add "$BR" type bridge && ip link set "$BR" up
-n=0
-for host in "$NS_P=$P" "$NS_B=$B" "$NS_C=$C"; do
-    ns=${host%%=*} addr=${host#*=} n=$((n + 1))
-    ip netns add "$ns"
-    ip link add "$tag-v$n" type veth peer name "$tag-h$n"
-    ip link set "$tag-v$n" netns "$ns"
-    ip link set "$tag-h$n" master "$BR" up
-    ip -n "$ns" addr add "$addr/24" dev "$tag-v$n"
-    ip -n "$ns" link set "$tag-v$n" up
-    ip -n "$ns" link set lo up
-done
+netns_up "$BR" "$tag" "$NS_P=$P" "$NS_B=$B" "$NS_C=$C"
 export PBV_NETNS="$P=$NS_P $B=$NS_B"
 
 setsid ip netns exec "$NS_P" "$BIN" server --role primary --listen $P:7000 --backup-listen $B:7000 \

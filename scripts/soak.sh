@@ -34,17 +34,19 @@ tag=pbs$$ DIR=$(mktemp -d /tmp/pbvote-soak.XXXXXX)
 ERR=$DIR/servers.err
 SERVERS= CLIENT_PIDS=() ROOTED=0
 [ "$(id -u)" = 0 ] && command -v ip >/dev/null && ROOTED=1
+# What runs a command on the primary's host and on the clients' (nothing, on loopback).
 if [ "$ROOTED" = 1 ]; then
     P=10.78.0.1 B=10.78.0.2 C=10.78.0.3 NS_P=$tag-p NS_B=$tag-b NS_C=$tag-c BR=${tag}br
-    in_p() { ip netns exec "$NS_P" "$@"; }
-    in_c() { ip netns exec "$NS_C" "$@"; }
+    ON_P=(ip netns exec "$NS_P") ON_C=(ip netns exec "$NS_C")
     PORT=7000 PORT_B=7000
 else
     P=127.0.0.1 B=127.0.0.1 C=127.0.0.1
-    in_p() { "$@"; }
-    in_c() { "$@"; }
+    ON_P=() ON_C=()
     PORT=$((20000 + RANDOM % 20000)) PORT_B=$((PORT + 1))
 fi
+in_c() { "${ON_C[@]}" "$@"; }
+# shellcheck source=scripts/netns.sh
+. "$ROOT/scripts/netns.sh"
 A1=$P:$PORT A2=$B:$PORT_B
 
 cleanup() {
@@ -52,10 +54,7 @@ cleanup() {
     [ -n "$SERVERS" ] && kill -KILL -- "-$SERVERS" 2>/dev/null || true
     for pid in "${CLIENT_PIDS[@]}"; do [ "$pid" = - ] || kill -KILL "$pid" 2>/dev/null || true; done
     wait 2>/dev/null || true
-    if [ "$ROOTED" = 1 ]; then
-        for ns in "$NS_P" "$NS_B" "$NS_C"; do ip netns del "$ns" 2>/dev/null || true; done
-        ip link del "$BR" 2>/dev/null || true
-    fi
+    if [ "$ROOTED" = 1 ]; then netns_down "$BR" "$NS_P" "$NS_B" "$NS_C"; fi
     return 0
 }
 trap cleanup EXIT
@@ -63,18 +62,7 @@ trap 'exit 130' INT TERM
 
 if [ "$ROOTED" = 1 ]; then
     echo "== hosts: primary $P, backup $B, clients $C, each a network namespace; files in $DIR"
-    ip link add "$BR" type bridge && ip link set "$BR" up
-    n=0
-    for host in "$NS_P=$P" "$NS_B=$B" "$NS_C=$C"; do
-        ns=${host%%=*} addr=${host#*=} n=$((n + 1))
-        ip netns add "$ns"
-        ip link add "$tag-v$n" type veth peer name "$tag-h$n"
-        ip link set "$tag-v$n" netns "$ns"
-        ip link set "$tag-h$n" master "$BR" up
-        ip -n "$ns" addr add "$addr/24" dev "$tag-v$n"
-        ip -n "$ns" link set "$tag-v$n" up
-        ip -n "$ns" link set lo up
-    done
+    netns_up "$BR" "$tag" "$NS_P=$P" "$NS_B=$B" "$NS_C=$C"
     export PBV_NETNS="$P=$NS_P $B=$NS_B"
     SPAWN=(--spawn-via "$ROOT/scripts/netns-spawn.sh")
 else
@@ -82,28 +70,18 @@ else
     SPAWN=()
 fi
 
-if [ "$ROOTED" = 1 ]; then
-    setsid ip netns exec "$NS_P" "$BIN" server --role primary --listen "$A1" --backup-listen "$A2" \
-        --heartbeat-ms $HEARTBEAT_MS --miss-limit $MISS --backup-start-delay-ms 300 \
-        --ballot-interval-ms 50 --min-clients ${#CLIENTS[@]} "${SPAWN[@]}" 2>"$ERR" &
-else
-    setsid "$BIN" server --role primary --listen "$A1" --backup-listen "$A2" \
-        --heartbeat-ms $HEARTBEAT_MS --miss-limit $MISS --backup-start-delay-ms 300 \
-        --ballot-interval-ms 50 --min-clients ${#CLIENTS[@]} 2>"$ERR" &
-fi
+setsid "${ON_P[@]}" "$BIN" server --role primary --listen "$A1" --backup-listen "$A2" \
+    --heartbeat-ms $HEARTBEAT_MS --miss-limit $MISS --backup-start-delay-ms 300 \
+    --ballot-interval-ms 50 --min-clients ${#CLIENTS[@]} "${SPAWN[@]}" 2>"$ERR" &
 SERVERS=$!
 disown "$SERVERS" # its SIGKILL is one of the faults, not news
 
 start_client() { # index
-    local spec=${CLIENTS[$1]} id=${CLIENTS[$1]%%:*} policy=${CLIENTS[$1]##*:} seed=()
+    local id=${CLIENTS[$1]%%:*} policy=${CLIENTS[$1]##*:} seed=()
     [ "$policy" = random ] && seed=(--seed 11)
     local args=(client --id "$id" --servers "$A1,$A2" --log "$DIR/$id.log" --policy "$policy" "${seed[@]}")
     # Not through a function: `$!` must be the client itself (`ip netns exec` execs it).
-    if [ "$ROOTED" = 1 ]; then
-        ip netns exec "$NS_C" "$BIN" "${args[@]}" 2>>"$DIR/$id.err" &
-    else
-        "$BIN" "${args[@]}" 2>>"$DIR/$id.err" &
-    fi
+    "${ON_C[@]}" "$BIN" "${args[@]}" 2>>"$DIR/$id.err" &
     CLIENT_PIDS[$1]=$!
 }
 for i in "${!CLIENTS[@]}"; do start_client "$i"; done

@@ -67,26 +67,6 @@ pub enum Decoded {
     },
 }
 
-impl Decoded {
-    /// The message's name (`Votes`, `Commit`, ...), as the Wireshark dissector shows it.
-    pub fn name(&self) -> String {
-        let debug = match self {
-            Decoded::Hello(_) => return "Hello".to_string(),
-            Decoded::Client(m) => format!("{m:?}"),
-            Decoded::Server(m) => format!("{m:?}"),
-            Decoded::Peer(m) => format!("{m:?}"),
-            Decoded::Status(_) => return "StatusReply".to_string(),
-            Decoded::Remove(m) => format!("{m:?}"),
-            Decoded::Undecodable { .. } => return "UNDECODABLE".to_string(),
-            Decoded::Gap { .. } => return "GAP".to_string(),
-        };
-        let end = debug
-            .find(|c: char| !c.is_alphanumeric())
-            .unwrap_or(debug.len());
-        debug[..end].to_string()
-    }
-}
-
 impl fmt::Display for FrameLine {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
@@ -477,6 +457,26 @@ mod tests {
     use pcap_file::pcapng::blocks::interface_description::InterfaceDescriptionBlock;
     use pcap_file::pcapng::PcapNgWriter;
     use std::borrow::Cow;
+
+    impl Decoded {
+        /// The message's name (`Votes`, `Commit`, ...), as the Wireshark dissector shows it.
+        fn name(&self) -> String {
+            let debug = match self {
+                Decoded::Hello(_) => return "Hello".to_string(),
+                Decoded::Client(m) => format!("{m:?}"),
+                Decoded::Server(m) => format!("{m:?}"),
+                Decoded::Peer(m) => format!("{m:?}"),
+                Decoded::Status(_) => return "StatusReply".to_string(),
+                Decoded::Remove(m) => format!("{m:?}"),
+                Decoded::Undecodable { .. } => return "UNDECODABLE".to_string(),
+                Decoded::Gap { .. } => return "GAP".to_string(),
+            };
+            let end = debug
+                .find(|c: char| !c.is_alphanumeric())
+                .unwrap_or(debug.len());
+            debug[..end].to_string()
+        }
+    }
 
     const CLIENT: ([u8; 4], u16) = ([127, 0, 0, 1], 40_000);
     const SERVER: ([u8; 4], u16) = ([127, 0, 0, 1], 7000);
