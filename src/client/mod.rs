@@ -373,11 +373,13 @@ impl Client {
                 );
                 // For good only from a server at least as new as what this client knows: a
                 // replaced primary that has not heard of its successor would otherwise end
-                // a client its successor serves. That one is told, as any stale sender.
-                let known = self.view.map_or(View(0), |v| v.number).max(self.promised());
-                if permanent && view >= known {
+                // a client its successor serves. One older than the view it follows is
+                // told so, as any stale sender; one older only than its promise is not
+                // final, and is ignored.
+                let followed = self.view.map_or(View(0), |v| v.number);
+                if permanent && view >= followed.max(self.promised()) {
                     self.refused = Some(reason);
-                } else if permanent {
+                } else if permanent && view < followed {
                     self.current(conn, from, view, now);
                 }
             }

@@ -144,7 +144,13 @@ impl Node {
             self.refuse_client(conn, reason, permanent);
             return;
         }
-        if !self.role.is_recovering() && self.lacks_unheld_results(last_seq.next()) {
+        // One that is no voter is refused before it registers, so it never joins; a voter
+        // registers as ever, and is removed when it asks for the results (below).
+        let voter = self.registry.index_of(&id).filter(|&i| self.is_voter(i));
+        if voter.is_none()
+            && !self.role.is_recovering()
+            && self.lacks_unheld_results(last_seq.next())
+        {
             let idx = self.registry.index_of(&id);
             return self.refuse_unavailable(conn, idx, last_seq.next(), view, now);
         }

@@ -100,6 +100,12 @@ impl Node {
         self.continue_catch_up(conn);
     }
 
+    /// Whether client `idx` is a member, in the view on its way, or awaited by a ballot.
+    pub(super) fn is_voter(&self, idx: u32) -> bool {
+        let proposed = (self.views.proposal.as_ref()).is_some_and(|p| p.members.contains(idx));
+        self.views.members.contains(idx) || proposed || self.awaited(idx)
+    }
+
     /// Whether a client whose log needs results from `from` on lacks some that this server
     /// no longer holds (trimmed past [`MAX_RESULTS_HELD`], or older than the tail a cold
     /// restart recovered).
@@ -129,15 +135,14 @@ impl Node {
             from.0 - 1,
             first_held.0 - 1
         );
-        // A server behind the client may be a replaced one: its word is not final.
-        let permanent = client_view <= self.views.installed.number;
-        let voter = idx.filter(|&idx| {
-            let proposed = (self.views.proposal.as_ref()).is_some_and(|p| p.members.contains(idx));
-            self.views.members.contains(idx) || proposed || self.awaited(idx)
-        });
-        let (Some(idx), true) = (voter, permanent) else {
+        let Some(idx) = idx.filter(|&idx| self.is_voter(idx)) else {
+            // A server behind the client may be a replaced one: its word is not final.
+            let permanent = client_view <= self.views.installed.number;
             return self.refuse_client(conn, reason, permanent);
         };
+        // A voter is removed whatever view it reports: refused at once it would not
+        // witness the removal, and not removed it would hold every ballot up. The refusal
+        // goes, to whichever connection it has then, in a view newer than any it said.
         if let Some(primary) = self.role.primary_mut() {
             let removal = primary.removing.entry(idx).or_insert_with(|| {
                 warn!("client-removing client={name} by=results-unavailable");

@@ -517,9 +517,9 @@ impl Node {
     }
 
     /// The most any member that stays has said it logged (`None`: no such member): a
-    /// member of the installed view, and of the view on its way if one is, not being
-    /// removed (a removed member's copy may go with it). Asked only while a leaver may be
-    /// draining.
+    /// member of the newest view (the install under way, else the pending proposal, else
+    /// the installed view), which a cold restart would require, not being removed (a
+    /// removed member's copy may go with it). Asked only while a leaver may be draining.
     fn members_logged(&self) -> Option<Seq> {
         let Some(primary) = self.role.primary() else {
             return Some(Seq(0));
@@ -528,14 +528,11 @@ impl Node {
         if !states.any(|l| !matches!(l, Leaving::Told { .. })) {
             return Some(Seq(0));
         }
-        let pending = self.views.proposal.as_ref().map(|p| &p.members);
-        let installing = primary.pending_install.as_ref().map(|i| &i.members);
-        let stays = |m: &u32| {
-            !primary.removing.contains_key(m)
-                && pending.is_none_or(|p| p.contains(*m))
-                && installing.is_none_or(|i| i.contains(*m))
-        };
-        let members = self.views.members.iter().filter(stays);
+        let newest = (primary.pending_install.as_ref().map(|i| &i.members))
+            .or(self.views.proposal.as_ref().map(|p| &p.members))
+            .unwrap_or(&self.views.members);
+        let stays = |m: &u32| !primary.removing.contains_key(m);
+        let members = newest.iter().filter(stays);
         members.map(|m| self.registry.logged(m)).max()
     }
 

@@ -354,3 +354,34 @@ fn a_leaver_goes_only_once_a_member_logged_what_it_was_sent() {
         "not told once a member logged its results"
     );
 }
+
+/// The members that may release a draining leaver are those of the newest view: with a
+/// proposal on its way whose members are all new (the only old member leaves too), none
+/// of them has logged the leaver's results yet, and it waits (it once went at once).
+#[test]
+fn a_leaver_waits_for_the_members_of_the_view_on_its_way() {
+    let t0 = Instant::now();
+    let mut node = primary(t0);
+    let (a, going, b) = (conn(1), conn(2), conn(3));
+    hello(&mut node, a, "a", 0, t0);
+    hello(&mut node, going, "going", 0, t0);
+    accept_every_proposal(&mut node, t0);
+    node.handle_timeout(t0);
+    for c in [a, going] {
+        node.handle_client_msg(c, votes(1, 3), t0);
+    }
+    node.handle_client_msg(going, ClientMsg::Leave { view: View(1) }, t0);
+    accept_every_proposal(&mut node, t0);
+    for c in [a, going] {
+        node.handle_client_msg(c, votes(4, 61), t0);
+    }
+    assert!(node.committed() >= Seq(64));
+    // A joiner comes, and the one member left leaves: the view on its way has only the
+    // joiner, which has logged nothing.
+    hello(&mut node, b, "b", 0, t0);
+    node.handle_client_msg(a, ClientMsg::Leave { view: View(1) }, t0);
+    let told = sent(&mut node)
+        .iter()
+        .any(|(c, m)| *c == going && matches!(m, ServerMsg::Left { .. }));
+    assert!(!told, "released on the word of no member that stays");
+}
