@@ -1,8 +1,54 @@
 //! The client log file format, `<seq> <yes> <no>\n`, in one place: the client writes it,
 //! reads it back at start, and the checker judges it.
 
-use crate::proto::{Seq, Tally};
+use crate::proto::limits::MAX_RECOVERY_TAIL;
+use crate::proto::{HistoryDigest, Seq, Tally};
+use std::collections::VecDeque;
 use std::fmt;
+
+/// What a client keeps in memory of its log `1..=last`: its last tallies (what a
+/// cold-restarted primary rebuilds the history from, at most [`MAX_RECOVERY_TAIL`]) and
+/// the digest of the log before them.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LogEnd {
+    pub last: Seq,
+    pub recent: VecDeque<Tally>,
+    pub before_recent: HistoryDigest,
+}
+
+impl LogEnd {
+    /// Of a log holding `lines`, which are `1..=n` in order.
+    pub fn of(lines: &[LogLine]) -> LogEnd {
+        let mut end = LogEnd::default();
+        for line in lines {
+            end.push(line.tally);
+        }
+        end
+    }
+
+    /// The next result, `last + 1`, was logged.
+    pub fn push(&mut self, tally: Tally) {
+        if self.recent.len() == MAX_RECOVERY_TAIL {
+            if let Some(oldest) = self.recent.pop_front() {
+                let seq = Seq(self.last.0 - MAX_RECOVERY_TAIL as u64 + 1);
+                self.before_recent = self.before_recent.then(seq, oldest);
+            }
+        }
+        self.recent.push_back(tally);
+        self.last = self.last.next();
+    }
+
+    /// The seq of the first of `recent`.
+    pub fn recent_first(&self) -> Seq {
+        Seq(self.last.0 + 1 - self.recent.len() as u64)
+    }
+
+    /// The digest of the whole log.
+    pub fn digest(&self) -> HistoryDigest {
+        let recent = self.recent.iter().copied();
+        self.before_recent.over(self.recent_first(), recent)
+    }
+}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct LogLine {
@@ -114,6 +160,36 @@ mod tests {
         assert_eq!((lines.len(), torn), (1, true));
         assert_eq!(parse("1 3 2\nx 1 1\n").unwrap_err().line, 2);
         assert!(parse("1 3 2 \n").is_err());
+    }
+}
+
+#[cfg(test)]
+mod log_end_tests {
+    use super::*;
+
+    /// The digest kept in pieces (the tallies a cold restart needs, and the digest before
+    /// them) is the digest of the whole log, however long.
+    #[test]
+    fn the_log_end_digests_the_whole_log() {
+        let lines: Vec<LogLine> = (1..=200u32)
+            .map(|s| LogLine {
+                seq: Seq(u64::from(s)),
+                tally: Tally {
+                    yes: s % 3,
+                    no: s % 5,
+                },
+            })
+            .collect();
+        let whole =
+            |n: usize| HistoryDigest::EMPTY.over(Seq(1), lines[..n].iter().map(|l| l.tally));
+        for n in [0, 1, MAX_RECOVERY_TAIL, MAX_RECOVERY_TAIL + 1, 200] {
+            let end = LogEnd::of(&lines[..n]);
+            assert_eq!(end.last, Seq(n as u64));
+            assert_eq!(end.recent.len(), n.min(MAX_RECOVERY_TAIL));
+            assert_eq!(end.digest(), whole(n), "{n} lines");
+            assert_eq!(end.before_recent, whole(n - end.recent.len()), "{n} lines");
+        }
+        assert_ne!(whole(3), whole(4));
     }
 }
 

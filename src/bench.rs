@@ -281,7 +281,7 @@ fn host_clients(
     let now = Instant::now();
     for i in range {
         let path = dir.join(format!("c{i}.log"));
-        let (log, last, recent) = open_log(&path)?;
+        let (log, log_end) = open_log(&path)?;
         let (promise, promised) = PromiseFile::open(&path)?;
         let core = Client::new(
             ClientConfig {
@@ -291,8 +291,7 @@ fn host_clients(
                 until: until.map(Seq),
                 redial: Duration::from_millis(200),
             },
-            last,
-            &recent,
+            log_end,
             &promised,
             now,
         );

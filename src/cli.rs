@@ -515,11 +515,12 @@ fn run_client(args: ClientArgs) -> Result<(), Failure> {
     }
     let policy = parse_policy(&args.policy, args.seed, &args.id)?;
     init_logging(&args.log_level, format!("client-{}", args.id))?;
-    let (log, last, recent) = open_log(&args.log).map_err(Failure::Runtime)?;
+    let (log, log_end) = open_log(&args.log).map_err(Failure::Runtime)?;
     let (promise, promised) = PromiseFile::open(&args.log).map_err(Failure::Runtime)?;
     log::info!(
-        "client-start client={} policy={policy} last_seq={last} servers={:?} promised_servers={:?}",
+        "client-start client={} policy={policy} last_seq={} servers={:?} promised_servers={:?}",
         args.id,
+        log_end.last,
         args.servers,
         promised.servers
     );
@@ -530,7 +531,7 @@ fn run_client(args: ClientArgs) -> Result<(), Failure> {
         until: args.until.map(Seq),
         redial: REDIAL,
     };
-    let core = Client::new(cfg, last, &recent, &promised, Instant::now());
+    let core = Client::new(cfg, log_end, &promised, Instant::now());
     let mut host = ClientHost::new(vec![Hosted::new(core, log, promise)])
         .map_err(|e| Failure::Runtime(format!("client {}: {e}", args.id)))?;
     host.leave_when_done(Duration::from_millis(LEAVE_WAIT_MS));

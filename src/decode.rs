@@ -450,6 +450,7 @@ impl Direction {
 mod tests {
     use super::*;
     use crate::proto::codec::frame;
+    use crate::proto::HistoryDigest;
     use crate::proto::{ClientId, Fingerprint, Seq, View, ViewInfo};
     use etherparse::PacketBuilder;
     use pcap_file::pcap::{PcapPacket, PcapWriter};
@@ -519,6 +520,7 @@ mod tests {
             id: ClientId("alice".into()),
             last_seq: Seq(0),
             view: View(0),
+            digest: HistoryDigest::EMPTY,
         })
         .expect("encode")
     }

@@ -6,7 +6,7 @@ mod common;
 use common::*;
 use pbvote::client::policy::Policy;
 use pbvote::proto::codec::frame;
-use pbvote::proto::{ClientId, ClientMsg, Hello, NodeId, PeerMsg, Seq, View};
+use pbvote::proto::{ClientId, ClientMsg, Hello, HistoryDigest, NodeId, PeerMsg, Seq, View};
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpStream};
 use std::time::Duration;
@@ -16,6 +16,7 @@ fn hello_client(id: &str) -> Vec<u8> {
         id: ClientId(id.to_string()),
         last_seq: Seq(0),
         view: View(0),
+        digest: HistoryDigest::EMPTY,
     })
     .expect("encode")
 }

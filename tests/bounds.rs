@@ -6,7 +6,7 @@ mod common;
 use common::*;
 use pbvote::proto::codec::{decode_frame, frame};
 use pbvote::proto::limits::HELLO_DEADLINE_MS;
-use pbvote::proto::{ClientId, Hello, Seq, ServerMsg, View};
+use pbvote::proto::{ClientId, Hello, HistoryDigest, Seq, ServerMsg, View};
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
@@ -30,6 +30,7 @@ fn send_client_hello(addr: &str, id: &str) -> TcpStream {
         id: ClientId(id.to_string()),
         last_seq: Seq(0),
         view: View(0),
+        digest: HistoryDigest::EMPTY,
     };
     s.write_all(&frame(&hello).expect("encode")).expect("write");
     s

@@ -5,9 +5,9 @@ use pbvote::proto::codec::{decode_frame, frame, DecodeError, Wire};
 use pbvote::proto::limits::{MAX_CLIENT_FRAME_LEN, MAX_FRAME_LEN, MAX_HELLO_LEN};
 use pbvote::proto::messages::OpenBallot;
 use pbvote::proto::{
-    ClientId, ClientMsg, ConnectionStats, Fingerprint, Hello, JoinRefusal, LoopStats, MemberRecord,
-    MemberStatus, NodeId, PeerMsg, PeerStatus, RemoveReply, Role, Seq, ServerMsg, Snapshot,
-    StatusReply, Tally, View, ViewInfo,
+    ClientId, ClientMsg, ConnectionStats, Fingerprint, Hello, HistoryDigest, JoinRefusal,
+    LoopStats, MemberRecord, MemberStatus, NodeId, PeerMsg, PeerStatus, RemoveReply, Role, Seq,
+    ServerMsg, Snapshot, StatusReply, Tally, View, ViewInfo,
 };
 use proptest::prelude::*;
 use std::net::SocketAddr;
@@ -46,10 +46,13 @@ fn tally() -> impl Strategy<Value = Tally> {
 
 fn hello() -> impl Strategy<Value = Hello> {
     prop_oneof![
-        (client_id(), any::<u64>(), any::<u64>()).prop_map(|(id, s, v)| Hello::Client {
-            id,
-            last_seq: Seq(s),
-            view: View(v),
+        (client_id(), any::<u64>(), any::<u64>(), any::<u64>()).prop_map(|(id, s, v, d)| {
+            Hello::Client {
+                id,
+                last_seq: Seq(s),
+                view: View(v),
+                digest: HistoryDigest(d),
+            }
         }),
         (any::<u64>(), addr(), any::<u64>()).prop_map(|(n, listen, v)| Hello::Peer {
             node: NodeId(n),
@@ -80,19 +83,23 @@ fn client_msg() -> impl Strategy<Value = ClientMsg> {
             any::<u64>(),
             proptest::collection::vec((any::<u64>(), any::<bool>()), 0..8),
             proptest::collection::vec(tally(), 0..8),
+            any::<u64>(),
             proptest::option::of(member_record()),
             proptest::option::of(member_record()),
         )
-            .prop_map(|(v, s, votes, tail, followed_members, promised_members)| {
-                ClientMsg::Accept {
-                    view: View(v),
-                    last_seq: Seq(s),
-                    votes: votes.into_iter().map(|(s, y)| (Seq(s), y)).collect(),
-                    tail,
-                    followed_members,
-                    promised_members,
+            .prop_map(
+                |(v, s, votes, tail, base, followed_members, promised_members)| {
+                    ClientMsg::Accept {
+                        view: View(v),
+                        last_seq: Seq(s),
+                        votes: votes.into_iter().map(|(s, y)| (Seq(s), y)).collect(),
+                        tail,
+                        tail_base: HistoryDigest(base),
+                        followed_members,
+                        promised_members,
+                    }
                 }
-            }),
+            ),
         (
             any::<u64>(),
             view_info(),
@@ -225,6 +232,7 @@ fn snapshot() -> impl Strategy<Value = Snapshot> {
             members,
             results_first: Seq(1),
             results,
+            results_base: HistoryDigest::EMPTY,
             open: open
                 .into_iter()
                 .map(|(seq, voters, votes)| OpenBallot {

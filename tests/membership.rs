@@ -224,3 +224,48 @@ fn membership_changes_and_both_replicas_killed_in_one_run() {
     assert!(sizes[..first_seven].iter().all(|&n| n == 5), "{sizes:?}");
     assert!(sizes.last() == Some(&5), "{sizes:?}");
 }
+
+/// A log from another history (another cluster's, or the tail of one a cold restart
+/// gave up) is never continued: its hello is refused as `client-diverged`, and not one
+/// line is added to it, although this history is longer than that log (before, only a
+/// log longer than the history was told apart).
+#[test]
+fn a_log_of_another_history_is_refused_not_continued() {
+    let dir = test_dir();
+    let one = dir.path().join("one");
+    let two = dir.path().join("two");
+    fs::create_dir_all(&one).expect("mkdir");
+    fs::create_dir_all(&two).expect("mkdir");
+    // History one: x alone votes yes on 5 ballots, and leaves.
+    let (mut first, addr) = start_primary(&one, &[]);
+    let mut x = start_client(&one, "x", &addr, "yes", 5);
+    assert!(x.wait_exit(T).success(), "{}", tail(&x.stderr, 20));
+    first.kill_group();
+    let x_log = one.join("x.log");
+    let logged = fs::read_to_string(&x_log).expect("x log");
+    assert_eq!(
+        logged,
+        (1..=5).map(|k| format!("{k} 1 0\n")).collect::<String>()
+    );
+
+    // History two, another cluster: y votes no, and it has passed x's last seq.
+    let (mut second, addr) = start_primary(&two, &[]);
+    let _y = start_client(&two, "y", &addr, "no", 1000);
+    wait_line(&two.join("y.log"), "8 0 1", T);
+    let args = ["client", "--id", "x", "--servers", &addr, "--policy", "yes"];
+    let log = x_log.to_str().expect("utf-8 path");
+    let mut x = Proc::start(
+        &two,
+        "x-again",
+        &[&args[..], &["--log", log, "--until", "20"]].concat(),
+    );
+    second.wait_line("client-diverged client=x last_seq=5", T);
+    // Long enough for a served client to have logged several results.
+    wait_line(&two.join("y.log"), "20 0 1", T);
+    assert_eq!(fs::read_to_string(&x_log).expect("x log"), logged);
+    // Refused for good when its view is not ahead of this cluster's, else for now (a
+    // server behind the client's view may be a replaced one): never served either way.
+    if let Ok(Some(status)) = x.child.try_wait() {
+        assert_eq!(status.code(), Some(1), "{}", tail(&x.stderr, 20));
+    }
+}

@@ -8,9 +8,11 @@ mod input;
 
 use input::Input;
 use libfuzzer_sys::fuzz_target;
+use pbvote::ballot_log::LogEnd;
 use pbvote::client::policy::Policy;
 use pbvote::client::{Client, ClientConfig, ClientOutput, Promised};
 use pbvote::link::ConnId;
+use pbvote::proto::limits::MAX_RECOVERY_TAIL;
 use pbvote::proto::{ClientId, NodeId, Seq, View};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -28,8 +30,13 @@ fuzz_target!(|data: &[u8]| {
         redial: Duration::from_millis(200),
     };
     let last = Seq(input.num() % 100);
-    let recent = input.list(|i| i.tally());
-    let recent = &recent[..recent.len().min(last.0 as usize)];
+    let mut recent = input.list(|i| i.tally());
+    recent.truncate((last.0 as usize).min(MAX_RECOVERY_TAIL));
+    let log = LogEnd {
+        last,
+        recent: recent.into(),
+        before_recent: input.digest(),
+    };
     let promised = Promised {
         view: View(input.num() % 10),
         servers: input.list(|i| i.addr()),
@@ -38,7 +45,7 @@ fuzz_target!(|data: &[u8]| {
         accepted: input.record(),
     };
     let mut now = Instant::now();
-    let mut client = Client::new(cfg, last, recent, &promised, now);
+    let mut client = Client::new(cfg, log, &promised, now);
     let mut open: Vec<(ConnId, SocketAddr)> = Vec::new();
     let mut dials: Vec<SocketAddr> = Vec::new();
     let mut next_slot = 0u32;

@@ -5,7 +5,7 @@
 use pbvote::link::ConnId;
 use pbvote::proto::messages::OpenBallot;
 use pbvote::proto::{
-    ClientId, ClientMsg, Fingerprint, Hello, JoinRefusal, MemberRecord, NodeId, PeerMsg, Seq,
+    ClientId, ClientMsg, Fingerprint, Hello, HistoryDigest, JoinRefusal, MemberRecord, NodeId, PeerMsg, Seq,
     ServerMsg, Snapshot, Tally, View, ViewInfo,
 };
 use std::net::SocketAddr;
@@ -89,12 +89,22 @@ impl Input<'_> {
         })
     }
 
+    /// Most often that of an empty log, which a server can match.
+    pub fn digest(&mut self) -> HistoryDigest {
+        if self.bit() {
+            HistoryDigest::EMPTY
+        } else {
+            HistoryDigest(self.num())
+        }
+    }
+
     pub fn hello(&mut self) -> Hello {
         match self.byte() % 4 {
             0 | 1 => Hello::Client {
                 id: self.id(),
                 last_seq: self.seq(),
                 view: self.view(),
+                digest: self.digest(),
             },
             2 => Hello::Peer {
                 node: NodeId(self.num()),
@@ -120,6 +130,7 @@ impl Input<'_> {
                 last_seq: self.seq(),
                 votes: self.list(|i| (i.seq(), i.bit())),
                 tail: self.list(|i| i.tally()),
+                tail_base: self.digest(),
                 followed_members: self.record(),
                 promised_members: self.record(),
             },
@@ -196,6 +207,7 @@ impl Input<'_> {
                 members: self.list(|i| i.idx()),
                 results_first: self.seq(),
                 results: self.list(|i| i.tally()),
+                results_base: self.digest(),
                 open: self.list(|i| OpenBallot {
                     seq: i.seq(),
                     voters: i.list(|i| i.idx()),

@@ -33,17 +33,14 @@ impl Client {
                 format!("accepted {} with promise {}", view.number, self.promised()),
             );
         }
-        if let Err(detail) = self.cast.check(self.last_logged) {
+        if let Err(detail) = self.cast.check(self.log.last) {
             return broken("votes-only-on-unlogged-ballots", detail);
         }
-        if self.recent.len() > MAX_RECOVERY_TAIL || self.recent.len() as u64 > self.last_logged.0 {
+        let recent = &self.log.recent;
+        if recent.len() > MAX_RECOVERY_TAIL || recent.len() as u64 > self.log.last.0 {
             return broken(
                 "recent-tail-within-the-log",
-                format!(
-                    "{} recent of {} logged",
-                    self.recent.len(),
-                    self.last_logged
-                ),
+                format!("{} recent of {} logged", recent.len(), self.log.last),
             );
         }
         for (i, link) in self.links.iter().enumerate() {

@@ -56,7 +56,8 @@ impl Client {
             conn,
             Hello::Client {
                 id: self.cfg.id.clone(),
-                last_seq: self.last_logged,
+                last_seq: self.log.last,
+                digest: self.log.digest(),
                 view: self
                     .view
                     .map_or(self.promised(), |v| v.number.max(self.promised())),

@@ -13,11 +13,10 @@ pub mod policy;
 mod views;
 mod voting;
 
-use crate::ballot_log::LogLine;
+use crate::ballot_log::{LogEnd, LogLine};
 use crate::link::ConnId;
-use crate::proto::limits::MAX_RECOVERY_TAIL;
 use crate::proto::{
-    ClientId, ClientMsg, Hello, MemberRecord, NodeId, Seq, ServerMsg, Tally, View, ViewInfo,
+    ClientId, ClientMsg, Hello, MemberRecord, NodeId, Seq, ServerMsg, View, ViewInfo,
 };
 use cast::Cast;
 pub use invariants::Broken;
@@ -80,7 +79,8 @@ pub enum ClientOutput {
 
 pub struct Client {
     cfg: ClientConfig,
-    last_logged: Seq,
+    /// Where its log ends, and what a cold-restarted primary or a hello needs of it.
+    log: LogEnd,
     /// The view whose primary this client follows: the newest installed view it heard of
     /// (`Welcome`, `NewView`). `None` before the first `Welcome`.
     view: Option<ViewInfo>,
@@ -97,8 +97,6 @@ pub struct Client {
     cast: Cast,
     /// The first seq of the last `Resend` we asked for, so one gap is asked once.
     resend_asked: Option<Seq>,
-    /// The last tallies logged (ending at `last_logged`), for a cold-restarted primary.
-    recent: VecDeque<Tally>,
     /// A proposal refused only for the lease, to reconsider the moment the lease holder's
     /// connection closes (a crashed primary's lease is void at once).
     deferred: Option<(ConnId, Proposal)>,
@@ -124,17 +122,11 @@ pub struct Client {
 }
 
 impl Client {
-    /// A client whose log already holds 1..=`last_logged`, the last of them `recent`, and
-    /// which has promised view numbers up to `promised`.
+    /// A client whose log already holds what `log` sums up, and which has promised view
+    /// numbers up to `promised`.
     /// `promised`: what it persisted before a restart. Its servers are dialed besides
     /// `cfg.servers` (its primary may be gone, and `--servers` may not name the backup).
-    pub fn new(
-        mut cfg: ClientConfig,
-        last_logged: Seq,
-        recent: &[Tally],
-        promised: &Promised,
-        now: Instant,
-    ) -> Client {
+    pub fn new(mut cfg: ClientConfig, log: LogEnd, promised: &Promised, now: Instant) -> Client {
         let mut servers: Vec<SocketAddr> = Vec::new();
         for &addr in cfg.servers.iter().chain(&promised.servers) {
             if !servers.contains(&addr) {
@@ -142,8 +134,6 @@ impl Client {
             }
         }
         cfg.servers = servers;
-        let keep = recent.len().min(MAX_RECOVERY_TAIL);
-        let recent = recent[recent.len() - keep..].iter().copied().collect();
         let links = cfg
             .servers
             .iter()
@@ -154,7 +144,7 @@ impl Client {
             .collect();
         Client {
             cfg,
-            last_logged,
+            log,
             view: None,
             durable: promised.clone(),
             lease: Duration::ZERO,
@@ -163,7 +153,6 @@ impl Client {
             links,
             cast: Cast::default(),
             resend_asked: None,
-            recent,
             deferred: None,
             promised_view: None,
             resend_pending: false,
@@ -181,7 +170,7 @@ impl Client {
     }
 
     pub fn last_logged(&self) -> Seq {
-        self.last_logged
+        self.log.last
     }
 
     pub fn view(&self) -> Option<ViewInfo> {
@@ -199,7 +188,7 @@ impl Client {
     pub fn describe(&self) -> String {
         format!(
             "logged={} view={:?} promised={} holder={:?} links={:?}",
-            self.last_logged,
+            self.log.last,
             self.view.map(|v| v.to_string()),
             self.promised(),
             self.lease_holder,
@@ -222,7 +211,7 @@ impl Client {
 
     /// The log holds every ballot up to `--until`.
     pub fn is_done(&self) -> bool {
-        self.cfg.until.is_some_and(|u| self.last_logged >= u)
+        self.cfg.until.is_some_and(|u| self.log.last >= u)
     }
 
     fn debug_check(&self, after: &str) {

@@ -1,7 +1,7 @@
 //! The client core driven by hand.
 
 use super::*;
-use crate::proto::Fingerprint;
+use crate::proto::{Fingerprint, Tally};
 
 fn addr(port: u16) -> SocketAddr {
     SocketAddr::from(([10, 0, 0, 1], port))
@@ -30,7 +30,11 @@ fn client_from(logged: Seq, promise: &Promised, now: Instant) -> Client {
         until: None,
         redial: Duration::from_millis(100),
     };
-    let mut client = Client::new(cfg, logged, &[], promise, now);
+    let log = LogEnd {
+        last: logged,
+        ..LogEnd::default()
+    };
+    let mut client = Client::new(cfg, log, promise, now);
     client.handle_timeout(now);
     for port in 1..=2 {
         client.handle_connected(conn(port), addr(port), now);

@@ -99,7 +99,7 @@ impl Client {
                 conn,
                 ClientMsg::Resend {
                     view: view.number,
-                    from: self.last_logged.next(),
+                    from: self.log.last.next(),
                 },
             ));
         }
@@ -213,7 +213,7 @@ impl Client {
                 c,
                 ClientMsg::Resend {
                     view: view.number,
-                    from: self.last_logged.next(),
+                    from: self.log.last.next(),
                 },
             ));
         }
@@ -228,7 +228,7 @@ impl Client {
         }
         info!(
             "client-leave client={} logged={}",
-            self.cfg.id, self.last_logged
+            self.cfg.id, self.log.last
         );
         self.leaving = Some(now);
         self.ask_to_leave();
@@ -281,7 +281,7 @@ impl Client {
                 ClientMsg::LeaseAck {
                     view,
                     round,
-                    logged: self.last_logged,
+                    logged: self.log.last,
                 },
             ));
         }
@@ -372,18 +372,19 @@ impl Client {
         self.heard_holder = Some(now);
         info!("proposal-accepted client={} view={view}", self.cfg.id);
         self.promise(view);
-        let votes = self.cast.from(self.last_logged.next()).collect();
+        let votes = self.cast.from(self.log.last.next()).collect();
         self.out.push_back(ClientOutput::Send(
             conn,
             ClientMsg::Accept {
                 view: view.number,
-                last_seq: self.last_logged,
+                last_seq: self.log.last,
                 votes,
                 tail: if recovering {
-                    self.recent.iter().copied().collect()
+                    self.log.recent.iter().copied().collect()
                 } else {
                     Vec::new()
                 },
+                tail_base: self.log.before_recent,
                 followed_members: records.0.filter(|_| recovering),
                 promised_members: records.1.filter(|_| recovering),
             },

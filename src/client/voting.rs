@@ -5,7 +5,7 @@ use super::links::LinkState;
 use super::{Client, ClientOutput};
 use crate::ballot_log::LogLine;
 use crate::link::ConnId;
-use crate::proto::limits::{MAX_OPEN_BALLOTS, MAX_RECOVERY_TAIL};
+use crate::proto::limits::MAX_OPEN_BALLOTS;
 use crate::proto::{ClientMsg, Seq, Tally, View};
 use log::{debug, warn};
 
@@ -20,7 +20,7 @@ impl Client {
         let count = u64::from(count).min(MAX_OPEN_BALLOTS);
         let policy = self.cfg.policy;
         let mut votes = Vec::new();
-        for seq in (first.0.max(self.last_logged.0 + 1)..first.0.saturating_add(count)).map(Seq) {
+        for seq in (first.0.max(self.log.last.0 + 1)..first.0.saturating_add(count)).map(Seq) {
             let yes = self.cast.get_or_cast(seq, |seq| policy.vote(seq.0));
             votes.push((seq, yes));
         }
@@ -78,11 +78,11 @@ impl Client {
     }
 
     pub(super) fn deliver(&mut self, conn: ConnId, seq: Seq, tally: Tally) {
-        if seq <= self.last_logged {
+        if seq <= self.log.last {
             return; // a duplicate: results are idempotent by seq
         }
-        if seq != self.last_logged.next() {
-            let from = self.last_logged.next();
+        if seq != self.log.last.next() {
+            let from = self.log.last.next();
             if self.resend_asked != Some(from) {
                 warn!(
                     "result-gap client={} expected={from} got={seq}",
@@ -99,12 +99,8 @@ impl Client {
             }
             return;
         }
-        self.last_logged = seq;
+        self.log.push(tally);
         self.cast.logged_through(seq);
-        if self.recent.len() == MAX_RECOVERY_TAIL {
-            self.recent.pop_front();
-        }
-        self.recent.push_back(tally);
         self.out
             .push_back(ClientOutput::Append(LogLine { seq, tally }));
     }

@@ -8,7 +8,7 @@ use super::role::{Leaving, RoleState};
 use super::Node;
 use crate::link::ConnId;
 use crate::proto::limits::{MAX_CLIENTS, MAX_CLIENT_ID_LEN};
-use crate::proto::{ClientId, PeerMsg, Seq, ServerMsg, View};
+use crate::proto::{ClientId, HistoryDigest, PeerMsg, Seq, ServerMsg, View};
 use log::{info, warn};
 use std::time::Instant;
 
@@ -17,6 +17,8 @@ struct ClientHello {
     id: ClientId,
     last_seq: Seq,
     view: View,
+    /// Of its log, `1..=last_seq`.
+    digest: HistoryDigest,
     /// Its view is newer than any this server heard of.
     foreign_view: bool,
 }
@@ -28,6 +30,7 @@ impl Node {
         id: ClientId,
         last_seq: Seq,
         view: View,
+        digest: HistoryDigest,
         now: Instant,
     ) {
         if id.0.is_empty() || id.0.len() > MAX_CLIENT_ID_LEN {
@@ -69,6 +72,7 @@ impl Node {
                     id,
                     last_seq,
                     view,
+                    digest,
                     foreign_view,
                 };
                 self.primary_client_hello(conn, hello, now)
@@ -114,6 +118,7 @@ impl Node {
             id,
             last_seq,
             view,
+            digest,
             foreign_view,
         } = hello;
         // Results are evidence of a cold restart, and so is a view from before this server
@@ -140,6 +145,22 @@ impl Node {
             // For good only if this server is not behind the client: one that was
             // replaced and has not heard of it yet must not end a client its successor
             // serves.
+            let permanent = view <= self.views.installed.number;
+            self.refuse_client(conn, reason, permanent);
+            return;
+        }
+        let held = self.history.digest_through(last_seq);
+        if held.is_some_and(|held| held != digest) && !self.role.is_recovering() {
+            // Its log ends at a seq this history has, with other results: it comes from
+            // a history a cold restart gave up (it was removed while it held results no
+            // one else had, and came back), and continuing it would put this history's
+            // results after another's.
+            warn!("client-diverged client={id} last_seq={last_seq} digest={digest}");
+            let reason = format!(
+                "client-diverged: this log's results 1..={last_seq} are not this service's \
+                 (their digest differs): it comes from a history a cold restart did not \
+                 recover, so it cannot be continued"
+            );
             let permanent = view <= self.views.installed.number;
             self.refuse_client(conn, reason, permanent);
             return;

@@ -8,16 +8,20 @@ use crate::link::ConnId;
 use crate::proto::limits::{
     CATCHUP_BURST, MAX_RESULTS_HELD, MAX_RESULTS_PER_FRAME, RESULTS_TRIM_STEP,
 };
-use crate::proto::{Seq, ServerMsg, Tally, View};
+use crate::proto::{HistoryDigest, Seq, ServerMsg, Tally, View};
 use log::warn;
 use std::time::Instant;
 
-/// Final results: `results[i]` is ballot `first + i`. Only a primary rebuilt by a cold
-/// restart (or a backup that joined it) starts above 1.
+/// Final results: `results[i]` is ballot `first + i`, and `digests[i]` the digest of the
+/// history through it. Only a primary rebuilt by a cold restart (or a backup that joined
+/// it) starts above 1.
 #[derive(Debug)]
 pub struct History {
     first: u64,
     results: Vec<Tally>,
+    /// The digest of the history before `first`.
+    base: HistoryDigest,
+    digests: Vec<HistoryDigest>,
 }
 
 impl Default for History {
@@ -25,6 +29,8 @@ impl Default for History {
         History {
             first: 1,
             results: Vec::new(),
+            base: HistoryDigest::EMPTY,
+            digests: Vec::new(),
         }
     }
 }
@@ -39,6 +45,11 @@ impl History {
         &self.results
     }
 
+    /// The digest of the history before the first result held.
+    pub fn base(&self) -> HistoryDigest {
+        self.base
+    }
+
     pub fn is_empty(&self) -> bool {
         self.results.is_empty()
     }
@@ -48,20 +59,42 @@ impl History {
         Seq(self.first - 1 + self.results.len() as u64)
     }
 
-    /// Replaces the whole history (a snapshot, or the tail a cold restart rebuilt).
-    pub fn restore(&mut self, first: u64, results: Vec<Tally>) {
+    /// The digest of the history `1..=seq`, if this server can tell it (`seq` from the one
+    /// before the first held to the last).
+    pub fn digest_through(&self, seq: Seq) -> Option<HistoryDigest> {
+        match seq.0.checked_sub(self.first) {
+            None if seq.0 + 1 == self.first => Some(self.base),
+            None => None,
+            Some(i) => self.digests.get(usize::try_from(i).ok()?).copied(),
+        }
+    }
+
+    /// Replaces the whole history (a snapshot, or the tail a cold restart rebuilt):
+    /// `results` from `first` on, after a history whose digest is `base`.
+    pub fn restore(&mut self, first: u64, results: Vec<Tally>, base: HistoryDigest) {
         self.first = first.max(1);
+        self.base = base;
+        self.digests.clear();
+        let mut digest = base;
+        for (i, &tally) in results.iter().enumerate() {
+            digest = digest.then(Seq(self.first + i as u64), tally);
+            self.digests.push(digest);
+        }
         self.results = results;
     }
 
     /// Appends a final result; the oldest ones beyond `MAX_RESULTS_HELD` are let go, so the
     /// history (and a joiner's snapshot) stays bounded however long the cluster runs.
     pub fn record(&mut self, tally: Tally) {
+        let last = self.digests.last().copied().unwrap_or(self.base);
+        self.digests.push(last.then(self.committed().next(), tally));
         self.results.push(tally);
         // Trimmed in steps, not one at a time: each trim moves the whole history.
         if self.results.len() > MAX_RESULTS_HELD + RESULTS_TRIM_STEP {
             let drop = self.results.len() - MAX_RESULTS_HELD;
+            self.base = self.digests[drop - 1];
             self.results.drain(..drop);
+            self.digests.drain(..drop);
             self.first += drop as u64;
         }
     }

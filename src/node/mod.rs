@@ -337,9 +337,12 @@ impl Node {
             return;
         }
         match hello {
-            Hello::Client { id, last_seq, view } => {
-                self.on_client_hello(conn, id, last_seq, view, now)
-            }
+            Hello::Client {
+                id,
+                last_seq,
+                view,
+                digest,
+            } => self.on_client_hello(conn, id, last_seq, view, digest, now),
             Hello::Peer { node, listen, view } => {
                 self.on_join_request(conn, node, listen, view, now)
             }
@@ -428,11 +431,13 @@ impl Node {
                 last_seq,
                 votes,
                 tail,
+                tail_base,
                 followed_members,
                 promised_members,
             } => {
                 let report = Report {
                     tail,
+                    tail_base,
                     followed: followed_members,
                     promised: promised_members,
                 };

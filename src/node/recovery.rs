@@ -5,7 +5,7 @@
 
 use super::membership::Members;
 use crate::proto::limits::MAX_RECOVERY_TAIL;
-use crate::proto::{ClientId, Fingerprint, MemberRecord, Seq, Tally, View};
+use crate::proto::{ClientId, Fingerprint, HistoryDigest, MemberRecord, Seq, Tally, View};
 use log::{info, warn};
 use std::collections::BTreeMap;
 
@@ -14,6 +14,8 @@ use std::collections::BTreeMap;
 #[derive(Debug)]
 pub struct Report {
     pub tail: Vec<Tally>,
+    /// The digest of the client's log before `tail`.
+    pub tail_base: HistoryDigest,
     pub followed: Option<MemberRecord>,
     pub promised: Option<MemberRecord>,
 }
@@ -21,8 +23,8 @@ pub struct Report {
 /// What the clients reported so far: the longest log tail, and the memberships.
 #[derive(Debug, Default)]
 pub struct Recovery {
-    /// `(its last seq, its tallies)`.
-    longest: Option<(Seq, Vec<Tally>)>,
+    /// `(its last seq, its tallies, the digest of the log before them)`.
+    longest: Option<(Seq, Vec<Tally>, HistoryDigest)>,
     /// The newest view any client follows: installed, so its members are needed.
     followed: View,
     /// Each membership a client recorded (of the view it follows or of a proposal it
@@ -56,18 +58,20 @@ struct Claim {
 
 impl Recovery {
     /// Keeps the longest log tail a client reported; the clients' logs must agree.
-    pub fn add_tail(&mut self, last_seq: Seq, mut tail: Vec<Tally>) {
-        // A tail past the last seq there is, or longer than any client keeps, is no log of
+    pub fn add_tail(&mut self, last_seq: Seq, mut tail: Vec<Tally>, mut base: HistoryDigest) {
+        // A tail past the last seq there is, or longer than the log it ends, is no log of
         // ours (found by the `server_core` fuzz target: it overflowed).
-        if last_seq.0 == u64::MAX {
-            warn!("recovery-tail-ignored last_seq={last_seq} reason=past-the-last-seq");
+        if last_seq.0 == u64::MAX || tail.len() as u64 > last_seq.0 {
+            warn!("recovery-tail-ignored last_seq={last_seq} reason=not-a-log-tail");
             return;
         }
         if tail.len() > MAX_RECOVERY_TAIL {
-            tail.drain(..tail.len() - MAX_RECOVERY_TAIL);
+            let cut = tail.len() - MAX_RECOVERY_TAIL;
+            let cut_first = Seq(last_seq.0 + 1 - tail.len() as u64);
+            base = base.over(cut_first, tail.drain(..cut));
         }
-        let tail_first = last_seq.0 + 1 - tail.len().min(last_seq.0 as usize) as u64;
-        if let Some((best_last, best)) = &self.longest {
+        let tail_first = last_seq.0 + 1 - tail.len() as u64;
+        if let Some((best_last, best, _)) = &self.longest {
             let best_first = best_last.0 + 1 - best.len() as u64;
             for (i, tally) in tail.iter().enumerate() {
                 let seq = tail_first + i as u64;
@@ -80,9 +84,7 @@ impl Recovery {
                 return;
             }
         }
-        if last_seq.0 >= tail.len() as u64 {
-            self.longest = Some((last_seq, tail));
-        }
+        self.longest = Some((last_seq, tail, base));
     }
 
     /// Client `idx` (named `id`) reported what it recorded of the membership of the view
@@ -232,10 +234,11 @@ impl Recovery {
         self.recovered(settled).unwrap_or_default()
     }
 
-    /// The rebuilt history: `(first seq, tallies)`, if any client had one.
-    pub fn into_results(self) -> Option<(u64, Vec<Tally>)> {
+    /// The rebuilt history: `(first seq, tallies, the digest before them)`, if any client
+    /// had one.
+    pub fn into_results(self) -> Option<(u64, Vec<Tally>, HistoryDigest)> {
         self.longest
-            .map(|(last, tail)| (last.0 + 1 - tail.len() as u64, tail))
+            .map(|(last, tail, base)| (last.0 + 1 - tail.len() as u64, tail, base))
     }
 }
 
@@ -276,9 +279,10 @@ mod tests {
     fn a_tail_past_the_last_seq_is_ignored_not_a_panic() {
         let mut recovery = Recovery::default();
         let tally = Tally { yes: 1, no: 0 };
-        recovery.add_tail(Seq(u64::MAX), vec![tally]);
-        recovery.add_tail(Seq(3), vec![tally; 100]);
-        recovery.add_tail(Seq(u64::MAX - 1), vec![tally; 2]);
+        let base = HistoryDigest::EMPTY;
+        recovery.add_tail(Seq(u64::MAX), vec![tally], base);
+        recovery.add_tail(Seq(3), vec![tally; 100], base);
+        recovery.add_tail(Seq(u64::MAX - 1), vec![tally; 2], base);
     }
 
     fn record(view: u64, members: Fingerprint, member: bool) -> Option<MemberRecord> {

@@ -138,8 +138,11 @@ impl Node {
         for id in snapshot.clients {
             self.register(id);
         }
-        self.history
-            .restore(snapshot.results_first.0, snapshot.results);
+        self.history.restore(
+            snapshot.results_first.0,
+            snapshot.results,
+            snapshot.results_base,
+        );
         let clients = self.registry.len() as u32;
         // Members and voters beyond the clients the snapshot lists are corrupt: dropped.
         let known =
@@ -316,6 +319,7 @@ impl Node {
             members: self.views.members.iter().collect(),
             results_first: Seq(self.history.first()),
             results: self.history.results().to_vec(),
+            results_base: self.history.base(),
             open: self
                 .ballots
                 .iter()

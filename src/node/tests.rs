@@ -2,7 +2,7 @@
 
 use super::*;
 use crate::proto::limits::{CATCHUP_BURST, MAX_RESULTS_HELD, RESULTS_TRIM_STEP};
-use crate::proto::{ClientId, ClientMsg, Hello, NodeId, Seq, ServerMsg};
+use crate::proto::{ClientId, ClientMsg, Hello, HistoryDigest, NodeId, Seq, ServerMsg};
 use std::time::Duration;
 
 fn conn(slot: u32) -> ConnId {
@@ -56,6 +56,7 @@ fn step(node: &mut Node, voter: ConnId, now: Instant) -> (Vec<(ConnId, u64, usiz
                     last_seq: Seq(0),
                     votes: Vec::new(),
                     tail: Vec::new(),
+                    tail_base: HistoryDigest::EMPTY,
                     followed_members: None,
                     promised_members: None,
                 }),
@@ -87,6 +88,13 @@ fn step(node: &mut Node, voter: ConnId, now: Instant) -> (Vec<(ConnId, u64, usiz
     (results, drains)
 }
 
+/// The history a lone voter that always says yes makes: every result `1 0`.
+fn lone_yes_history(len: u64) -> HistoryDigest {
+    let tallies = std::iter::repeat_n(Tally { yes: 1, no: 0 }, len as usize);
+    HistoryDigest::EMPTY.over(Seq(1), tallies)
+}
+
+/// A client whose log is `last_seq` results of [`lone_yes_history`] says hello.
 fn hello(node: &mut Node, c: ConnId, id: &str, last_seq: u64, now: Instant) {
     node.handle_hello(
         c,
@@ -94,6 +102,7 @@ fn hello(node: &mut Node, c: ConnId, id: &str, last_seq: u64, now: Instant) {
             id: ClientId(id.into()),
             last_seq: Seq(last_seq),
             view: View(0),
+            digest: lone_yes_history(last_seq),
         },
         now,
     );
@@ -180,6 +189,61 @@ fn a_client_far_behind_is_caught_up_a_burst_at_a_time_and_the_history_stays_boun
     assert!(!node.status(now).members.iter().any(|m| m.id.0 == "lost"));
 }
 
+/// A log that ends at a seq this history holds, with other results (one from a history a
+/// cold restart gave up), is refused for good, however far the history has moved past
+/// it; the same length with this history's results is served.
+#[test]
+fn a_log_of_another_history_is_refused_for_good_and_one_of_this_history_is_served() {
+    let t0 = Instant::now();
+    let mut node = primary(t0);
+    let voter = conn(1);
+    hello(&mut node, voter, "voter", 0, t0);
+    for turn in 0..1000u64 {
+        if node.committed() >= Seq(10) {
+            break;
+        }
+        let now = t0 + Duration::from_micros(turn);
+        node.handle_timeout(now);
+        step(&mut node, voter, now);
+    }
+    assert!(node.committed() >= Seq(10), "{}", node.committed());
+    sent(&mut node);
+
+    let (other, same) = (conn(2), conn(3));
+    let elsewhere = std::iter::repeat_n(Tally { yes: 0, no: 1 }, 5);
+    node.handle_hello(
+        other,
+        Hello::Client {
+            id: ClientId("other".into()),
+            last_seq: Seq(5),
+            view: View(0),
+            digest: HistoryDigest::EMPTY.over(Seq(1), elsewhere),
+        },
+        t0,
+    );
+    hello(&mut node, same, "same", 5, t0);
+    let replies = sent(&mut node);
+    let to = |c| {
+        replies
+            .iter()
+            .filter(move |(to, _)| *to == c)
+            .map(|(_, m)| m)
+    };
+    assert!(
+        matches!(to(other).collect::<Vec<_>>()[..], [ServerMsg::Refused { permanent: true, reason, .. }]
+            if reason.starts_with("client-diverged")),
+        "{replies:?}"
+    );
+    assert!(
+        to(same).any(|m| matches!(m, ServerMsg::Welcome { .. })),
+        "{replies:?}"
+    );
+    assert!(
+        to(same).any(|m| matches!(m, ServerMsg::Results { first: Seq(6), .. })),
+        "{replies:?}"
+    );
+}
+
 /// Every client accepts every proposal it gets, until none is left: the clients that
 /// said hello are members.
 fn accept_every_proposal(node: &mut Node, now: Instant) {
@@ -200,6 +264,7 @@ fn accept_every_proposal(node: &mut Node, now: Instant) {
                 last_seq: Seq(0),
                 votes: Vec::new(),
                 tail: Vec::new(),
+                tail_base: HistoryDigest::EMPTY,
                 followed_members: None,
                 promised_members: None,
             };

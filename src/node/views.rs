@@ -267,7 +267,7 @@ impl Node {
         }
         let id = self.registry.id(idx).clone();
         if let Some(recovery) = self.recovery_mut() {
-            recovery.add_tail(last_seq, report.tail);
+            recovery.add_tail(last_seq, report.tail, report.tail_base);
             recovery.add_records(idx, &id, report.followed, report.promised);
             debug!(
                 "view-accept client={idx} view={view} accepted={count}/{members} recovering=true"
@@ -499,8 +499,8 @@ impl Node {
         let Some(recovery) = self.role.primary_mut().and_then(|p| p.recovery.take()) else {
             return;
         };
-        if let Some((first, tail)) = recovery.into_results() {
-            self.history.restore(first, tail);
+        if let Some((first, tail, base)) = recovery.into_results() {
+            self.history.restore(first, tail, base);
         }
         warn!(
             "cold-restart-recovered committed={} first_held={} view={}",

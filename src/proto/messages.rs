@@ -7,7 +7,9 @@
 //! a client link carries [`ClientMsg`] up and [`ServerMsg`] down; a peer link carries
 //! [`PeerMsg`] both ways; a status link carries one [`StatusReply`] down and is closed.
 
-use super::types::{ClientId, Fingerprint, MemberRecord, NodeId, Role, Seq, Tally, View, ViewInfo};
+use super::types::{
+    ClientId, Fingerprint, HistoryDigest, MemberRecord, NodeId, Role, Seq, Tally, View, ViewInfo,
+};
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
 
@@ -15,11 +17,13 @@ use std::net::SocketAddr;
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum Hello {
     /// A voting client. `last_seq` is the last ballot in its log, so the server can send
-    /// every result it lacks; `view` is the newest view it has accepted (0: none yet).
+    /// every result it lacks; `view` is the newest view it has accepted (0: none yet);
+    /// `digest`, that of its log `1..=last_seq`: a log of another history is refused.
     Client {
         id: ClientId,
         last_seq: Seq,
         view: View,
+        digest: HistoryDigest,
     },
     /// A server that wants to join as backup. `listen` is the address it serves clients on
     /// (the real port when it was started with port 0).
@@ -73,6 +77,8 @@ pub enum ClientMsg {
         /// For a recovering proposer only: the client's last logged tallies, ending at
         /// `last_seq` (at most [`crate::proto::limits::MAX_RECOVERY_TAIL`]).
         tail: Vec<Tally>,
+        /// The digest of the log before `tail`: what the rebuilt history starts from.
+        tail_base: HistoryDigest,
         /// For a recovering proposer only: what the client recorded of the membership of
         /// the view it follows, and of the last proposal it accepted before this one.
         followed_members: Option<MemberRecord>,
@@ -254,6 +260,8 @@ pub struct Snapshot {
     /// `results_first + i` (a primary rebuilt by a cold restart holds only recent ones).
     pub results_first: Seq,
     pub results: Vec<Tally>,
+    /// The digest of the history before `results_first`.
+    pub results_base: HistoryDigest,
     /// Ballots opened and not yet committed, in seq order, starting right after the results.
     pub open: Vec<OpenBallot>,
 }

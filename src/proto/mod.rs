@@ -13,4 +13,6 @@ pub use messages::{
     ClientMsg, ConnectionStats, Hello, JoinRefusal, LinkKind, LoopStats, MemberStatus, PeerMsg,
     PeerStatus, RemoveReply, ServerMsg, Snapshot, StatusReply,
 };
-pub use types::{ClientId, Fingerprint, MemberRecord, NodeId, Role, Seq, Tally, View, ViewInfo};
+pub use types::{
+    ClientId, Fingerprint, HistoryDigest, MemberRecord, NodeId, Role, Seq, Tally, View, ViewInfo,
+};

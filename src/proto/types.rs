@@ -39,6 +39,54 @@ pub struct Tally {
     pub no: u32,
 }
 
+/// The digest of a history, results `1..=k`: FNV-1a run over each result in turn (its
+/// seq, yes and no counts as 8, 4 and 4 little-endian bytes). A client sends its log's in
+/// its hello and the primary compares it with its own at that seq, so a log from another
+/// history (a cold restart that gave up results, docs/PROTOCOL.md §9) is told apart even
+/// where its seqs are ones this history also has. It guards against accidents, not
+/// against a hostile client: two different histories share one digest with a chance of
+/// about 2^-64.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct HistoryDigest(pub u64);
+
+impl HistoryDigest {
+    /// The digest of no results at all.
+    pub const EMPTY: HistoryDigest = HistoryDigest(FNV_OFFSET);
+
+    /// The digest of this history with result `seq` appended.
+    pub fn then(self, seq: Seq, tally: Tally) -> HistoryDigest {
+        let mut bytes = [0u8; 16];
+        bytes[..8].copy_from_slice(&seq.0.to_le_bytes());
+        bytes[8..12].copy_from_slice(&tally.yes.to_le_bytes());
+        bytes[12..].copy_from_slice(&tally.no.to_le_bytes());
+        HistoryDigest(fnv1a(self.0, &bytes))
+    }
+
+    /// The digest after `tallies`, the results from `first` on.
+    pub fn over(self, first: Seq, tallies: impl IntoIterator<Item = Tally>) -> HistoryDigest {
+        let mut digest = self;
+        for (i, tally) in tallies.into_iter().enumerate() {
+            digest = digest.then(Seq(first.0.wrapping_add(i as u64)), tally);
+        }
+        digest
+    }
+}
+
+impl Default for HistoryDigest {
+    fn default() -> HistoryDigest {
+        HistoryDigest::EMPTY
+    }
+}
+
+const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+
+/// FNV-1a, continued from `state` over `bytes`.
+fn fnv1a(state: u64, bytes: &[u8]) -> u64 {
+    bytes.iter().fold(state, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
 /// Who serves in a view. `backup: None` is a primary-only view: clients vote to the primary
 /// alone.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -71,9 +119,7 @@ pub struct Fingerprint {
 impl Fingerprint {
     /// One name's share of the digest.
     pub fn name_hash(id: &ClientId) -> u64 {
-        id.0.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
-            (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-        })
+        fnv1a(FNV_OFFSET, id.0.as_bytes())
     }
 
     pub fn of<'a>(ids: impl IntoIterator<Item = &'a ClientId>) -> Fingerprint {
@@ -126,6 +172,12 @@ impl fmt::Display for Seq {
 impl fmt::Display for ClientId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)
+    }
+}
+
+impl fmt::Display for HistoryDigest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:016x}", self.0)
     }
 }
 

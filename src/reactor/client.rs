@@ -6,11 +6,11 @@ use super::conns::{Conns, Flushed};
 use super::promise::{self, PromiseFile};
 use super::timeout_until;
 use super::timer::TimerWheel;
-use crate::ballot_log;
+use crate::ballot_log::{self, LogEnd};
 use crate::client::{Client, ClientOutput};
 use crate::link::ConnId;
-use crate::proto::limits::{MAX_CLIENT_OUTBUF, MAX_OPEN_BALLOTS, MAX_RECOVERY_TAIL};
-use crate::proto::{ClientMsg, Seq, ServerMsg, Tally};
+use crate::proto::limits::{MAX_CLIENT_OUTBUF, MAX_OPEN_BALLOTS};
+use crate::proto::{ClientMsg, Seq, ServerMsg};
 use log::{debug, info, warn};
 use mio::{Events, Interest, Poll, Token};
 use signal_hook::consts::{SIGINT, SIGTERM};
@@ -27,7 +27,7 @@ const SIGNALS: Token = Token(usize::MAX - 2);
 /// Opens a client log for appending and returns the last seq it holds. A torn last line
 /// (a write cut short by a crash) is cut off; anything else that is not exactly 1..k is
 /// refused, because appending to it would hide the damage.
-pub fn open_log(path: &Path) -> Result<(File, Seq, Vec<Tally>), String> {
+pub fn open_log(path: &Path) -> Result<(File, LogEnd), String> {
     let text = match std::fs::read(path) {
         Ok(bytes) => {
             String::from_utf8(bytes).map_err(|_| format!("{}: not UTF-8 text", path.display()))?
@@ -58,11 +58,7 @@ pub fn open_log(path: &Path) -> Result<(File, Seq, Vec<Tally>), String> {
         file.set_len(keep as u64)
             .map_err(|e| format!("{}: {e}", path.display()))?;
     }
-    let recent = lines[lines.len().saturating_sub(MAX_RECOVERY_TAIL)..]
-        .iter()
-        .map(|l| l.tally)
-        .collect();
-    Ok((file, Seq(lines.len() as u64), recent))
+    Ok((file, LogEnd::of(&lines)))
 }
 
 pub struct Hosted {

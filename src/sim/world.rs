@@ -5,7 +5,7 @@
 use super::net::{Endpoint, Event, LinkBreak, Payload, Proc, SimConn};
 use super::rng::Rng;
 use super::{Report, Scenario, SimFailure};
-use crate::ballot_log::LogLine;
+use crate::ballot_log::{LogEnd, LogLine};
 use crate::check::LiveCheck;
 use crate::client::policy::Policy;
 use crate::client::{Client, ClientConfig, ClientOutput, Promised};
@@ -220,13 +220,9 @@ impl World {
             until: Some(Seq(self.scenario.ballots)),
             redial: Duration::from_millis(100),
         };
-        let log = &self.clients[i].log;
-        let recent: Vec<_> = log.iter().map(|l| l.tally).collect();
-        let last = Seq(log.len() as u64);
         let core = Client::new(
             cfg,
-            last,
-            &recent,
+            LogEnd::of(&self.clients[i].log),
             &self.clients[i].promised,
             self.instant(),
         );
