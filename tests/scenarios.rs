@@ -503,3 +503,87 @@ fn a_client_joining_past_the_recovered_tail_is_refused_and_the_others_go_on() {
         Ok(())
     });
 }
+
+/// Session 5's review, finding (a): every client promises the backup's takeover proposal
+/// and then restarts, before that view is installed. Each comes back with a promise equal
+/// to the proposal's number and follows no newer view; had it refused the re-sent
+/// proposal as a second use of the number, the backup would have had to outbid it, and
+/// clients that refused every view below their promise while the proposal they promised
+/// was replaced stalled the cluster for good. A client keeps the proposing process's id
+/// with its promise, accepts that process's re-sent proposal, and the takeover completes.
+#[test]
+fn clients_restarted_after_promising_a_takeover_complete_it() {
+    let restarted_before_install = std::cell::Cell::new(0);
+    for_each_seed(|seed| {
+        let setup = Setup {
+            policies: vec![Policy::Yes, Policy::No, Policy::Yes],
+            ballots: 20,
+            ..Setup::default()
+        };
+        let mut sim = Sim::new(seed, setup)?;
+        let (primary, backup) = serving_with_backup(&mut sim, 3)?;
+        let view = sim.server(backup).view().number.0;
+        sim.crash(primary);
+        sim.run_until("every client promised the takeover", |s| {
+            (0..3).all(|c| s.promised(c) > view)
+        })?;
+        if !sim.server(backup).is_acting_primary() {
+            restarted_before_install.set(restarted_before_install.get() + 1);
+        }
+        for c in 0..3 {
+            sim.crash_client(c);
+        }
+        sim.run_until("the backup acts as primary", |s| {
+            s.server(backup).is_acting_primary()
+        })?;
+        sim.finish().map(drop)
+    });
+    // Else the scenario tested nothing: the view was installed before the restarts.
+    assert!(
+        restarted_before_install.get() > 0,
+        "no seed restarted the clients in time"
+    );
+}
+
+/// Finding (a) in full: the clients promise the primary's own proposal (a membership
+/// change), which the backup, cut off, never acknowledges; the primary dies, and most
+/// clients restart before the backup takes over. They come back with that promise and
+/// follow no view (the backup's offers the view below it), and the backup must outbid
+/// the dead primary's number. Such a client judges the proposal by the view its promise
+/// file says it followed, and waits one lease after its restart (the dead primary might
+/// have held its lease), then accepts. Before, it answered nothing: the takeover stalled
+/// for good (random seed 128 once).
+#[test]
+fn clients_restarted_after_promising_a_replaced_proposal_let_the_takeover_through() {
+    for_each_seed(|seed| {
+        let setup = Setup {
+            policies: vec![
+                Policy::Yes,
+                Policy::No,
+                Policy::Yes,
+                Policy::No,
+                Policy::Yes,
+            ],
+            ballots: 20,
+            ..Setup::default()
+        };
+        let mut sim = Sim::new(seed, setup)?;
+        let (primary, backup) = serving_with_backup(&mut sim, 3)?;
+        let view = sim.server(primary).view().number.0;
+        let (p, b) = (server_at(sim.addr(primary)), server_at(sim.addr(backup)));
+        sim.cut(p, b);
+        sim.leave(4)?;
+        sim.run_until("the others promised the primary's proposal", |s| {
+            (0..4).all(|c| s.promised(c) > view)
+        })?;
+        sim.crash(primary);
+        sim.heal(p, b);
+        for c in 0..3 {
+            sim.crash_client(c);
+        }
+        sim.run_until("the backup acts as primary", |s| {
+            s.server(backup).is_acting_primary()
+        })?;
+        sim.finish().map(drop)
+    });
+}

@@ -111,6 +111,9 @@ pub struct Client {
     /// (the catch-up our hello or `Resend` asked for) is dropped as stale. Ask again on
     /// the first current message from it.
     resend_pending: bool,
+    /// When it started with a promise from before (a restart): the lease it may have
+    /// given runs on for a while, unknown to this process.
+    restarted_at: Option<Instant>,
     /// Since when it asks to leave the membership (`--until` reached, or a signal).
     leaving: Option<Instant>,
     /// The primary answered `Left`: a view without it is installed and no open ballot
@@ -154,6 +157,7 @@ impl Client {
             cast: Cast::default(),
             resend_asked: None,
             deferred: None,
+            restarted_at: (promised.view > View(0)).then_some(now),
             promised_view: None,
             resend_pending: false,
             leaving: None,

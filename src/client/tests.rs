@@ -279,3 +279,47 @@ fn a_permanent_refusal_from_a_replaced_server_is_not_final() {
     client.handle_msg(conn(2), refused(5), now);
     assert_eq!(client.refused(), Some("client-ahead: …"));
 }
+
+/// Restarted with a promise to server 1's proposal 5, and a record that it followed view
+/// 4: it follows no view, yet answers server 2's higher proposal built on view 4, after
+/// waiting out the lease server 1 may still count on; one built on an older view it
+/// refuses. Before, a client that followed no view answered no proposal at all.
+#[test]
+fn a_restarted_client_answers_a_new_proposal_after_a_lease() {
+    let t0 = Instant::now();
+    let record = |view| MemberRecord {
+        view: View(view),
+        members: Fingerprint::default(),
+        member: true,
+    };
+    let promise = Promised {
+        view: View(5),
+        servers: vec![addr(1), addr(2)],
+        proposer: Some(NodeId(1)),
+        followed: Some(record(4)),
+        accepted: Some(record(5)),
+    };
+    let mut client = client_from(Seq(3), &promise, t0);
+    assert!(client.view().is_none());
+    let accepted = |client: &mut Client| {
+        let mut accepted = false;
+        while let Some(out) = client.poll_output() {
+            accepted |= matches!(out, ClientOutput::Send(_, ClientMsg::Accept { .. }));
+        }
+        accepted
+    };
+    client.handle_msg(conn(2), propose(6, 2, 3, 1_000), t0);
+    assert!(
+        !accepted(&mut client),
+        "a proposal on a view older than it followed"
+    );
+    client.handle_msg(conn(2), propose(7, 2, 4, 1_000), t0);
+    let wait = retry_after(&mut client).expect("waits out the lease it may have given");
+    assert!(
+        wait <= honoured_lease(1_000).as_millis() as u64 + 1,
+        "{wait}"
+    );
+    let later = t0 + Duration::from_millis(wait);
+    client.handle_msg(conn(2), propose(7, 2, 4, 1_000), later);
+    assert!(accepted(&mut client));
+}

@@ -6,7 +6,7 @@
 use super::links::{LinkState, ServerLink};
 use super::{Client, ClientOutput};
 use crate::link::ConnId;
-use crate::proto::{ClientMsg, Fingerprint, MemberRecord, NodeId, View, ViewInfo};
+use crate::proto::{ClientMsg, Fingerprint, MemberRecord, NodeId, Seq, View, ViewInfo};
 use log::{debug, info};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -297,6 +297,20 @@ impl Client {
         (age < self.lease).then(|| (self.lease - age).as_millis() as u64 + 1)
     }
 
+    /// Restarted after it promised: the process it promised may hold its lease still,
+    /// counting from a renewal just before the crash, for one lease (this process never
+    /// learned how long: the proposal says what its servers use). Until that long after
+    /// the restart, no other process gets a lease-free acceptance.
+    fn restart_lease_left(&self, proposer: NodeId, lease_ms: u64, now: Instant) -> Option<u64> {
+        let restarted = self.restarted_at?;
+        if self.durable.proposer == Some(proposer) {
+            return None;
+        }
+        let lease = honoured_lease(lease_ms).max(self.lease);
+        let age = now.saturating_duration_since(restarted);
+        (age < lease).then(|| (lease - age).as_millis() as u64 + 1)
+    }
+
     /// A server asks us to accept a view in which it is primary.
     pub(super) fn consider_proposal(&mut self, conn: ConnId, proposal: Proposal, now: Instant) {
         let Proposal {
@@ -308,30 +322,54 @@ impl Client {
             members,
             member,
         } = proposal;
-        // A client that follows no view yet can only help a recovering server (a cold
-        // restart), which asks for its log, not for a view it follows.
-        let ours = match (self.view, recovering) {
-            (Some(ours), _) => ours,
-            (None, true) => view,
-            (None, false) => return,
+        // The proposal it promised, re-sent by the same process: accepting it again
+        // promises nothing new. A promise is never given twice for one number.
+        let resent = view.number == self.promised() && self.durable.proposer == Some(node);
+        // The newest installed view it followed, which a proposal must build on. A client
+        // restarted with a promise follows no view until one at least that new is
+        // installed, but its promise file says which one it followed before. Answering
+        // nothing there stalled a takeover for good once a majority restarted before the
+        // install (session 5's review, finding a): the backup proposed again to clients
+        // that followed nothing and so answered nothing.
+        let followed = match self.view {
+            Some(ours) => Some(ours.number),
+            None => self.durable.followed.map(|r| r.view).or(
+                // Never followed a view since records were kept: with an empty log there
+                // is nothing a proposal could lack; with a log, it cannot tell.
+                (self.log.last == Seq(0)).then_some(View(0)),
+            ),
+        };
+        // A recovering server (a cold restart) asks for the log, not for a view followed;
+        // the re-sent proposal had its base checked when first accepted.
+        let base_checked = recovering || (resent && self.view.is_none());
+        let Some(floor) = followed.or(base_checked.then_some(View(0))) else {
+            return;
         };
         let reject = |retry_after_ms| ClientMsg::Reject {
             proposed: view.number,
-            accepted: ours,
+            accepted: self.view.unwrap_or(view),
             promised: self.promised(),
             retry_after_ms,
         };
         // A proposer whose state predates the view we follow was replaced: it may lack
-        // results that view produced. A promise is never given twice for one number.
-        let resent = view.number == self.promised() && self.durable.proposer == Some(node);
-        if (view.number <= self.promised() && !resent) || (base < ours.number && !recovering) {
+        // results that view produced.
+        let stale_base = base < floor && !base_checked;
+        if (view.number <= self.promised() && !resent) || stale_base {
             debug!(
-                "proposal-rejected client={} view={view} base={base} promised={} ours={}",
+                "proposal-rejected client={} view={view} base={base} promised={} followed={floor}",
                 self.cfg.id,
                 self.promised(),
-                ours.number
             );
             self.out.push_back(ClientOutput::Send(conn, reject(None)));
+            return;
+        }
+        if let Some(wait) = self.restart_lease_left(node, lease_ms, now) {
+            debug!(
+                "proposal-rejected client={} view={view} restart_lease_left_ms={wait}",
+                self.cfg.id
+            );
+            self.out
+                .push_back(ClientOutput::Send(conn, reject(Some(wait))));
             return;
         }
         if let Some(wait) = self.lease_left_for(view.primary, now) {

@@ -62,6 +62,9 @@ impl World {
                 };
                 if self.rng.chance(1, 2) {
                     self.crash_server(p, "primary");
+                    if self.rng.chance(1, 4) {
+                        self.crash_clients_during_takeover();
+                    }
                 } else {
                     self.pause_server(p, "primary")?;
                 }
@@ -237,6 +240,18 @@ impl World {
         self.clients[c].gone = true;
         self.clients[c].incarnation += 1;
         self.close_all(Proc::Client(c));
+    }
+
+    /// A majority of the clients crash while the backup takes over, each at its own
+    /// moment within two peer timeouts: some after they promised its proposal and before
+    /// it installed (they restart with that promise and follow no view).
+    fn crash_clients_during_takeover(&mut self) {
+        let window = (self.scenario.heartbeat * self.scenario.miss_limit * 2).as_millis() as u64;
+        let majority = self.clients.len() / 2 + 1;
+        for client in 0..majority {
+            let at = self.now + Duration::from_millis(self.rng.range(1, window.max(2)));
+            self.schedule(at, Event::ClientCrash { client });
+        }
     }
 
     pub(super) fn crash_client(&mut self, c: usize) {

@@ -54,6 +54,11 @@ pub(super) enum Event {
     ClientRestart {
         client: usize,
     },
+    /// A client is SIGKILLed (and restarts from its log), drawn for a moment when no
+    /// steady state holds: during a takeover.
+    ClientCrash {
+        client: usize,
+    },
     /// A client that was not running starts for the first time (it joins).
     ClientStart {
         client: usize,
@@ -104,6 +109,7 @@ impl Event {
             Event::Deliver { to, .. } | Event::Closed { to, .. } => Some(*to),
             Event::ChildExited { parent, .. } => Some(Proc::Server(*parent)),
             Event::ClientRestart { .. }
+            | Event::ClientCrash { .. }
             | Event::ClientStart { .. }
             | Event::ClientLeave { .. }
             | Event::ClientGone { .. }
@@ -371,6 +377,12 @@ impl World {
                 self.start_client(client)?;
                 self.drain(Proc::Client(client))
             }
+            Event::ClientCrash { client } => {
+                if self.clients[client].core.is_some() {
+                    self.crash_client(client);
+                }
+                Ok(())
+            }
             Event::ClientRestart { client } if self.clients[client].gone => Ok(()),
             Event::ClientRestart { client } => {
                 log::warn!("sim-restart client=c{client} t_ms={}", self.now.as_millis());
@@ -405,6 +417,7 @@ impl World {
             | Event::DialFailed { .. }
             | Event::ChildExited { .. }
             | Event::ClientRestart { .. }
+            | Event::ClientCrash { .. }
             | Event::ClientStart { .. }
             | Event::ClientLeave { .. }
             | Event::ClientGone { .. }

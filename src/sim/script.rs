@@ -214,6 +214,11 @@ impl Sim {
         self.world.clients[c].log.len() as u64
     }
 
+    /// The highest view number client `c` has durably promised.
+    pub fn promised(&self, c: usize) -> u64 {
+        self.world.clients[c].promised.view.0
+    }
+
     /// Client `c` asks to leave (`--until` reached, or SIGTERM).
     pub fn leave(&mut self, c: usize) -> Result<(), SimFailure> {
         let now = self.world.instant();
