@@ -48,6 +48,15 @@ impl Node {
         self.views.saw(view);
         match &self.role {
             RoleState::Joining(_) => {
+                // One that holds a snapshot says which view it is from, whose primary is
+                // the one to vote to: a client given only this address, which restarted
+                // before it learned the others, knows no other way to find the primary
+                // (and the primary could not install the view that adds this joiner
+                // without that client: seed 22237). It serves nothing of the snapshot.
+                if self.views.installed.number > View(0) {
+                    let idx = self.registry.index_of(&id);
+                    self.out.send_client(conn, self.welcome(idx));
+                }
                 self.refuse_client(conn, "this server is still joining".to_string(), false);
             }
             RoleState::Backup => {

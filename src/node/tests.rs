@@ -2,7 +2,11 @@
 
 use super::*;
 use crate::proto::limits::{CATCHUP_BURST, MAX_RESULTS_HELD, RESULTS_TRIM_STEP};
-use crate::proto::{ClientId, ClientMsg, Hello, HistoryDigest, NodeId, Seq, ServerMsg};
+use crate::proto::{
+    ClientId, ClientMsg, Hello, HistoryDigest, NodeId, PeerMsg, Role, Seq, ServerMsg, Snapshot,
+    View, ViewInfo,
+};
+use std::net::SocketAddr;
 use std::time::Duration;
 
 fn conn(slot: u32) -> ConnId {
@@ -449,4 +453,98 @@ fn a_leaver_waits_for_the_members_of_the_view_on_its_way() {
         .iter()
         .any(|(c, m)| *c == going && matches!(m, ServerMsg::Left { .. }));
     assert!(!told, "released on the word of no member that stays");
+}
+
+/// A backup that took over before any ballot opened holds the cluster's history, not a
+/// fresh one: a client whose hello reports a view above every one it heard of (a
+/// proposal of the dead primary's it never saw) must not pull it into a cold-restart
+/// recovery, which a server with nothing behind it otherwise enters (session 6's review).
+/// Ballot 1 opens as soon as the members are in, before a backup may join, so only a
+/// node-level test reaches this.
+#[test]
+fn a_backup_that_took_over_before_ballot_one_is_no_fresh_primary() {
+    let t0 = Instant::now();
+    let (p_addr, b_addr): (SocketAddr, SocketAddr) = (
+        "127.0.0.1:7000".parse().expect("addr"),
+        "127.0.0.1:7001".parse().expect("addr"),
+    );
+    let mut node = Node::new(
+        NodeConfig {
+            node: NodeId(2),
+            listen: b_addr,
+            start: StartRole::Backup { join: p_addr },
+            heartbeat: Duration::from_secs(1),
+            miss_limit: 5,
+            backup_start_delay: Duration::ZERO,
+            ballot_interval: Duration::ZERO,
+            ballots: None,
+            min_clients: 1,
+            window: 64,
+            spawn_backup: false,
+            absent_after: None,
+        },
+        t0,
+    );
+    node.handle_timeout(t0);
+    assert!(
+        std::iter::from_fn(|| node.poll_output()).any(|o| o == Output::Dial(p_addr)),
+        "the joiner dials the primary"
+    );
+    let peer = conn(9);
+    node.handle_connected(peer, p_addr, t0);
+    let view2 = ViewInfo {
+        number: View(2),
+        primary: p_addr,
+        backup: None,
+    };
+    let ids = ["a", "b", "c"].map(|id| ClientId(id.into()));
+    let snapshot = Snapshot {
+        view: view2,
+        clients: ids.to_vec(),
+        members: vec![0, 1, 2],
+        results_first: Seq(1),
+        results: Vec::new(),
+        results_base: HistoryDigest::EMPTY,
+        open: Vec::new(),
+    };
+    node.handle_peer_msg(peer, PeerMsg::Snapshot(Box::new(snapshot)), t0);
+    let view3 = ViewInfo {
+        number: View(3),
+        backup: Some(b_addr),
+        ..view2
+    };
+    let install = PeerMsg::Install {
+        view: view3,
+        members: vec![0, 1, 2],
+        removed: Vec::new(),
+    };
+    node.handle_peer_msg(peer, install, t0);
+    assert_eq!(node.role(), Role::Backup);
+    for (i, id) in ids.iter().enumerate() {
+        let c = conn(i as u32 + 1);
+        let hello = Hello::Client {
+            id: id.clone(),
+            last_seq: Seq(0),
+            view: View(3),
+            digest: HistoryDigest::EMPTY,
+        };
+        node.handle_hello(c, hello, t0);
+    }
+    // The primary dies; the backup takes over, and the clients accept.
+    node.handle_closed(peer, t0);
+    accept_every_proposal(&mut node, t0);
+    assert_eq!(node.role(), Role::Primary);
+    assert!(node.view().number > View(3) && node.next_seq() == Seq(1));
+    // A client that promised a proposal this server never saw comes back.
+    let hello = Hello::Client {
+        id: ids[0].clone(),
+        last_seq: Seq(0),
+        view: View(40),
+        digest: HistoryDigest::EMPTY,
+    };
+    node.handle_hello(conn(7), hello, t0);
+    assert!(
+        !node.is_recovering(),
+        "a backup that took over entered a recovery"
+    );
 }

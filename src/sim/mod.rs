@@ -70,6 +70,10 @@ pub struct Scenario {
     pub leaver: Option<usize>,
     /// A client SIGKILLed for good part-way, which an operator then removes.
     pub gone_for_good: Option<usize>,
+    /// The first backup is started by hand (`pbvote server --role backup`), nobody's
+    /// child: the primary's spawn finds its address taken, and a replacement spawned
+    /// after a cut cannot kill it, so a stale backup survives the cut.
+    pub hand_started_backup: bool,
 }
 
 impl Scenario {
@@ -127,6 +131,8 @@ impl Scenario {
             // whose majority removes it.
             leaver,
             gone_for_good,
+            // Drawn last: the seeds before it keep their other draws.
+            hand_started_backup: rng.chance(1, 6),
         }
     }
 }

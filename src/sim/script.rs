@@ -83,6 +83,7 @@ impl Sim {
                 absent_after: setup.absent_after,
                 leaver: None,
                 gone_for_good: None,
+                hand_started_backup: false,
             };
             let mut world = World::new(seed, Rng::new(seed), scenario)?;
             world.start()?;

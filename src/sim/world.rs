@@ -149,6 +149,10 @@ impl World {
             scenario,
         };
         let (p_addr, b_addr) = world.addrs;
+        if world.scenario.hand_started_backup {
+            let join = StartRole::Backup { join: p_addr };
+            world.add_server(join, b_addr, p_addr, None)?;
+        }
         world.add_server(StartRole::Primary, p_addr, b_addr, None)?;
         let known = if world.scenario.one_server_known {
             vec![p_addr]
@@ -481,6 +485,10 @@ impl World {
         if self.servers.iter().any(|s| s.alive && s.addr == listen) {
             // The port is taken (a stale server still runs there): the child fails to
             // bind and exits at once.
+            log::warn!(
+                "sim-spawn-failed addr={listen} reason=address-in-use t_ms={}",
+                self.now.as_millis()
+            );
             let at = self.now + self.delay();
             self.schedule(at, Event::ChildExited { parent: i });
             return Ok(());
