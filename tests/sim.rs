@@ -52,7 +52,9 @@ fn seeds_that_once_failed_pass() {
     // (node::tests::a_leaver_goes_only_once_a_member_logged_what_it_was_sent).
     // 128: most clients restarted after promising the primary's proposal, which the
     // backup then outbid; following no view, they answered nothing and the takeover
-    // stalled (client::tests::a_restarted_client_answers_a_new_proposal_after_a_lease).
+    // stalled. They now reject it, saying their promise, and the simulator draws that
+    // many restarts only beyond the fault model (client::tests::
+    // a_restarted_client_answers_a_new_proposal_after_a_lease).
     // A seed replays its original faults only while the simulator draws as it did then.
     for seed in [85969, 128] {
         if let Err(failure) = sim::run_seed(seed) {

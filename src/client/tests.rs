@@ -281,9 +281,10 @@ fn a_permanent_refusal_from_a_replaced_server_is_not_final() {
 }
 
 /// Restarted with a promise to server 1's proposal 5, and a record that it followed view
-/// 4: it follows no view, yet answers server 2's higher proposal built on view 4, after
-/// waiting out the lease server 1 may still count on; one built on an older view it
-/// refuses. Before, a client that followed no view answered no proposal at all.
+/// 4: it follows no view. Server 2's higher proposal built on view 4 it refuses (view 5
+/// may have been installed and told results it never saw); one built on view 5 it
+/// accepts, once it has waited out the lease server 1 may still count on. Before, a
+/// client that followed no view answered no proposal at all.
 #[test]
 fn a_restarted_client_answers_a_new_proposal_after_a_lease() {
     let t0 = Instant::now();
@@ -308,18 +309,18 @@ fn a_restarted_client_answers_a_new_proposal_after_a_lease() {
         }
         accepted
     };
-    client.handle_msg(conn(2), propose(6, 2, 3, 1_000), t0);
+    client.handle_msg(conn(2), propose(6, 2, 4, 1_000), t0);
     assert!(
         !accepted(&mut client),
-        "a proposal on a view older than it followed"
+        "a proposal on a view older than its promise"
     );
-    client.handle_msg(conn(2), propose(7, 2, 4, 1_000), t0);
+    client.handle_msg(conn(2), propose(7, 2, 5, 1_000), t0);
     let wait = retry_after(&mut client).expect("waits out the lease it may have given");
     assert!(
         wait <= honoured_lease(1_000).as_millis() as u64 + 1,
         "{wait}"
     );
     let later = t0 + Duration::from_millis(wait);
-    client.handle_msg(conn(2), propose(7, 2, 4, 1_000), later);
+    client.handle_msg(conn(2), propose(7, 2, 5, 1_000), later);
     assert!(accepted(&mut client));
 }

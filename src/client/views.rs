@@ -6,7 +6,7 @@
 use super::links::{LinkState, ServerLink};
 use super::{Client, ClientOutput};
 use crate::link::ConnId;
-use crate::proto::{ClientMsg, Fingerprint, MemberRecord, NodeId, Seq, View, ViewInfo};
+use crate::proto::{ClientMsg, Fingerprint, MemberRecord, NodeId, View, ViewInfo};
 use log::{debug, info};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -168,6 +168,9 @@ impl Client {
         let recorded = self.durable.followed != record;
         self.durable.followed = record;
         if view.number > self.promised() {
+            // This number was promised by adopting the view, to no proposer: a proposal
+            // under it from whichever process promised the old number is no re-send.
+            self.durable.proposer = None;
             self.promise(view);
         } else if recorded {
             self.persist();
@@ -325,26 +328,19 @@ impl Client {
         // The proposal it promised, re-sent by the same process: accepting it again
         // promises nothing new. A promise is never given twice for one number.
         let resent = view.number == self.promised() && self.durable.proposer == Some(node);
-        // The newest installed view it followed, which a proposal must build on. A client
-        // restarted with a promise follows no view until one at least that new is
-        // installed, but its promise file says which one it followed before. Answering
-        // nothing there stalled a takeover for good once a majority restarted before the
-        // install (session 5's review, finding a): the backup proposed again to clients
-        // that followed nothing and so answered nothing.
-        let followed = match self.view {
-            Some(ours) => Some(ours.number),
-            None => self.durable.followed.map(|r| r.view).or(
-                // Never followed a view since records were kept: with an empty log there
-                // is nothing a proposal could lack; with a log, it cannot tell.
-                (self.log.last == Seq(0)).then_some(View(0)),
-            ),
-        };
+        // What a proposal must build on: the view it follows; following none (restarted
+        // with a promise, it adopts no view below it), the view it promised. That one may
+        // have been installed and have told results this client never saw: it missed the
+        // `NewView`, and the base check of §6 (G2) leans on clients that adopt a view
+        // before its proposer's lease runs out. Judged by the view its promise file says
+        // it followed, a stale backup won with restarted clients and lacked those results
+        // (an adversarial review's execution). So a takeover whose base is older than a
+        // majority's promise waits for a cold restart, as it did when such a client
+        // answered nothing at all (it now rejects, and says its promise).
+        let floor = self.view.map_or(self.promised(), |ours| ours.number);
         // A recovering server (a cold restart) asks for the log, not for a view followed;
         // the re-sent proposal had its base checked when first accepted.
         let base_checked = recovering || (resent && self.view.is_none());
-        let Some(floor) = followed.or(base_checked.then_some(View(0))) else {
-            return;
-        };
         let reject = |retry_after_ms| ClientMsg::Reject {
             proposed: view.number,
             accepted: self.view.unwrap_or(view),
