@@ -140,38 +140,9 @@ impl Node {
                 primary.recovery = Some(Recovery::default());
             }
         }
-        let committed = self.committed();
-        if last_seq > committed && !self.role.is_recovering() {
-            // Its log holds results this primary never had: both replicas died, and the
-            // fresh one recovered without this client (it was no member of the views the
-            // others recorded). Serving it would continue its log with other results.
-            warn!("client-ahead client={id} last_seq={last_seq} committed={committed}");
-            let reason = format!(
-                "client-ahead: this log ends at ballot {last_seq}, past this primary's last \
-                 result {committed}; it holds results this primary cannot reconstruct \
-                 (a cold restart that did not wait for this client), so it cannot be continued"
-            );
-            // For good only if this server is not behind the client: one that was
-            // replaced and has not heard of it yet must not end a client its successor
-            // serves.
-            let permanent = view <= self.views.installed.number;
-            self.refuse_client(conn, reason, permanent);
-            return;
-        }
-        let held = self.history.digest_through(last_seq);
-        if held.is_some_and(|held| held != digest) && !self.role.is_recovering() {
-            // Its log ends at a seq this history has, with other results: it comes from
-            // a history a cold restart gave up (it was removed while it held results no
-            // one else had, and came back), and continuing it would put this history's
-            // results after another's.
-            warn!("client-diverged client={id} last_seq={last_seq} digest={digest}");
-            let reason = format!(
-                "client-diverged: this log's results 1..={last_seq} are not this service's \
-                 (their digest differs): it comes from a history a cold restart did not \
-                 recover, so it cannot be continued"
-            );
-            let permanent = view <= self.views.installed.number;
-            self.refuse_client(conn, reason, permanent);
+        if !self.role.is_recovering()
+            && self.refuse_other_history(conn, &id, (last_seq, digest), view)
+        {
             return;
         }
         // One that is no voter is refused before it registers, so it never joins; a voter
@@ -193,6 +164,8 @@ impl Node {
             if last_seq > Seq(0) || view > View(0) {
                 recovery.has_history(idx);
             }
+            // Checked against the history once it is rebuilt.
+            recovery.note_log(idx, (last_seq, digest), view);
         }
         if let Some(primary) = self.role.primary_mut() {
             // A new process under this name: whatever its predecessor asked is void.
@@ -336,6 +309,48 @@ impl Node {
         };
         self.out.send_client(conn, refused);
         self.out.close(conn, "client refused");
+    }
+
+    /// Refuses, and says true, a client whose log (`(last seq, digest)`) is not of this
+    /// history: one that goes past its last result, or holds other results at a seq it
+    /// has. Both replicas died, and the fresh one recovered without this client (it was
+    /// no member of the views the others recorded), or gave up what only it had logged;
+    /// or the log is another cluster's. Serving it would continue it with this history's
+    /// results. For good only if this server is not behind the client's `view`: one that
+    /// was replaced and has not heard of it yet must not end a client its successor
+    /// serves.
+    pub(super) fn refuse_other_history(
+        &mut self,
+        conn: ConnId,
+        id: &ClientId,
+        (last_seq, digest): (Seq, HistoryDigest),
+        view: View,
+    ) -> bool {
+        let committed = self.committed();
+        let reason = if last_seq > committed {
+            warn!("client-ahead client={id} last_seq={last_seq} committed={committed}");
+            format!(
+                "client-ahead: this log ends at ballot {last_seq}, past this primary's last \
+                 result {committed}; it holds results this primary cannot reconstruct \
+                 (a cold restart that did not wait for this client), so it cannot be continued"
+            )
+        } else if self
+            .history
+            .digest_through(last_seq)
+            .is_some_and(|held| held != digest)
+        {
+            warn!("client-diverged client={id} last_seq={last_seq} digest={digest}");
+            format!(
+                "client-diverged: this log's results 1..={last_seq} are not this service's \
+                 (their digest differs): it comes from a history a cold restart did not \
+                 recover, so it cannot be continued"
+            )
+        } else {
+            return false;
+        };
+        let permanent = view <= self.views.installed.number;
+        self.refuse_client(conn, reason, permanent);
+        true
     }
 
     /// The lease this server counts on, as every view and lease message states it.

@@ -39,6 +39,9 @@ pub struct Recovery {
     /// The names' hashes of clients an operator removed meanwhile (gone for good): they
     /// count as present for completing a membership, and are no member of the result.
     removed: Vec<u64>,
+    /// What each client that said hello said of its log (its last seq and digest) and of
+    /// its view: checked against the rebuilt history once installed, as a hello is then.
+    logs: BTreeMap<u32, ((Seq, HistoryDigest), View)>,
 }
 
 /// The most subsets of the silent clients tried when completing one membership: a member
@@ -234,11 +237,24 @@ impl Recovery {
         self.recovered(settled).unwrap_or_default()
     }
 
-    /// The rebuilt history: `(first seq, tallies, the digest before them)`, if any client
-    /// had one.
-    pub fn into_results(self) -> Option<(u64, Vec<Tally>, HistoryDigest)> {
-        self.longest
-            .map(|(last, tail, base)| (last.0 + 1 - tail.len() as u64, tail, base))
+    /// Client `idx` said hello with this log end, following or having promised `view`.
+    pub fn note_log(&mut self, idx: u32, log: (Seq, HistoryDigest), view: View) {
+        self.logs.insert(idx, (log, view));
+    }
+
+    /// The rebuilt history (`(first seq, tallies, the digest before them)`, if any client
+    /// had one), and what each client said of its log.
+    #[allow(clippy::type_complexity)]
+    pub fn into_results(
+        self,
+    ) -> (
+        Option<(u64, Vec<Tally>, HistoryDigest)>,
+        BTreeMap<u32, ((Seq, HistoryDigest), View)>,
+    ) {
+        let history = self
+            .longest
+            .map(|(last, tail, base)| (last.0 + 1 - tail.len() as u64, tail, base));
+        (history, self.logs)
     }
 }
 

@@ -3,8 +3,8 @@
 use super::*;
 use crate::proto::limits::{CATCHUP_BURST, MAX_RESULTS_HELD, RESULTS_TRIM_STEP};
 use crate::proto::{
-    ClientId, ClientMsg, Hello, HistoryDigest, NodeId, PeerMsg, Role, Seq, ServerMsg, Snapshot,
-    View, ViewInfo,
+    ClientId, ClientMsg, Fingerprint, Hello, HistoryDigest, MemberRecord, NodeId, PeerMsg, Role,
+    Seq, ServerMsg, Snapshot, View, ViewInfo,
 };
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -546,5 +546,74 @@ fn a_backup_that_took_over_before_ballot_one_is_no_fresh_primary() {
     assert!(
         !node.is_recovering(),
         "a backup that took over entered a recovery"
+    );
+}
+
+/// A cold restart takes in every client that says hello with a log; once the history is
+/// rebuilt (here from member `a`'s), one whose log is of another history is refused as a
+/// hello would be then, not continued (an adversarial review found it was taken in).
+#[test]
+fn a_log_of_another_history_taken_in_while_recovering_is_refused_once_rebuilt() {
+    let t0 = Instant::now();
+    let mut node = primary(t0);
+    let (a, x) = (conn(1), conn(2));
+    let ours: Vec<Tally> = (0..5).map(|i| Tally { yes: i, no: 1 }).collect();
+    let theirs: Vec<Tally> = (0..3).map(|i| Tally { yes: 9, no: i }).collect();
+    let digest = |tallies: &[Tally]| HistoryDigest::EMPTY.over(Seq(1), tallies.iter().copied());
+    let say_hello = |node: &mut Node, c, id: &str, tallies: &[Tally], view| {
+        let hello = Hello::Client {
+            id: ClientId(id.into()),
+            last_seq: Seq(tallies.len() as u64),
+            view: View(view),
+            digest: digest(tallies),
+        };
+        node.handle_hello(c, hello, t0);
+    };
+    say_hello(&mut node, a, "a", &ours, 3);
+    assert!(node.is_recovering());
+    say_hello(&mut node, x, "x", &theirs, 2);
+    let record = |view, id: &str| MemberRecord {
+        view: View(view),
+        members: Fingerprint::of([&ClientId(id.into())]),
+        member: true,
+    };
+    let proposals: Vec<(ConnId, View)> = sent(&mut node)
+        .into_iter()
+        .filter_map(|(c, m)| match m {
+            ServerMsg::Propose { view, .. } => Some((c, view.number)),
+            _ => None,
+        })
+        .collect();
+    for (c, view) in proposals {
+        let (tail, followed) = if c == a {
+            (&ours, record(3, "a"))
+        } else {
+            (&theirs, record(2, "x"))
+        };
+        let accept = ClientMsg::Accept {
+            view,
+            last_seq: Seq(tail.len() as u64),
+            votes: Vec::new(),
+            tail: tail.clone(),
+            tail_base: HistoryDigest::EMPTY,
+            followed_members: Some(followed),
+            promised_members: None,
+        };
+        node.handle_client_msg(c, accept, t0);
+    }
+    assert!(!node.is_recovering(), "the recovery installs");
+    assert_eq!(node.results(), (Seq(1), &ours[..]));
+    let replies = sent(&mut node);
+    assert!(
+        replies.iter().any(|(c, m)| *c == x
+            && matches!(m, ServerMsg::Refused { permanent: true, reason, .. }
+                if reason.starts_with("client-diverged"))),
+        "{replies:?}"
+    );
+    assert!(
+        !replies
+            .iter()
+            .any(|(c, m)| *c == a && matches!(m, ServerMsg::Refused { .. })),
+        "{replies:?}"
     );
 }

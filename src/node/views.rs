@@ -499,7 +499,8 @@ impl Node {
         let Some(recovery) = self.role.primary_mut().and_then(|p| p.recovery.take()) else {
             return;
         };
-        if let Some((first, tail, base)) = recovery.into_results() {
+        let (history, logs) = recovery.into_results();
+        if let Some((first, tail, base)) = history {
             self.history.restore(first, tail, base);
         }
         warn!(
@@ -508,6 +509,15 @@ impl Node {
             self.history.first(),
             self.views.installed
         );
+        // The clients taken in while recovering, as a hello is checked now: one whose
+        // log is of another history (removed while it held results only it had, and back;
+        // or another cluster's) is refused, not continued.
+        for (idx, (log, view)) in logs {
+            if let Some(conn) = self.registry.conn(idx) {
+                let id = self.registry.id(idx).clone();
+                self.refuse_other_history(conn, &id, log, view);
+            }
+        }
     }
 
     /// `Resend`s that waited for the view we now act in.
