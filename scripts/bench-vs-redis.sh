@@ -6,6 +6,7 @@
 #
 #   scripts/bench-vs-redis.sh            # CLIENTS=100 DURATION=10 REQUESTS=1000000
 #   BUILD=static scripts/bench-vs-redis.sh   # the static (musl) build, scripts/build.sh static
+#   PBVOTE_BIN=/path/to/pbvote scripts/bench-vs-redis.sh   # another binary (an older build)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 CLIENTS=${CLIENTS:-100} DURATION=${DURATION:-10} REQUESTS=${REQUESTS:-1000000}
@@ -15,7 +16,7 @@ if ! command -v redis-server >/dev/null || ! command -v redis-benchmark >/dev/nu
     echo "== installing redis from Debian's packages"
     apt-get update -qq && apt-get install -y -qq redis-server redis-tools >/dev/null
 fi
-BIN=$(scripts/build.sh "$BUILD")
+BIN=${PBVOTE_BIN:-$(scripts/build.sh "$BUILD")}
 DIR=$(mktemp -d /tmp/pbvote-vs-redis.XXXXXX)
 cleanup() {
     if [ -n "$RPORT" ]; then

@@ -60,7 +60,8 @@ pub const MAX_RESULTS_PER_FRAME: usize = 4096;
 /// written (~60,000 results, under a megabyte).
 pub const CATCHUP_BURST: usize = 16;
 
-/// Final results a server keeps (2 MiB): the oldest beyond it are let go, so that memory
+/// Final results a server keeps (2 MiB, and as much again for the history's digest at each
+/// of them, which a hello is checked against): the oldest beyond it are let go, so that memory
 /// and a joiner's snapshot (~4 MB at most) stay bounded on a cluster that runs for ever.
 /// A client that comes back further behind than this cannot be caught up
 /// (`results-unavailable`): at the default one ballot a second that is three days away.
