@@ -5,6 +5,8 @@
 # (pbvote votes/s divided by Redis INCR/s). Installs Redis from Debian where missing.
 #
 #   scripts/bench-vs-redis.sh            # CLIENTS=100 DURATION=10 REQUESTS=1000000
+#   CLIENTS=10000 scripts/bench-vs-redis.sh   # Redis gets maxclients to fit, and the
+#                                             # descriptor limit is raised to the hard one
 #   BUILD=static scripts/bench-vs-redis.sh   # the static (musl) build, scripts/build.sh static
 #   PBVOTE_BIN=/path/to/pbvote scripts/bench-vs-redis.sh   # another binary (an older build)
 set -euo pipefail
@@ -17,6 +19,14 @@ if ! command -v redis-server >/dev/null || ! command -v redis-benchmark >/dev/nu
     apt-get update -qq && apt-get install -y -qq redis-server redis-tools >/dev/null
 fi
 BIN=${PBVOTE_BIN:-$(scripts/build.sh "$BUILD")}
+# redis-benchmark holds a socket per client, Redis one per client plus its own; the bench
+# hosts what does not fit in one process in workers.
+ulimit -n "$(ulimit -Hn)"
+MAXCLIENTS=$((CLIENTS + 64))
+if [ $((MAXCLIENTS + 32)) -gt "$(ulimit -n)" ]; then
+    echo "$CLIENTS clients need $((MAXCLIENTS + 32)) descriptors; the hard limit is $(ulimit -n)" >&2
+    exit 2
+fi
 DIR=$(mktemp -d /tmp/pbvote-vs-redis.XXXXXX)
 cleanup() {
     if [ -n "$RPORT" ]; then
@@ -36,8 +46,10 @@ for port in "$RPORT" $((RPORT + 1)); do
 done
 echo "== redis $(redis-server --version | grep -o 'v=[0-9.]*'): primary :$RPORT, replica :$((RPORT + 1))"
 redis-server --port "$RPORT" --save '' --appendonly no --daemonize yes --dir "$DIR" \
+    --maxclients "$MAXCLIENTS" \
     --logfile "$DIR/primary.log" --pidfile "$DIR/primary.pid"
 redis-server --port $((RPORT + 1)) --save '' --appendonly no --daemonize yes --dir "$DIR" \
+    --maxclients "$MAXCLIENTS" \
     --logfile "$DIR/replica.log" --pidfile "$DIR/replica.pid" --replicaof 127.0.0.1 "$RPORT"
 for _ in $(seq 100); do
     replication=$(redis-cli -p $((RPORT + 1)) info replication 2>/dev/null || true)
