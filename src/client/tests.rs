@@ -324,3 +324,33 @@ fn a_restarted_client_answers_a_new_proposal_after_a_lease() {
     client.handle_msg(conn(2), propose(7, 2, 5, 1_000), later);
     assert!(accepted(&mut client));
 }
+
+/// Restarted with a promise to server 1's proposal 5 (it followed view 4), it follows no
+/// view. Server 1 itself proposing anew on view 4 (the joiner it waited for went away)
+/// never installed 5, which only it could have: accepted at once. Refused, a membership
+/// change stalled for good.
+#[test]
+fn a_restarted_client_accepts_its_proposer_proposing_anew() {
+    let t0 = Instant::now();
+    let promise = Promised {
+        view: View(5),
+        servers: vec![addr(1), addr(2)],
+        proposer: Some(NodeId(1)),
+        followed: Some(MemberRecord {
+            view: View(4),
+            members: Fingerprint::default(),
+            member: true,
+        }),
+        accepted: None,
+    };
+    let mut client = client_from(Seq(3), &promise, t0);
+    client.handle_msg(conn(1), propose(6, 1, 4, 1_000), t0);
+    let mut accepted = false;
+    while let Some(out) = client.poll_output() {
+        accepted |= matches!(
+            out,
+            ClientOutput::Send(_, ClientMsg::Accept { view: View(6), .. })
+        );
+    }
+    assert!(accepted);
+}

@@ -337,7 +337,19 @@ impl Client {
         // (an adversarial review's execution). So a takeover whose base is older than a
         // majority's promise waits for a cold restart, as it did when such a client
         // answered nothing at all (it now rejects, and says its promise).
-        let floor = self.view.map_or(self.promised(), |ours| ours.number);
+        let floor = match self.view {
+            Some(ours) => ours.number,
+            // The process it promised, proposing anew (a joiner it waited for went away,
+            // say): its base is its own installed view, which only grows and was checked
+            // when this client accepted, so a base below the promise says it never
+            // installed what it was promised, which only it could have. Judged by the
+            // view the promise file says it followed, as before the restart; refusing
+            // stalled a membership change for good (a second review's execution).
+            None if self.durable.proposer == Some(node) => {
+                self.durable.followed.map_or(self.promised(), |r| r.view)
+            }
+            None => self.promised(),
+        };
         // A recovering server (a cold restart) asks for the log, not for a view followed;
         // the re-sent proposal had its base checked when first accepted.
         let base_checked = recovering || (resent && self.view.is_none());
