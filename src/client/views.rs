@@ -340,11 +340,13 @@ impl Client {
         let floor = match self.view {
             Some(ours) => ours.number,
             // The process it promised, proposing anew (a joiner it waited for went away,
-            // say): its base is its own installed view, which only grows and was checked
-            // when this client accepted, so a base below the promise says it never
-            // installed what it was promised, which only it could have. Judged by the
-            // view the promise file says it followed, as before the restart; refusing
-            // stalled a membership change for good (a second review's execution).
+            // say): its base is its own installed view, which only grows, so a base below
+            // the promise says it never installed what it was promised, which only it
+            // could have; and any view installed since without this client had a majority
+            // that shares a client with any majority this process needs, which refuses
+            // an older base. Judged by the view the promise file says it followed, as
+            // before the restart; refusing stalled a membership change for good (a second
+            // review's execution).
             None if self.durable.proposer == Some(node) => {
                 self.durable.followed.map_or(self.promised(), |r| r.view)
             }
