@@ -53,6 +53,17 @@ fn serving_with_backup(sim: &mut Sim, ballots: u64) -> Result<(usize, usize), Si
     ))
 }
 
+/// Runs until every client in `clients` has durably promised a view above `view`.
+fn wait_for_promises_above(
+    sim: &mut Sim,
+    clients: std::ops::Range<usize>,
+    view: u64,
+) -> Result<(), SimFailure> {
+    sim.run_until("the clients promised a newer view", |s| {
+        clients.clone().all(|c| s.promised(c) > view)
+    })
+}
+
 fn server_at(addr: SocketAddr) -> Endpoint {
     Endpoint::Server(addr)
 }
@@ -524,15 +535,11 @@ fn clients_restarted_after_promising_a_takeover_complete_it() {
         let (primary, backup) = serving_with_backup(&mut sim, 3)?;
         let view = sim.server(backup).view().number.0;
         sim.crash(primary);
-        sim.run_until("every client promised the takeover", |s| {
-            (0..3).all(|c| s.promised(c) > view)
-        })?;
+        wait_for_promises_above(&mut sim, 0..3, view)?;
         if !sim.server(backup).is_acting_primary() {
             restarted_before_install.set(restarted_before_install.get() + 1);
         }
-        for c in 0..3 {
-            sim.crash_client(c);
-        }
+        (0..3).for_each(|c| sim.crash_client(c));
         sim.run_until("the backup acts as primary", |s| {
             s.server(backup).is_acting_primary()
         })?;
@@ -574,14 +581,10 @@ fn clients_restarted_after_promising_a_dead_primarys_proposal_refuse_an_older_ba
         let (p, b) = (server_at(sim.addr(primary)), server_at(sim.addr(backup)));
         sim.cut(p, b);
         sim.leave(4)?;
-        sim.run_until("the others promised the primary's proposal", |s| {
-            (0..4).all(|c| s.promised(c) > view)
-        })?;
+        wait_for_promises_above(&mut sim, 0..4, view)?;
         sim.crash(primary);
         sim.heal(p, b);
-        for c in 0..3 {
-            sim.crash_client(c);
-        }
+        (0..3).for_each(|c| sim.crash_client(c));
         sim.run_for(Duration::from_secs(10))?;
         let node = sim.server(backup);
         assert!(
