@@ -72,4 +72,4 @@ report "3. + a client that never reads"
 exec {stalled}>&-
 json=$(status)
 echo "== since the start: longest heartbeat gap $(field heartbeat_gap_max_ms <<<"$json") ms, longest turn $(field turn_max_ms <<<"$json") ms"
-echo "== against the heartbeat interval of $HEARTBEAT_MS ms: a gap of one interval is on time"
+echo "== against the heartbeat interval of $HEARTBEAT_MS ms: a gap of one interval is on time; what is above it, the loop added"

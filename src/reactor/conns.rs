@@ -294,9 +294,23 @@ impl Conns {
     /// caller removes them and tells their core). Connections that asked and are now
     /// fully written are added to `drained`.
     pub fn flush_dirty(&mut self, drained: &mut Vec<ConnId>) -> Vec<(ConnId, Flushed)> {
+        self.flush_dirty_upto(drained, usize::MAX)
+    }
+
+    /// [`Conns::flush_dirty`] for at most `budget` connections, peer links first; the rest
+    /// stay dirty (see [`Conns::has_dirty`]).
+    pub fn flush_dirty_upto(
+        &mut self,
+        drained: &mut Vec<ConnId>,
+        budget: usize,
+    ) -> Vec<(ConnId, Flushed)> {
         let mut dirty = std::mem::take(&mut self.dirty);
-        dirty.sort_unstable();
+        // Peer links first: a heartbeat or `Commit` queued in the middle of a long flush
+        // (see `server::WORK_BETWEEN_TIMER_LOOKS`) must not wait behind every client.
+        let peer = |id: ConnId| self.expect_of(id) == Some(Expect::PeerMsgs);
+        dirty.sort_unstable_by_key(|&id| (!peer(id), id));
         dirty.dedup();
+        let later = dirty.split_off(budget.min(dirty.len()));
         let mut ended = Vec::new();
         for id in dirty.drain(..) {
             let Some(conn) = live(&mut self.slab, id) else {
@@ -321,8 +335,14 @@ impl Conns {
                 Ok(()) => {}
             }
         }
+        dirty.extend(later);
+        dirty.append(&mut self.dirty);
         self.dirty = dirty;
         ended
+    }
+
+    pub fn has_dirty(&self) -> bool {
+        !self.dirty.is_empty()
     }
 }
 
@@ -519,6 +539,43 @@ mod tests {
         }
         assert!(conns.flush_dirty(&mut Vec::new()).is_empty());
         expect_bytes(&sent);
+    }
+
+    /// A flush in batches writes the peer link first, whatever its slot, and leaves the
+    /// rest dirty for the next batch: a heartbeat queued in the middle of a long flush
+    /// leaves before the clients still waiting.
+    #[test]
+    fn a_flush_in_batches_writes_the_peer_link_first() {
+        let poll = Poll::new().expect("poll");
+        let mut conns = Conns::default();
+        let mut links = linked(&mut conns, &poll, 3);
+        let peer = links[2].0;
+        conns.get_mut(peer).expect("conn").expect = Expect::PeerMsgs;
+        for far in &links {
+            far.1.set_nonblocking(true).expect("nonblocking");
+        }
+        let ids: Vec<ConnId> = links.iter().map(|(id, _)| *id).collect();
+        assert!(conns.queue_to_all(&ids, &results(1), |_| false).is_empty());
+        let mut got_bytes = |i: usize| {
+            let mut buf = [0u8; 4096];
+            match std::io::Read::read(&mut links[i].1, &mut buf) {
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
+                Err(e) => panic!("read: {e}"),
+            }
+        };
+
+        assert!(conns.flush_dirty_upto(&mut Vec::new(), 1).is_empty());
+        assert!(got_bytes(2) > 0, "the peer link was not written first");
+        assert_eq!((got_bytes(0), got_bytes(1)), (0, 0), "past the budget");
+        assert!(conns.has_dirty());
+
+        assert!(conns.flush_dirty_upto(&mut Vec::new(), 2).is_empty());
+        assert!(
+            got_bytes(0) > 0 && got_bytes(1) > 0,
+            "the rest were not written"
+        );
+        assert!(!conns.has_dirty());
     }
 
     /// A write buffer above `KEEP_BUFFER` goes back to the spares once written and is

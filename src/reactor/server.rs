@@ -43,6 +43,9 @@ const CLIENT_POLL: Token = Token(usize::MAX - 3);
 /// (at 13,000 ballots/s, ~5 KB a client). Measured (100 clients, `pbvote bench`): 1 ms and
 /// 10 ms were no faster than reading at once; 20 and 50 ms gave window 1 +15–20 %.
 const CLIENT_READ_BATCH: Duration = Duration::from_millis(20);
+/// Events handled, or connections written, between two looks at the clock within one loop
+/// turn (`Server::timers_mid_turn`). 256 loopback writes take 2–4 ms.
+const WORK_BETWEEN_TIMER_LOOKS: usize = 256;
 
 pub struct Server {
     poll: Poll,
@@ -247,11 +250,15 @@ impl Server {
                 }
                 return Err(e);
             }
-            let now = Instant::now();
+            let woke = Instant::now();
+            let mut now = woke;
             if events.is_empty() {
                 self.conns.drop_spare_buffers();
             }
-            for event in events.iter() {
+            for (handled, event) in events.iter().enumerate() {
+                if handled > 0 && handled % WORK_BETWEEN_TIMER_LOOKS == 0 {
+                    now = self.timers_mid_turn();
+                }
                 match event.token() {
                     LISTENER => self.accept(now),
                     SIGNALS => self.on_signals(now),
@@ -268,7 +275,7 @@ impl Server {
             }
             self.close_silent(now);
             self.drain_outputs(now);
-            self.flush_dirty(now);
+            let now = self.flush_dirty(now);
             // What can wait comes after what this turn owes its peer (a `CommitAck` the
             // primary waits for leaves before a batch of votes is read).
             if self.client_look_at.is_some_and(|t| t <= now) {
@@ -278,7 +285,7 @@ impl Server {
             }
             self.place_client_links();
             self.tell_supervisor(now);
-            self.liveness.turn(now);
+            self.liveness.turn(woke);
         }
         if let Some(notify) = &self.notify {
             notify.stopping();
@@ -781,24 +788,42 @@ impl Server {
     }
 
     /// Writes what the turn queued. A connection the node waits on to drain (a catch-up
-    /// burst) and that drained gets its next burst, written in the same turn.
-    fn flush_dirty(&mut self, now: Instant) {
+    /// burst) and that drained gets its next burst, written in the same turn. Between
+    /// batches of writes it looks at the node's timers; returns the clock as it last read
+    /// it.
+    fn flush_dirty(&mut self, mut now: Instant) -> Instant {
         let mut drained = Vec::new();
         loop {
-            for (id, ended) in self.conns.flush_dirty(&mut drained) {
+            let ended = (self.conns).flush_dirty_upto(&mut drained, WORK_BETWEEN_TIMER_LOOKS);
+            for (id, ended) in ended {
                 if let Flushed::Failed(e) = ended {
                     debug!("write-failed conn={id} error={e}");
                 }
                 self.close_now(id, now);
             }
-            if drained.is_empty() {
-                return;
-            }
             for id in drained.drain(..) {
                 self.node.handle_drained(id);
             }
             self.drain_outputs(now);
+            if !self.conns.has_dirty() {
+                return now;
+            }
+            now = self.timers_mid_turn();
         }
+    }
+
+    /// A timer that fell due while this turn worked fires now, not at the turn's end: one
+    /// turn that reads a ballot's votes or writes its results to thousands of clients
+    /// takes tens of milliseconds, and a heartbeat must not wait for it
+    /// (`scripts/loop-liveness.sh`). What it queues goes out in the same turn, peer
+    /// links first.
+    fn timers_mid_turn(&mut self) -> Instant {
+        let now = Instant::now();
+        if self.node.poll_timeout().is_some_and(|t| t <= now) {
+            self.node.handle_timeout(now);
+            self.drain_outputs(now);
+        }
+        now
     }
 
     /// Closes at once and tells the node.
