@@ -190,9 +190,13 @@ impl Node {
         self.ask_missing_votes(idx, conn);
         self.arm_open_ballot(now);
         self.catch_up_with_promise(&id, view, now);
-        // A client that is no member yet joins through the next view.
-        self.propose_membership_change(now);
-        self.arm_absent(now);
+        // A client that is no member yet joins through the next view. Only this client's
+        // arrival is news here: every other change that makes a view change due (an
+        // install, a leave, a removal, the proposal timer) proposes it where it happens,
+        // and a look at every client per hello made n hellos cost O(n²).
+        if self.is_joiner(idx) {
+            self.propose_membership_change(now);
+        }
     }
 
     /// The client's index, registering it (and telling the peer) if it is new; `None` if
@@ -277,7 +281,7 @@ impl Node {
                     self.send_proposal(now);
                 }
                 self.joiner_gone(idx, now);
-                self.arm_absent(now);
+                self.arm_absent_for(idx, now);
                 true
             }
         }

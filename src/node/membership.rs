@@ -154,16 +154,17 @@ impl Node {
 
     /// Registered, connected clients that are not members and do not want out.
     pub(super) fn joiners(&self) -> Vec<u32> {
-        let asked: Vec<u32> = self.registry.leaving().collect();
-        let leaving = |i| {
-            let p = self.role.primary();
-            asked.contains(&i)
-                || p.is_some_and(|p| p.leaving.contains_key(&i) || p.removing.contains_key(&i))
-        };
         (0..self.registry.len() as u32)
-            .filter(|&i| !self.views.members.contains(i) && self.registry.conn(i).is_some())
-            .filter(|&i| !leaving(i))
+            .filter(|&i| self.is_joiner(i))
             .collect()
+    }
+
+    /// Whether client `idx` is one of [`Node::joiners`].
+    pub(super) fn is_joiner(&self, idx: u32) -> bool {
+        let p = self.role.primary();
+        let wants_out = self.registry.asked_to_leave(idx)
+            || p.is_some_and(|p| p.leaving.contains_key(&idx) || p.removing.contains_key(&idx));
+        !self.views.members.contains(idx) && self.registry.conn(idx).is_some() && !wants_out
     }
 
     /// As primary with nothing pending, proposes a view that adds the clients waiting to
@@ -195,10 +196,11 @@ impl Node {
             .is_some_and(|p| p.unwitnessed());
         let backup_linked =
             self.views.installed.backup.is_none() || self.peer.is_some() || unwitnessed;
-        let wanted = leaving || !self.joiners().is_empty();
         // A pending proposal nobody can accept gives way to one with the joiners in it.
         let free = self.views.proposal.as_ref().is_none_or(|p| p.unwitnessed());
-        if idle && backup_linked && wanted && free {
+        // Last, since it looks at every client.
+        let wanted = || leaving || !self.joiners().is_empty();
+        if idle && backup_linked && free && wanted() {
             let backup = match &self.views.proposal {
                 Some(p) => p.view.backup,
                 None => self.views.installed.backup,
@@ -382,6 +384,27 @@ impl Node {
         match first {
             Some(since) => self.timers.set(Timer::Absent, since + after),
             None => self.timers.stop(Timer::Absent),
+        }
+    }
+
+    /// Client `idx` lost its connection: [`Timer::Absent`] fires no later than its own
+    /// absence is due (the rest of the timer stands: whoever it was armed for went
+    /// earlier). O(open ballots), not O(clients) as [`Node::arm_absent`] is: a mass
+    /// disconnect would be O(clients²). A client that connects needs nothing: a timer
+    /// armed for it fires, finds it back and arms for the next.
+    pub(super) fn arm_absent_for(&mut self, idx: u32, now: Instant) {
+        let acting = self
+            .role
+            .primary()
+            .is_some_and(|p| !p.is_recovering() && !p.removing.contains_key(&idx));
+        let Some(after) = self.cfg.absent_after.filter(|_| acting) else {
+            return;
+        };
+        if !self.views.members.contains(idx) && !self.awaited(idx) {
+            return;
+        }
+        if let Some(since) = self.registry.gone_since(idx, now) {
+            self.timers.set_no_later_than(Timer::Absent, since + after);
         }
     }
 

@@ -46,6 +46,10 @@ pub struct Registry {
     clients: Vec<ClientRecord>,
     index: HashMap<ClientId, u32>,
     conns: BTreeMap<ConnId, ClientConn>,
+    /// The connections of `conns` that are `Unregistered`, by name (some may have closed
+    /// or been attached since: `conns` says): registering a name looks here, not at every
+    /// connection.
+    unregistered: HashMap<ClientId, Vec<ConnId>>,
 }
 
 impl Registry {
@@ -99,11 +103,13 @@ impl Registry {
         let idx = self.clients.len() as u32;
         self.index.insert(id.clone(), idx);
         let mut conn = None;
-        // A backup may already hold a connection from this client.
-        for (c, entry) in self.conns.iter_mut() {
-            if matches!(entry, ClientConn::Unregistered(name) if *name == id) {
-                *entry = ClientConn::Known(idx);
-                conn = Some(*c);
+        // A backup may already hold a connection from this client (the newest counts).
+        for c in self.unregistered.remove(&id).unwrap_or_default() {
+            if let Some(entry) = self.conns.get_mut(&c) {
+                if matches!(entry, ClientConn::Unregistered(name) if *name == id) {
+                    *entry = ClientConn::Known(idx);
+                    conn = conn.max(Some(c));
+                }
             }
         }
         self.clients.push(ClientRecord {
@@ -118,6 +124,7 @@ impl Registry {
 
     /// A hello from a client the primary has not registered with us yet.
     pub fn note_unregistered(&mut self, conn: ConnId, id: ClientId) {
+        self.unregistered.entry(id.clone()).or_default().push(conn);
         self.conns.insert(conn, ClientConn::Unregistered(id));
     }
 
@@ -153,6 +160,14 @@ impl Registry {
         let Some(entry) = self.conns.remove(&conn) else {
             return Detached::NotAClient;
         };
+        if let ClientConn::Unregistered(id) = &entry {
+            if let Some(waiting) = self.unregistered.get_mut(id) {
+                waiting.retain(|&c| c != conn);
+                if waiting.is_empty() {
+                    self.unregistered.remove(id);
+                }
+            }
+        }
         if let ClientConn::Known(idx) = entry {
             let record = &mut self.clients[idx as usize];
             if record.conn == Some(conn) {
@@ -177,6 +192,10 @@ impl Registry {
 
     pub fn set_leaving(&mut self, idx: u32, leaving: bool) {
         self.clients[idx as usize].asked_to_leave = leaving;
+    }
+
+    pub fn asked_to_leave(&self, idx: u32) -> bool {
+        self.clients[idx as usize].asked_to_leave
     }
 
     /// The clients that asked to leave.
@@ -236,10 +255,21 @@ impl Registry {
             }
         }
         for (conn, entry) in &self.conns {
-            if let ClientConn::Known(idx) = entry {
-                if *idx as usize >= self.clients.len() {
+            match entry {
+                ClientConn::Known(idx) if *idx as usize >= self.clients.len() => {
                     return Err(format!("connection {conn} names unknown client {idx}"));
                 }
+                ClientConn::Unregistered(id)
+                    if !self
+                        .unregistered
+                        .get(id)
+                        .is_some_and(|cs| cs.contains(conn)) =>
+                {
+                    return Err(format!(
+                        "unregistered connection {conn} ({id}) not found by name"
+                    ));
+                }
+                _ => {}
             }
         }
         Ok(())

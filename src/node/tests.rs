@@ -618,3 +618,60 @@ fn a_log_of_another_history_taken_in_while_recovering_is_refused_once_rebuilt() 
         "{replies:?}"
     );
 }
+
+/// `MAX_CLIENTS` is reached by hellos alone: the next new name is refused, for now and
+/// with the limit named, and closed; a name already registered still comes back, and the
+/// registry does not grow. (Each hello costs O(1) in the registry's size: a look at every
+/// client per hello made this test O(n²).)
+#[test]
+fn the_client_past_max_clients_is_refused_and_the_registered_still_come_back() {
+    use crate::proto::limits::MAX_CLIENTS;
+    let now = Instant::now();
+    let mut node = primary(now);
+    for n in 0..MAX_CLIENTS as u32 {
+        hello(&mut node, conn(n), &format!("c{n}"), 0, now);
+        while node.poll_output().is_some() {}
+    }
+    assert_eq!(node.status(now).clients.len(), MAX_CLIENTS);
+
+    let over = conn(MAX_CLIENTS as u32);
+    hello(&mut node, over, "one-too-many", 0, now);
+    let (mut refused, mut closed) = (None, false);
+    while let Some(out) = node.poll_output() {
+        match out {
+            Output::ToClient(
+                c,
+                ServerMsg::Refused {
+                    reason, permanent, ..
+                },
+            ) if c == over => refused = Some((reason, permanent)),
+            Output::Close(c, _) if c == over => closed = true,
+            _ => {}
+        }
+    }
+    let (reason, permanent) = refused.expect("the client past the limit was not refused");
+    assert!(
+        reason.contains(&format!("at most {MAX_CLIENTS} clients")),
+        "{reason}"
+    );
+    assert!(
+        !permanent,
+        "a full registry is no reason to give up for good"
+    );
+    assert!(closed, "the refused connection stays open");
+
+    let back = conn(MAX_CLIENTS as u32 + 1);
+    hello(&mut node, back, "c7", 0, now);
+    let mut welcomed = false;
+    while let Some(out) = node.poll_output() {
+        match out {
+            Output::ToClient(c, ServerMsg::Welcome { .. }) if c == back => welcomed = true,
+            Output::ToClient(c, ServerMsg::Refused { reason, .. }) if c == back => {
+                panic!("a registered client was refused: {reason}")
+            }
+            _ => {}
+        }
+    }
+    assert!(welcomed, "a registered client coming back was not welcomed");
+    assert_eq!(node.status(now).clients.len(), MAX_CLIENTS);
+}
