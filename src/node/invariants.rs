@@ -146,7 +146,10 @@ impl Node {
             p.members.bound() as usize <= self.registry.len()
                 && p.accepted.bound() as usize <= self.registry.len(),
             || format!("proposal names clients beyond the {}", self.registry.len()),
-        )
+        )?;
+        rule("proposal-counts-its-accepts", p.counts_hold(), || {
+            "in_base, in_members or joiners_waiting differs from a recount".into()
+        })
     }
 
     fn role_invariants(&self) -> Result<(), Broken> {

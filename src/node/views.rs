@@ -49,12 +49,16 @@ pub struct Proposal {
     /// Of those, how many are in `base` and how many in `members`.
     in_base: usize,
     in_members: usize,
+    /// Clients it adds (in `members`, not in `base`) that have not accepted: each must.
+    /// Counted, since a look at every member per `Accept` made a view change O(n²).
+    joiners_waiting: usize,
     /// When it was first sent: an accept grants the proposer the client's lease from then.
     pub sent: Option<Instant>,
 }
 
 impl Proposal {
     fn new(view: ViewInfo, base: Members, members: Members, fingerprint: Fingerprint) -> Proposal {
+        let joiners_waiting = members.iter().filter(|&i| !base.contains(i)).count();
         Proposal {
             view,
             base,
@@ -63,6 +67,7 @@ impl Proposal {
             accepted: Members::default(),
             in_base: 0,
             in_members: 0,
+            joiners_waiting,
             sent: None,
         }
     }
@@ -84,6 +89,7 @@ impl Proposal {
         self.accepted.insert(idx);
         self.in_base += usize::from(self.base.contains(idx));
         self.in_members += usize::from(self.members.contains(idx));
+        self.joiners_waiting -= usize::from(self.members.contains(idx) && !self.base.contains(idx));
         true
     }
 
@@ -93,6 +99,8 @@ impl Proposal {
         if !self.members.contains(idx) {
             self.members.insert(idx);
             self.in_members += usize::from(self.accepted.contains(idx));
+            self.joiners_waiting +=
+                usize::from(!self.base.contains(idx) && !self.accepted.contains(idx));
         }
     }
 
@@ -104,12 +112,21 @@ impl Proposal {
     /// client that joins makes it one that can).
     pub fn won(&self) -> bool {
         let witnessed = self.base.len() + self.members.len() > 0;
-        let mut joiners = self.members.iter().filter(|&i| !self.base.contains(i));
-        let joined = joiners.all(|i| self.accepted.contains(i));
         witnessed
-            && joined
+            && self.joiners_waiting == 0
             && self.in_base >= self.base.majority()
             && self.in_members >= self.members.majority()
+    }
+
+    /// The counts kept as accepts arrive agree with a recount (an invariant).
+    pub fn counts_hold(&self) -> bool {
+        let accepted_in = |set: &Members| self.accepted.iter().filter(|&i| set.contains(i)).count();
+        let waiting = (self.members.iter())
+            .filter(|&i| !self.base.contains(i) && !self.accepted.contains(i))
+            .count();
+        self.in_base == accepted_in(&self.base)
+            && self.in_members == accepted_in(&self.members)
+            && self.joiners_waiting == waiting
     }
 
     /// Neither side has a member: nobody can accept it.
