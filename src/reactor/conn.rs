@@ -39,6 +39,9 @@ pub struct Conn {
     pub closing: bool,
     /// Tell the core once the write buffer drains.
     pub notify_drained: bool,
+    /// Registered with a server's `client_poll` (read in batches while it is a backup),
+    /// not with its main poll.
+    pub in_client_poll: bool,
     /// Bytes of a frame cut short by the end of a read, kept until the rest arrives.
     /// Empty (and unallocated) otherwise: whole frames decode straight from the scratch.
     rbuf: Vec<u8>,
@@ -103,6 +106,7 @@ impl Conn {
             connecting: false,
             closing: false,
             notify_drained: false,
+            in_client_poll: false,
             rbuf: Vec::new(),
             rpos: 0,
             fresh: (0, 0),

@@ -156,21 +156,31 @@ impl Conns {
     }
 
     /// Moves the connection's readiness from one poll to another.
-    pub fn move_registration(
+    /// Moves the connection from the main poll `main` to `side` (a server's
+    /// `client_poll`), unless it is there already.
+    pub fn move_to_side_poll(
         &mut self,
         id: ConnId,
-        from: &Registry,
-        to: &Registry,
+        main: &Registry,
+        side: &Registry,
     ) -> io::Result<()> {
-        let Some(conn) = self.get_mut(id) else {
+        let Some(conn) = self.get_mut(id).filter(|c| !c.in_client_poll) else {
             return Ok(());
         };
-        from.deregister(&mut conn.stream)?;
-        to.register(
+        main.deregister(&mut conn.stream)?;
+        side.register(
             &mut conn.stream,
             Token(id.slot as usize),
             Interest::READABLE | Interest::WRITABLE,
-        )
+        )?;
+        conn.in_client_poll = true;
+        Ok(())
+    }
+
+    pub fn in_side_poll(&self, id: ConnId) -> bool {
+        self.slab
+            .get(id.slot as usize)
+            .is_some_and(|c| c.gen == id.gen && c.in_client_poll)
     }
 
     pub fn remove(&mut self, registry: &Registry, id: ConnId) -> Option<Conn> {
