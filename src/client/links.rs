@@ -6,7 +6,7 @@ use crate::link::ConnId;
 use crate::proto::Hello;
 use log::{debug, info};
 use std::net::SocketAddr;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub(super) enum LinkState {
@@ -22,6 +22,62 @@ pub(super) enum LinkState {
 pub(super) struct ServerLink {
     pub(super) addr: SocketAddr,
     pub(super) state: LinkState,
+    /// Dials in a row that failed or led to a connection that did not last one redial
+    /// interval: while another server answers, each doubles the wait before the next, up
+    /// to `MAX_REDIAL_BACKOFF` times the interval. When a primary dies every client
+    /// redials its address, and a replacement started there refuses clients while it
+    /// joins: at 10,000 clients that is thousands of connections a second in the
+    /// clients' and the servers' kernels, during the takeover. With no other server up,
+    /// every interval: a cold restart counts on every client saying hello within the
+    /// fresh primary's first-ballot wait (PROTOCOL.md §6, A2).
+    failures: u32,
+    up_since: Option<Instant>,
+}
+
+/// The longest wait between two dials of one server, in redial intervals (200 ms × 8 for
+/// `pbvote client`: 1.6 s).
+const MAX_REDIAL_BACKOFF: u32 = 8;
+
+impl ServerLink {
+    /// A link to dial at once.
+    pub(super) fn new(addr: SocketAddr, now: Instant) -> ServerLink {
+        ServerLink {
+            addr,
+            state: LinkState::Idle { redial_at: now },
+            failures: 0,
+            up_since: None,
+        }
+    }
+
+    /// The link is down: the next dial waits one interval, or more after failures in a
+    /// row while `others_up` (another server's link is up).
+    fn down(&mut self, redial: Duration, others_up: bool, now: Instant) {
+        let lasted = self
+            .up_since
+            .take()
+            .is_some_and(|up| now.saturating_duration_since(up) >= redial);
+        self.failures = if lasted { 0 } else { self.failures + 1 };
+        let doublings = self
+            .failures
+            .saturating_sub(1)
+            .min(MAX_REDIAL_BACKOFF.ilog2());
+        let wait = if others_up {
+            redial * (1 << doublings)
+        } else {
+            redial
+        };
+        self.state = LinkState::Idle {
+            redial_at: now + wait,
+        };
+    }
+
+    /// A view names this server as in service: dial it now, whatever failed before.
+    pub(super) fn named_in_view(&mut self, now: Instant) {
+        self.failures = 0;
+        if let LinkState::Idle { redial_at } = &mut self.state {
+            *redial_at = (*redial_at).min(now);
+        }
+    }
 }
 
 impl Client {
@@ -37,7 +93,7 @@ impl Client {
         }
     }
 
-    pub(super) fn on_connected(&mut self, conn: ConnId, addr: SocketAddr, _now: Instant) {
+    pub(super) fn on_connected(&mut self, conn: ConnId, addr: SocketAddr, now: Instant) {
         // Only the dial we are waiting for: a late answer to an abandoned one is closed.
         let Some(link) = self
             .links
@@ -52,6 +108,7 @@ impl Client {
             self.cfg.id
         );
         link.state = LinkState::Up(conn);
+        link.up_since = Some(now);
         self.out.push_back(ClientOutput::Hello(
             conn,
             Hello::Client {
@@ -66,15 +123,14 @@ impl Client {
     }
 
     pub(super) fn on_dial_failed(&mut self, addr: SocketAddr, now: Instant) {
+        let others_up = self.any_up();
         if let Some(link) = self
             .links
             .iter_mut()
             .find(|l| l.addr == addr && l.state == LinkState::Dialing)
         {
             debug!("client-dial-failed client={} server={addr}", self.cfg.id);
-            link.state = LinkState::Idle {
-                redial_at: now + self.cfg.redial,
-            };
+            link.down(self.cfg.redial, others_up, now);
         }
     }
 
@@ -91,6 +147,10 @@ impl Client {
             && self
                 .promised_view
                 .is_none_or(|v| v.servers().all(|a| self.linked(a)))
+    }
+
+    fn any_up(&self) -> bool {
+        (self.links.iter()).any(|l| matches!(l.state, LinkState::Up(_)))
     }
 
     pub(super) fn linked(&self, addr: SocketAddr) -> bool {
@@ -125,24 +185,29 @@ impl Client {
         let fallbacks: Vec<SocketAddr> = self.fallbacks().collect();
         for addr in fallbacks {
             if !self.linked(addr) {
-                self.links.push(ServerLink {
-                    addr,
-                    state: LinkState::Idle { redial_at: now },
-                });
+                self.links.push(ServerLink::new(addr, now));
             }
         }
     }
 
     pub(super) fn on_closed(&mut self, conn: ConnId, now: Instant) {
+        let others_up =
+            (self.links.iter()).any(|l| matches!(l.state, LinkState::Up(c) if c != conn));
+        if !others_up {
+            // None answers now: what waited for a backoff is dialed within an interval.
+            for link in &mut self.links {
+                if let LinkState::Idle { redial_at } = &mut link.state {
+                    *redial_at = (*redial_at).min(now + self.cfg.redial);
+                }
+            }
+        }
         if let Some(link) = self
             .links
             .iter_mut()
             .find(|l| l.state == LinkState::Up(conn))
         {
             info!("server-lost client={} server={}", self.cfg.id, link.addr);
-            link.state = LinkState::Idle {
-                redial_at: now + self.cfg.redial,
-            };
+            link.down(self.cfg.redial, others_up, now);
             if self.lease_holder == Some(link.addr) {
                 self.heard_holder = None;
                 if let Some((c, proposal)) = self.deferred.take() {

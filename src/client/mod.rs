@@ -140,10 +140,7 @@ impl Client {
         let links = cfg
             .servers
             .iter()
-            .map(|&addr| ServerLink {
-                addr,
-                state: LinkState::Idle { redial_at: now },
-            })
+            .map(|&addr| ServerLink::new(addr, now))
             .collect();
         Client {
             cfg,

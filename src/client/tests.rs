@@ -354,3 +354,59 @@ fn a_restarted_client_accepts_its_proposer_proposing_anew() {
     }
     assert!(accepted);
 }
+
+/// While another server answers, a server that keeps failing is redialed ever less often
+/// (one redial interval, then twice, four, eight times it, no more; a connection that
+/// lasted an interval starts over), and a view that names it has it dialed at once. Once
+/// no server answers, every one is redialed each interval again (a cold restart counts
+/// on it).
+#[test]
+fn a_failing_server_is_redialed_with_backoff_while_another_answers() {
+    /// Lets server 1's next `n` dials fail; the waits before each, and the time after.
+    fn fail_dials(client: &mut Client, n: usize, mut now: Instant) -> (Vec<u128>, Instant) {
+        let mut waits = Vec::new();
+        for _ in 0..n {
+            let at = client.poll_timeout().expect("a redial is due");
+            waits.push((at - now).as_millis());
+            now = at;
+            client.handle_timeout(now);
+            let dialed = std::iter::from_fn(|| client.poll_output())
+                .any(|o| matches!(o, ClientOutput::Dial(a) if a == addr(1)));
+            assert!(dialed, "no redial after {waits:?}");
+            client.handle_dial_failed(addr(1), now);
+        }
+        (waits, now)
+    }
+    let t0 = Instant::now();
+    let redial = Duration::from_millis(100);
+    let mut client = linked_client(t0);
+    // Up for an interval, then lost: redialed one interval later.
+    client.handle_closed(conn(1), t0 + redial);
+    let (waits, now) = fail_dials(&mut client, 5, t0 + redial);
+    assert_eq!(waits, [100, 100, 200, 400, 800]);
+    assert_eq!((client.poll_timeout().expect("due") - now).as_millis(), 800);
+
+    // Server 1 is the primary of a newer view, heard of from server 2: dialed now.
+    let new_view = ServerMsg::NewView {
+        view: view(2, 1),
+        lease_ms: 1_000,
+        members: Fingerprint::default(),
+        member: true,
+    };
+    client.handle_msg(conn(2), new_view, now);
+    let dialed = std::iter::from_fn(|| client.poll_output())
+        .any(|o| matches!(o, ClientOutput::Dial(a) if a == addr(1)));
+    assert!(
+        dialed,
+        "a view naming the server did not have it dialed at once"
+    );
+
+    // Backed off, then server 2 is lost too: server 1 is due within an interval, and
+    // stays at one interval.
+    let mut client = linked_client(t0);
+    client.handle_closed(conn(1), t0 + redial);
+    let (_, now) = fail_dials(&mut client, 4, t0 + redial);
+    client.handle_closed(conn(2), now);
+    let (waits, _) = fail_dials(&mut client, 3, now);
+    assert_eq!(waits, [100, 100, 100]);
+}

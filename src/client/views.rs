@@ -197,11 +197,9 @@ impl Client {
             keep
         });
         for &addr in &wanted {
-            if !self.links.iter().any(|l| l.addr == addr) {
-                self.links.push(ServerLink {
-                    addr,
-                    state: LinkState::Idle { redial_at: now },
-                });
+            match self.links.iter_mut().find(|l| l.addr == addr) {
+                Some(link) => link.named_in_view(now),
+                None => self.links.push(ServerLink::new(addr, now)),
             }
         }
         // A new primary may not know how far our log goes: tell it. (A link still to be
