@@ -54,6 +54,12 @@ pub struct BenchReport {
     pub failover_ms: Option<f64>,
     /// SIGKILL of the (new) primary's spawned backup to its replacement process.
     pub respawn_ms: Option<f64>,
+    /// CPU time the backup (the new primary) used from the SIGKILL to the first result of
+    /// its view: the servers' side of a takeover.
+    pub failover_server_cpu_ms: Option<f64>,
+    /// CPU time the bench's client processes used meanwhile (their promises, accepts,
+    /// redials): what a deployment spreads over one host per client.
+    pub failover_clients_cpu_ms: Option<f64>,
     /// Processes hosting the clients: this one, plus workers when one process may not
     /// open enough descriptors.
     pub processes: usize,
@@ -101,11 +107,6 @@ pub fn run(cfg: &BenchConfig) -> Result<BenchReport, String> {
         .max(1);
     let processes = cfg.clients.div_ceil(per_process);
     let chunk = cfg.clients.div_ceil(processes);
-    if processes > 1 && cfg.failover {
-        return Err(format!(
-            "--failover hosts every client on one loop: at most {per_process} clients here"
-        ));
-    }
     raise_fd_limit(chunk);
     let dir = scratch_dir()?;
     let (p, b): (SocketAddr, SocketAddr) = (
@@ -199,13 +200,15 @@ pub fn run(cfg: &BenchConfig) -> Result<BenchReport, String> {
     let deadline = cfg.duration.map(|d| start + d);
     host.run(deadline).map_err(|e| e.to_string())?;
     let probe = host.probe.take().unwrap_or_default();
-    // With --ballots the run ends when the last worker's clients are done too.
-    let others = stop_workers(&mut workers, &dir, cfg.duration.is_some())?;
+    // With --ballots the run ends when the last worker's clients are done too. The
+    // workers' clients take part in a failover: they stop after it (what they saw after
+    // `end` is left out).
+    let mut others = Vec::new();
+    if !cfg.failover {
+        others = stop_workers(&mut workers, &dir, cfg.duration.is_some())?;
+    }
     let end = Instant::now();
     let seconds = end.duration_since(start).as_secs_f64();
-    let anchor = (Instant::now(), monotonic_ns());
-    let mut seen: Vec<Vec<Seen>> = vec![probe.done.iter().map(|b| Seen::of(b, anchor)).collect()];
-    seen.extend(others);
 
     let primary_pid = servers.primary.id();
     let backup = backup_pid(primary_pid);
@@ -215,12 +218,19 @@ pub fn run(cfg: &BenchConfig) -> Result<BenchReport, String> {
         cpu_seconds(primary_pid) - cpu_before.0,
         backup.map(cpu_seconds).unwrap_or(0.0) - backup_cpu_before,
     );
-    let (failover_ms, respawn_ms) = if cfg.failover {
-        let (f, r) = failover(&mut host, primary_pid)?;
-        (Some(f), Some(r))
+    let failover_cost = if cfg.failover {
+        let client_pids: Vec<u32> = std::iter::once(std::process::id())
+            .chain(workers.0.iter().map(|w| w.id()))
+            .collect();
+        let cost = failover(&mut host, primary_pid, &client_pids)?;
+        others = stop_workers(&mut workers, &dir, cfg.duration.is_some())?;
+        Some(cost)
     } else {
-        (None, None)
+        None
     };
+    let anchor = (Instant::now(), monotonic_ns());
+    let mut seen: Vec<Vec<Seen>> = vec![probe.done.iter().map(|b| Seen::of(b, anchor)).collect()];
+    seen.extend(others);
     drop(host);
     drop(servers);
 
@@ -254,8 +264,10 @@ pub fn run(cfg: &BenchConfig) -> Result<BenchReport, String> {
         primary_cpu_s: report_base.2,
         backup_cpu_s: report_base.3,
         logs_exact: violations.is_empty(),
-        failover_ms,
-        respawn_ms,
+        failover_ms: failover_cost.map(|c| c.failover_ms),
+        respawn_ms: failover_cost.map(|c| c.respawn_ms),
+        failover_server_cpu_ms: failover_cost.map(|c| c.server_cpu_ms),
+        failover_clients_cpu_ms: failover_cost.map(|c| c.clients_cpu_ms),
         processes,
     };
     if violations.is_empty() {
@@ -461,9 +473,19 @@ fn merge_seen(per_process: &[Vec<Seen>], window: (u64, u64)) -> (u64, u64, Vec<u
     (ballots, votes, lat)
 }
 
-/// Under load: SIGKILL the primary and time the first result of the new view; then
+#[derive(Clone, Copy)]
+struct FailoverCost {
+    failover_ms: f64,
+    respawn_ms: f64,
+    server_cpu_ms: f64,
+    clients_cpu_ms: f64,
+}
+
+/// Under load: SIGKILL the primary and time the first result of the new view, and the
+/// CPU the new primary and the client processes (`clients`) spent until then; then
 /// SIGKILL the new primary's spawned backup and time its replacement process.
-fn failover(host: &mut ClientHost, primary: u32) -> Result<(f64, f64), String> {
+fn failover(host: &mut ClientHost, primary: u32, clients: &[u32]) -> Result<FailoverCost, String> {
+    let clients_cpu = || clients.iter().map(|&pid| cpu_seconds(pid)).sum::<f64>();
     let turn = |host: &mut ClientHost, slice: Duration| {
         host.run(Some(Instant::now() + slice))
             .map_err(|e| e.to_string())
@@ -473,6 +495,7 @@ fn failover(host: &mut ClientHost, primary: u32) -> Result<(f64, f64), String> {
     let probe = host.probe.get_or_insert_with(Probe::default);
     probe.views_above = Some(old_view);
     probe.first_result_above = None;
+    let cpu_before = (cpu_seconds(successor), clients_cpu());
     let killed = Instant::now();
     // SAFETY: kill(2) on the primary we started.
     unsafe {
@@ -489,6 +512,8 @@ fn failover(host: &mut ClientHost, primary: u32) -> Result<(f64, f64), String> {
         }
     };
     let failover_ms = first.saturating_duration_since(killed).as_secs_f64() * 1000.0;
+    let server_cpu_ms = (cpu_seconds(successor) - cpu_before.0) * 1000.0;
+    let clients_cpu_ms = (clients_cpu() - cpu_before.1) * 1000.0;
 
     // The new primary spawns a backup; once it is in service, kill it.
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -521,7 +546,12 @@ fn failover(host: &mut ClientHost, primary: u32) -> Result<(f64, f64), String> {
             return Err("no replacement backup within 10 s".into());
         }
     }
-    Ok((failover_ms, killed.elapsed().as_secs_f64() * 1000.0))
+    Ok(FailoverCost {
+        failover_ms,
+        respawn_ms: killed.elapsed().as_secs_f64() * 1000.0,
+        server_cpu_ms,
+        clients_cpu_ms,
+    })
 }
 
 /// Half the clients vote yes, half no, so every tally is known in advance.
@@ -689,6 +719,14 @@ pub fn print_human(r: &BenchReport) {
         println!(
             "failover: SIGKILL of the primary to the first result of the new view {f:.2} ms; \
              SIGKILL of the spawned backup to its respawn {s:.2} ms"
+        );
+    }
+    if let (Some(server), Some(clients)) = (r.failover_server_cpu_ms, r.failover_clients_cpu_ms) {
+        let per = |ms: f64| ms * 1000.0 / r.clients as f64;
+        println!(
+            "failover cpu: the new primary {server:.0} ms ({:.1} us a client), the client processes {clients:.0} ms ({:.1} us a client)",
+            per(server),
+            per(clients)
         );
     }
 }

@@ -92,6 +92,29 @@ fn bench_completes_ballots_and_checks_its_logs() {
     assert_eq!(json["votes"], 300, "{json}");
 }
 
+/// `--failover` with the clients split over worker processes (how it runs at 10,000
+/// clients): the workers' clients take part in the takeover, both the failover and the
+/// respawn are timed, and every log (the workers' too) is exact through it.
+#[test]
+fn bench_failover_with_worker_processes_keeps_every_log_exact() {
+    let json = bench(&[
+        "--clients",
+        "6",
+        "--clients-per-process",
+        "2",
+        "--window",
+        "2",
+        "--duration",
+        "1",
+        "--failover",
+    ]);
+    assert_eq!(json["processes"], 3, "{json}");
+    assert_eq!(json["logs_exact"], true, "{json}");
+    assert!(json["failover_ms"].as_f64().is_some(), "{json}");
+    assert!(json["respawn_ms"].as_f64().is_some(), "{json}");
+    assert!(json["ballots"].as_u64().unwrap_or(0) > 0, "{json}");
+}
+
 /// The clients split over worker processes (as when one process may not open enough
 /// descriptors): every ballot is counted once, from all of them, and every log checked.
 #[test]
