@@ -1,5 +1,6 @@
-//! Bounds a peer can reach, with real processes: `--max-connections` and the hello
-//! deadline. Each shows the documented behaviour while the clients' logs stay exact.
+//! Bounds a peer can reach, with real processes: `--max-connections`, the hello deadline
+//! and a client's output buffer. Each shows the documented behaviour while the other
+//! clients' logs stay exact.
 
 mod common;
 
@@ -162,6 +163,178 @@ fn out_of_descriptors_accept_backs_off_and_recovers() {
     drop(flood);
     for p in &mut procs {
         assert!(p.wait_exit(T).success());
+    }
+    drop(primary);
+}
+
+fn committed_now(addr: &str) -> u64 {
+    status_json(addr)["committed"].as_u64().expect("committed")
+}
+
+/// The primary's resident memory, in KiB.
+fn rss_kib(pid: i32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    (status.lines())
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// A member that votes but stops reading fills its connection's output buffer: past
+/// `MAX_CLIENT_OUTBUF` the primary logs the limit and cuts it, the memory it held goes
+/// back, `--absent-after-ms` takes it out of the membership, and the other member's log
+/// is exact. (The figures it prints are in docs/PERFORMANCE.md; memory is not asserted.)
+#[test]
+fn a_member_that_stops_reading_is_cut_at_its_output_limit_and_the_others_go_on() {
+    use pbvote::proto::limits::{MAX_CLIENT_OUTBUF, MAX_RESULTS_HELD, RESULTS_TRIM_STEP};
+    use pbvote::proto::ClientMsg;
+    let dir = test_dir();
+    // Ballots without end: the test stops once the members went on well past the cut.
+    let ballots = u64::MAX / 2;
+    let args = [
+        "--window",
+        "1024",
+        "--ballot-interval-ms",
+        "0",
+        "--min-clients",
+        "3",
+        "--absent-after-ms",
+        "500",
+        "--backup-start-delay-ms",
+        "60000",
+    ];
+    let (primary, addr) = start_primary(dir.path(), &args);
+    let err = dir.path().join("primary.err");
+    // Two real members: with them the primary's lease holds without the greedy one.
+    let a = start_client(dir.path(), "a", &addr, "yes", ballots);
+    let b = start_client(dir.path(), "b", &addr, "no", ballots);
+
+    // The greedy member: it accepts the view that adds it, and reads until asked to vote.
+    let mut greedy = send_client_hello(&addr, "greedy");
+    greedy.set_read_timeout(Some(T)).expect("timeout");
+    // A small receive buffer: the kernel holds little of what it does not read, so the
+    // primary's own buffer fills sooner.
+    let small: libc::c_int = 4096;
+    // SAFETY: setsockopt on a socket we own, with a pointer to a local int and its size.
+    let set = unsafe {
+        libc::setsockopt(
+            std::os::fd::AsRawFd::as_raw_fd(&greedy),
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUF,
+            (&small as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(set, 0, "setsockopt SO_RCVBUF");
+    let (mut buf, mut chunk) = (Vec::new(), [0u8; 4096]);
+    let view = loop {
+        let msg = match decode_frame::<ServerMsg>(&buf).expect("a frame") {
+            Some((msg, used)) => {
+                buf.drain(..used);
+                msg
+            }
+            None => {
+                let n = greedy.read(&mut chunk).expect("read");
+                assert!(n > 0, "closed before it was asked to vote");
+                buf.extend_from_slice(&chunk[..n]);
+                continue;
+            }
+        };
+        match msg {
+            ServerMsg::Propose { view, .. } => {
+                let accept = ClientMsg::Accept {
+                    view: view.number,
+                    last_seq: Seq(0),
+                    votes: Vec::new(),
+                    tail: Vec::new(),
+                    tail_base: HistoryDigest::EMPTY,
+                    followed_members: None,
+                    promised_members: None,
+                };
+                greedy
+                    .write_all(&frame(&accept).expect("encode"))
+                    .expect("write");
+            }
+            ServerMsg::VoteRequest { view, .. } => break view,
+            _ => {}
+        }
+    };
+    let baseline = rss_kib(primary.pid());
+
+    // From now on it never reads: it votes yes ahead of what is committed, blind.
+    let started = std::time::Instant::now();
+    let mut peak = baseline;
+    loop {
+        assert!(started.elapsed() < 4 * T, "never cut");
+        let committed = committed_now(&addr);
+        let votes = ClientMsg::Votes {
+            view,
+            votes: (committed + 1..=committed + 2048)
+                .map(|s| (Seq(s), true))
+                .collect(),
+        };
+        peak = peak.max(rss_kib(primary.pid()));
+        // Once cut, what it writes meets a closed connection.
+        if greedy.write_all(&frame(&votes).expect("encode")).is_err() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let cut = wait_line(&err, "send-failed", T);
+    assert!(
+        cut.contains(&format!("over its limit of {MAX_CLIENT_OUTBUF}")),
+        "{cut}"
+    );
+    let cut_after = started.elapsed();
+    wait_line(&err, "client-removing client=greedy by=absent", T);
+    let after_cut = rss_kib(primary.pid());
+    // What the primary keeps whatever happens: the retained results, 16 bytes each.
+    let history_kib =
+        (committed_now(&addr).min((MAX_RESULTS_HELD + RESULTS_TRIM_STEP) as u64)) * 16 / 1024;
+    eprintln!(
+        "primary RSS: {baseline} KiB before the stall, {peak} KiB at most, {after_cut} KiB after the cut, of which up to {history_kib} KiB the retained results ({:.1} s of blind votes)",
+        cut_after.as_secs_f64()
+    );
+    drop(greedy);
+
+    // The other members go on, well past the cut. Their logs (cut where they were killed)
+    // agree, are 1..=k each once, and every tally is their yes and no and, while the
+    // greedy one was a member, its yes.
+    let at_cut = committed_now(&addr);
+    let went_on = std::time::Instant::now();
+    while committed_now(&addr) < at_cut + 50_000 {
+        assert!(
+            went_on.elapsed() < T,
+            "the members did not go on after the cut"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    drop(a);
+    drop(b);
+    let log = |id: &str| {
+        let text = std::fs::read_to_string(dir.path().join(format!("{id}.log"))).expect("log");
+        pbvote::ballot_log::parse(&text).expect("the log parses").0
+    };
+    let (a, b) = (log("a"), log("b"));
+    let both = a.len().min(b.len());
+    assert!(
+        both as u64 > at_cut,
+        "logged {both}, committed {at_cut} at the cut"
+    );
+    assert!(a[..both] == b[..both], "a and b logged differently");
+    for (i, line) in a.iter().chain(&b[both..]).enumerate() {
+        assert_eq!(
+            line.seq,
+            Seq(i as u64 + 1),
+            "out of order at line {}",
+            i + 1
+        );
+        let (yes, no) = (line.tally.yes, line.tally.no);
+        assert!(
+            no == 1 && (1..=2).contains(&yes),
+            "seq {}: {yes} {no}",
+            line.seq
+        );
     }
     drop(primary);
 }
