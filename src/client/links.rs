@@ -34,9 +34,10 @@ pub(super) struct ServerLink {
     up_since: Option<Instant>,
 }
 
-/// The longest wait between two dials of one server, in redial intervals (200 ms × 8 for
-/// `pbvote client`: 1.6 s).
-const MAX_REDIAL_BACKOFF: u32 = 8;
+/// The longest wait between two dials of one server, in redial intervals (200 ms × 4 for
+/// `pbvote client`: 800 ms). Below the shortest first-ballot wait of a fresh primary (1 s):
+/// a client whose other link is half-open (it counts as up) still says hello within it.
+const MAX_REDIAL_BACKOFF: u32 = 4;
 
 impl ServerLink {
     /// A link to dial at once.

@@ -538,6 +538,22 @@ impl Node {
         self.debug_check("handle_timeout");
     }
 
+    /// In the middle of a long turn of its host: sends the heartbeat (and lease renewal)
+    /// if it is due, and nothing else. A timer that acts on silence (`PeerDead`, `Reask`,
+    /// `Absent`, …) waits for the turn's end, after the input still unread in the batch
+    /// (which may be the very frame it waits for) has been handled. The time of the next
+    /// heartbeat to send, if armed, is [`Node::heartbeat_due`].
+    pub fn handle_heartbeat_due(&mut self, now: Instant) {
+        if self.timers.take_due(Timer::Heartbeat, now) {
+            self.on_timer(Timer::Heartbeat, now);
+            self.debug_check("handle_heartbeat_due");
+        }
+    }
+
+    pub fn heartbeat_due(&self) -> Option<Instant> {
+        self.timers.get(Timer::Heartbeat)
+    }
+
     /// Every timer's handler; `timers.rs` says when each is armed.
     fn on_timer(&mut self, timer: Timer, now: Instant) {
         match timer {

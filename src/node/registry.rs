@@ -103,7 +103,8 @@ impl Registry {
         let idx = self.clients.len() as u32;
         self.index.insert(id.clone(), idx);
         let mut conn = None;
-        // A backup may already hold a connection from this client (the newest counts).
+        // A backup may already hold a connection from this client (the highest id counts,
+        // as when every connection was looked at).
         for c in self.unregistered.remove(&id).unwrap_or_default() {
             if let Some(entry) = self.conns.get_mut(&c) {
                 if matches!(entry, ClientConn::Unregistered(name) if *name == id) {

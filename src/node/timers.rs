@@ -87,7 +87,6 @@ impl TimerTable {
         self.at[timer.index()].is_some()
     }
 
-    #[cfg(test)]
     pub fn get(&self, timer: Timer) -> Option<Instant> {
         self.at[timer.index()]
     }

@@ -43,8 +43,9 @@ const CLIENT_POLL: Token = Token(usize::MAX - 3);
 /// (at 13,000 ballots/s, ~5 KB a client). Measured (100 clients, `pbvote bench`): 1 ms and
 /// 10 ms were no faster than reading at once; 20 and 50 ms gave window 1 +15–20 %.
 const CLIENT_READ_BATCH: Duration = Duration::from_millis(20);
-/// Events handled, or connections written, between two looks at the clock within one loop
-/// turn (`Server::timers_mid_turn`). 256 loopback writes take 2–4 ms.
+/// Events handled (client links in `client_poll` too), or connections written, between two
+/// looks at the heartbeat within one loop turn (`Server::timers_mid_turn`). 256 loopback
+/// writes take 2–4 ms.
 const WORK_BETWEEN_TIMER_LOOKS: usize = 256;
 
 pub struct Server {
@@ -469,7 +470,11 @@ impl Server {
             }
         }
         let any = !ready.is_empty();
-        for (token, readiness) in ready {
+        let mut now = now;
+        for (handled, (token, readiness)) in ready.into_iter().enumerate() {
+            if handled > 0 && handled % WORK_BETWEEN_TIMER_LOOKS == 0 {
+                now = self.timers_mid_turn();
+            }
             self.on_conn_event(token, readiness, now);
         }
         if any && self.clients_deferred {
@@ -811,15 +816,17 @@ impl Server {
         }
     }
 
-    /// A timer that fell due while this turn worked fires now, not at the turn's end: one
-    /// turn that reads a ballot's votes or writes its results to thousands of clients
-    /// takes tens of milliseconds, and a heartbeat must not wait for it
-    /// (`scripts/loop-liveness.sh`). What it queues goes out in the same turn, peer
-    /// links first.
+    /// A heartbeat that fell due while this turn worked is sent now, not at the turn's
+    /// end: one turn that reads a ballot's votes or writes its results to thousands of
+    /// clients takes tens of milliseconds, and a heartbeat must not wait for it
+    /// (`scripts/loop-liveness.sh`). What it queues goes out in the same turn, peer links
+    /// first. Only the heartbeat: a timer that acts on silence (the peer's death) waits
+    /// for the turn's end, when the rest of the batch, which may hold the very frame it
+    /// waits for, has been read (`Node::handle_heartbeat_due`).
     fn timers_mid_turn(&mut self) -> Instant {
         let now = Instant::now();
-        if self.node.poll_timeout().is_some_and(|t| t <= now) {
-            self.node.handle_timeout(now);
+        if self.node.heartbeat_due().is_some_and(|t| t <= now) {
+            self.node.handle_heartbeat_due(now);
             self.drain_outputs(now);
         }
         now
