@@ -793,8 +793,8 @@ impl Server {
 
     /// Writes what the turn queued. A connection the node waits on to drain (a catch-up
     /// burst) and that drained gets its next burst, written in the same turn. Between
-    /// batches of writes it looks at the node's timers; returns the clock as it last read
-    /// it.
+    /// batches of writes it looks at the heartbeat (`timers_mid_turn`); returns the clock
+    /// as it last read it.
     fn flush_dirty(&mut self, mut now: Instant) -> Instant {
         let mut drained = Vec::new();
         loop {
