@@ -207,7 +207,8 @@ for spec in "${CLIENTS[@]}"; do
 done
 echo "   ballots completed: $longest"
 # The longest wait between two results published (from the servers' log timestamps).
-gap=$(grep 'ballot-result' "$ERR" | sed -E 's/^[^ ]+ [0-9-]+T([0-9:.]+)Z.*/\1/' | awk -F: '
+# Only lines whose timestamp parses count (another process's output may share a line).
+gap=$(grep 'ballot-result' "$ERR" | sed -nE 's/^[^ ]+ [0-9-]+T([0-9]{2}:[0-9]{2}:[0-9.]+)Z \[INFO\] ballot-result.*/\1/p' | awk -F: '
     { t = $1 * 3600 + $2 * 60 + $3; if (NR > 1) { d = t - last; if (d < 0) d += 86400; if (d > max) max = d }; last = t }
     END { printf "%d", max * 1000 }')
 echo "   longest time without a result: $gap ms"

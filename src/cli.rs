@@ -349,14 +349,24 @@ pub fn main() -> i32 {
     match result {
         Ok(()) => 0,
         Err(Failure::Usage(msg)) => {
-            eprintln!("pbvote: {msg}");
+            say_error(&msg);
             2
         }
         Err(Failure::Runtime(msg)) => {
-            eprintln!("pbvote: {msg}");
+            say_error(&msg);
             1
         }
     }
+}
+
+/// `pbvote: <msg>` on stderr in one `write`: a spawned backup shares its primary's stderr,
+/// and `eprintln!` writes the pieces of a formatted line one by one, so the primary's log
+/// lines could land inside it (seen in `scripts/soak.sh`: a respawned backup's bind error
+/// around a `ballot-result` line).
+fn say_error(msg: &str) {
+    use std::io::Write;
+    let line = format!("pbvote: {msg}\n");
+    let _ = std::io::stderr().write_all(line.as_bytes());
 }
 
 enum Failure {
