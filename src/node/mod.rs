@@ -539,19 +539,17 @@ impl Node {
     }
 
     /// In the middle of a long turn of its host: sends the heartbeat (and lease renewal)
-    /// if it is due, and nothing else. A timer that acts on silence (`PeerDead`, `Reask`,
-    /// `Absent`, …) waits for the turn's end, after the input still unread in the batch
-    /// (which may be the very frame it waits for) has been handled. The time of the next
-    /// heartbeat to send, if armed, is [`Node::heartbeat_due`].
-    pub fn handle_heartbeat_due(&mut self, now: Instant) {
-        if self.timers.take_due(Timer::Heartbeat, now) {
+    /// if it is due, and nothing else; returns whether it did. A timer that acts on
+    /// silence (`PeerDead`, `Reask`, `Absent`, …) waits for the turn's end, after the
+    /// input still unread in the batch (which may be the very frame it waits for) has
+    /// been handled.
+    pub fn handle_heartbeat_due(&mut self, now: Instant) -> bool {
+        let due = self.timers.take_due(Timer::Heartbeat, now);
+        if due {
             self.on_timer(Timer::Heartbeat, now);
             self.debug_check("handle_heartbeat_due");
         }
-    }
-
-    pub fn heartbeat_due(&self) -> Option<Instant> {
-        self.timers.get(Timer::Heartbeat)
+        due
     }
 
     /// Every timer's handler; `timers.rs` says when each is armed.

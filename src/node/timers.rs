@@ -87,6 +87,7 @@ impl TimerTable {
         self.at[timer.index()].is_some()
     }
 
+    #[cfg(test)]
     pub fn get(&self, timer: Timer) -> Option<Instant> {
         self.at[timer.index()]
     }

@@ -155,7 +155,6 @@ impl Conns {
             .collect()
     }
 
-    /// Moves the connection's readiness from one poll to another.
     /// Moves the connection from the main poll `main` to `side` (a server's
     /// `client_poll`), unless it is there already.
     pub fn move_to_side_poll(

@@ -825,8 +825,7 @@ impl Server {
     /// waits for, has been read (`Node::handle_heartbeat_due`).
     fn timers_mid_turn(&mut self) -> Instant {
         let now = Instant::now();
-        if self.node.heartbeat_due().is_some_and(|t| t <= now) {
-            self.node.handle_heartbeat_due(now);
+        if self.node.handle_heartbeat_due(now) {
             self.drain_outputs(now);
         }
         now
