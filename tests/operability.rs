@@ -134,7 +134,9 @@ impl Capture {
         let filter: Vec<String> = ports.iter().map(|p| format!("tcp port {p}")).collect();
         let err = std::fs::File::create(dir.join("tcpdump.err")).expect("tcpdump.err");
         let child = std::process::Command::new("tcpdump")
-            .args(["-i", "lo", "--immediate-mode", "-U", "-w"])
+            // A larger kernel buffer (KiB) than the default 2 MiB: the test runs beside
+            // others on two cores, and a dropped packet is a hole in a stream.
+            .args(["-i", "lo", "--immediate-mode", "-U", "-B", "16384", "-w"])
             .arg(&path)
             .arg(filter.join(" or "))
             .stderr(err)
@@ -295,9 +297,13 @@ fn a_captured_failover_is_read_by_decode_and_by_the_dissector() {
         );
     }
     let split_from = format!("127.0.0.1:{split_port} -> {a1} status Hello::Status");
+    let split_lines: Vec<&str> = (text.lines())
+        .filter(|l| l.contains(&format!("127.0.0.1:{split_port} ")))
+        .collect();
     assert!(
         text.contains(&split_from),
-        "the hello written in two pieces: not whole"
+        "the hello written in two pieces: not whole; its lines {split_lines:?}; tcpdump said {:?}",
+        std::fs::read_to_string(dir.path().join("tcpdump.err")).unwrap_or_default()
     );
     assert!(
         text.contains("UNDECODABLE frame of 8 bytes"),
