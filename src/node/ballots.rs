@@ -228,6 +228,7 @@ impl Node {
         };
         self.out
             .results(conns, self.views.installed.number, first, tallies);
+        self.renew_held_leases(now);
         if self.ballots.is_empty() {
             self.timers.stop(Timer::Reask);
         }

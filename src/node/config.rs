@@ -87,6 +87,10 @@ pub const CHALLENGER_YIELD_LEASES: u32 = 2;
 /// that arrive a little late still count.
 pub const LEASE_ROUNDS_SLACK: usize = 4;
 
+/// A heartbeat holds its lease renewal back for at most this part of a heartbeat
+/// ([`NodeConfig::lease_renewal_hold`]).
+pub const LEASE_RENEWAL_HOLD_DIVISOR: u32 = 2;
+
 /// See [`NodeConfig::first_ballot_wait`]: five of a client's redial intervals.
 pub const FIRST_BALLOT_MIN_WAIT: Duration = Duration::from_secs(1);
 
@@ -151,6 +155,13 @@ impl NodeConfig {
     /// How long a challenger that was outbid waits before it proposes again.
     pub fn challenger_yield(&self) -> Duration {
         self.peer_timeout() * CHALLENGER_YIELD_LEASES
+    }
+
+    /// How long a heartbeat's lease renewal may wait for a publish to ride with. A renewal
+    /// is stamped when it leaves, so the hold costs no safety; it delays renewals by at
+    /// most half a heartbeat against a lease of `miss_limit` heartbeats.
+    pub fn lease_renewal_hold(&self) -> Duration {
+        self.heartbeat / LEASE_RENEWAL_HOLD_DIVISOR
     }
 
     /// Lease renewal rounds worth keeping: older ones cannot extend any lease.

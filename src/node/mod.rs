@@ -557,6 +557,7 @@ impl Node {
         match timer {
             Timer::Join => self.start_join(),
             Timer::Heartbeat => self.send_heartbeats(now),
+            Timer::LeaseRenewal => self.send_lease_renewal(now),
             Timer::PeerDead => {
                 if self.peer.is_some() {
                     self.peer_lost(PeerLoss::Silent, now);

@@ -430,8 +430,8 @@ impl Node {
             .set(Timer::PeerDead, now + self.cfg.peer_timeout());
     }
 
-    /// [`Timer::Heartbeat`] fired: heartbeat to the peer; lease renewal to every client
-    /// (primary only).
+    /// [`Timer::Heartbeat`] fired: heartbeat to the peer now; the lease renewal to every
+    /// client (primary only) with the next publish, or by [`Timer::LeaseRenewal`].
     pub(super) fn send_heartbeats(&mut self, now: Instant) {
         self.timers.set(Timer::Heartbeat, now + self.cfg.heartbeat);
         self.flush_forwards();
@@ -439,6 +439,23 @@ impl Node {
             let view = self.views.installed.number;
             self.out.send_peer(peer.conn, PeerMsg::Heartbeat { view });
         }
+        if self.role.primary().is_some_and(|p| !p.is_recovering()) {
+            self.timers
+                .set_if_stopped(Timer::LeaseRenewal, now + self.cfg.lease_renewal_hold());
+        }
+    }
+
+    /// A publish takes the held lease renewal along, if one is held.
+    pub(super) fn renew_held_leases(&mut self, now: Instant) {
+        if self.timers.is_armed(Timer::LeaseRenewal) {
+            self.timers.stop(Timer::LeaseRenewal);
+            self.send_lease_renewal(now);
+        }
+    }
+
+    /// Every client is sent a new renewal round, stamped now: a client starts its lease
+    /// when it receives the round, never earlier.
+    pub(super) fn send_lease_renewal(&mut self, now: Instant) {
         if self.role.primary().is_some_and(|p| !p.is_recovering()) {
             let round = self.leases.new_round(now, self.cfg.lease_rounds_kept());
             let view = self.views.installed.number;

@@ -675,3 +675,76 @@ fn the_client_past_max_clients_is_refused_and_the_registered_still_come_back() {
     assert!(welcomed, "a registered client coming back was not welcomed");
     assert_eq!(node.status(now).clients.len(), MAX_CLIENTS);
 }
+
+/// A heartbeat holds its lease renewal back for the next publish, which sends it right
+/// after the results (one write to each client, and the clients' acks ride with their
+/// votes), stamped when it leaves; with no publish it leaves half a heartbeat later.
+#[test]
+fn a_lease_renewal_rides_with_the_next_results_or_leaves_after_its_hold() {
+    let t0 = Instant::now();
+    let mut node = primary(t0);
+    let (a, b) = (conn(1), conn(2));
+    hello(&mut node, a, "a", 0, t0);
+    hello(&mut node, b, "b", 0, t0);
+    accept_every_proposal(&mut node, t0);
+    node.handle_timeout(t0);
+    sent(&mut node);
+    let renewals_and_results = |node: &mut Node| -> Vec<(ConnId, &'static str, u64)> {
+        (sent(node).into_iter())
+            .filter_map(|(c, m)| match m {
+                ServerMsg::Lease { round, .. } => Some((c, "Lease", round)),
+                ServerMsg::Results { first, .. } => Some((c, "Results", first.0)),
+                _ => None,
+            })
+            .collect()
+    };
+
+    // The install's heartbeat held its renewal too: it has left by the end of its hold.
+    let hold = node.cfg.lease_renewal_hold();
+    node.handle_timeout(t0 + hold);
+    sent(&mut node);
+
+    // The next heartbeat falls due; its renewal is held.
+    let beat = t0 + node.cfg.heartbeat;
+    node.handle_timeout(beat);
+    assert_eq!(renewals_and_results(&mut node), vec![], "held");
+    // Ballot 1 completes: the results, then the renewal, to each client.
+    let publish = beat + Duration::from_millis(200);
+    node.handle_client_msg(a, votes(1, 1), publish);
+    node.handle_client_msg(b, votes(1, 1), publish);
+    let out = renewals_and_results(&mut node);
+    let round = out.iter().find(|m| m.1 == "Lease").map_or(0, |m| m.2);
+    assert_eq!(
+        out,
+        vec![
+            (a, "Results", 1),
+            (b, "Results", 1),
+            (a, "Lease", round),
+            (b, "Lease", round)
+        ]
+    );
+    // Stamped at the publish, not at the heartbeat: acked, it runs a lease from then.
+    for c in [a, b] {
+        let ack = ClientMsg::LeaseAck {
+            view: View(1),
+            round,
+            logged: Seq(1),
+        };
+        node.handle_client_msg(c, ack, publish);
+    }
+    let lease = node.cfg.peer_timeout();
+    assert!(node.holds_lease(beat + lease + Duration::from_millis(100)));
+
+    // The next heartbeat, with no publish: the renewal leaves after its hold alone.
+    let beat = beat + node.cfg.heartbeat;
+    node.handle_timeout(beat);
+    assert_eq!(renewals_and_results(&mut node), vec![], "held");
+    node.handle_timeout(beat + hold - Duration::from_millis(1));
+    assert_eq!(renewals_and_results(&mut node), vec![], "held");
+    node.handle_timeout(beat + hold);
+    let round = round + 1;
+    assert_eq!(
+        renewals_and_results(&mut node),
+        vec![(a, "Lease", round), (b, "Lease", round)]
+    );
+}

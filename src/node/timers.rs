@@ -15,6 +15,11 @@ pub enum Timer {
     /// client. Armed at start (primary), when a peer link comes up, and on every install;
     /// re-armed every `heartbeat` while armed.
     Heartbeat,
+    /// The lease renewal that the last heartbeat held back leaves by then, if no publish
+    /// took it along first: riding with a turn's `Results`, it shares their write, and
+    /// the clients' `LeaseAck`s share their votes'. Armed by `Heartbeat` on a primary for
+    /// [`super::NodeConfig::lease_renewal_hold`]; disarmed when the renewal leaves.
+    LeaseRenewal,
     /// The peer is dead if nothing arrives from it by then. Armed when a peer link comes
     /// up and pushed back by every frame on it; disarmed when the link is lost.
     PeerDead,
@@ -40,9 +45,10 @@ pub enum Timer {
 }
 
 impl Timer {
-    pub const ALL: [Timer; 9] = [
+    pub const ALL: [Timer; 10] = [
         Timer::Join,
         Timer::Heartbeat,
+        Timer::LeaseRenewal,
         Timer::PeerDead,
         Timer::Propose,
         Timer::Respawn,
