@@ -605,11 +605,11 @@ impl ClientHost {
 
 /// Longest a client's votes to the backup of its view are held back, so that several
 /// ballots' votes leave in one write (or sooner, once `HELD_OUTPUT_LIMIT` waits). With
-/// 10,000 clients a ballot takes ~250 ms, so a wait of 10 ms still sent every vote on its
-/// own: 300 ms takes one `send` a client in three ballots and as many `recv`s off the
-/// backup (`pbvote bench --clients 10000 --window 1`, six pairs against 10 ms: median
-/// +12 %, 0.96–1.38). Nothing waits for this copy (PROTOCOL.md §4).
-const BACKUP_VOTES_WAIT: Duration = Duration::from_millis(300);
+/// 10,000 clients a ballot takes 250–400 ms on the development machine: a wait of 10 ms
+/// sent every vote on its own, 300 ms one `send` in one or two ballots, 1 s one in two to
+/// four (`pbvote bench --clients 10000 --window 1`; PERFORMANCE.md, sessions 9 and 10).
+/// Nothing waits for this copy (PROTOCOL.md §4).
+const BACKUP_VOTES_WAIT: Duration = Duration::from_millis(1000);
 
 /// How long `pbvote client` waits between redials of a server that is down.
 pub const REDIAL: Duration = Duration::from_millis(200);
