@@ -538,8 +538,8 @@ impl Node {
         self.debug_check("handle_timeout");
     }
 
-    /// In the middle of a long turn of its host: sends the heartbeat (and lease renewal)
-    /// if it is due, and nothing else; returns whether it did. A timer that acts on
+    /// In the middle of a long turn of its host: sends the heartbeat to the peer if it is
+    /// due, and nothing else (a held lease renewal waits for the turn's end); returns whether it did. A timer that acts on
     /// silence (`PeerDead`, `Reask`, `Absent`, …) waits for the turn's end, after the
     /// input still unread in the batch (which may be the very frame it waits for) has
     /// been handled.
