@@ -309,19 +309,25 @@ fn results_sent(node: &mut Node) -> Vec<(ConnId, u64, usize)> {
         .collect()
 }
 
+/// A primary whose two clients, on connections 1 and 2, are members: accepting the views
+/// that made them so, both granted it their lease. Its first ballots are open.
+fn two_members(t0: Instant) -> (Node, ConnId, ConnId) {
+    let mut node = primary(t0);
+    let (a, b) = (conn(1), conn(2));
+    hello(&mut node, a, "a", 0, t0);
+    hello(&mut node, b, "b", 0, t0);
+    accept_every_proposal(&mut node, t0);
+    node.handle_timeout(t0);
+    (node, a, b)
+}
+
 /// Results published one after another in a turn (before the host drains the outputs)
 /// leave in one frame, but never overtake a message to one client: a catch-up it asked
 /// for with `Resend` stays before the next result.
 #[test]
 fn results_published_in_one_turn_ride_in_one_frame() {
     let t0 = Instant::now();
-    let mut node = primary(t0);
-    let (a, b) = (conn(1), conn(2));
-    hello(&mut node, a, "a", 0, t0);
-    hello(&mut node, b, "b", 0, t0);
-    // Accepting the views that make them members, both granted the primary their lease.
-    accept_every_proposal(&mut node, t0);
-    node.handle_timeout(t0);
+    let (mut node, a, b) = two_members(t0);
     let asked: Vec<_> = sent(&mut node)
         .into_iter()
         .filter_map(|(c, m)| match m {
@@ -682,12 +688,7 @@ fn the_client_past_max_clients_is_refused_and_the_registered_still_come_back() {
 #[test]
 fn a_lease_renewal_rides_with_the_next_results_or_leaves_after_its_hold() {
     let t0 = Instant::now();
-    let mut node = primary(t0);
-    let (a, b) = (conn(1), conn(2));
-    hello(&mut node, a, "a", 0, t0);
-    hello(&mut node, b, "b", 0, t0);
-    accept_every_proposal(&mut node, t0);
-    node.handle_timeout(t0);
+    let (mut node, a, b) = two_members(t0);
     sent(&mut node);
     let renewals_and_results = |node: &mut Node| -> Vec<(ConnId, &'static str, u64)> {
         (sent(node).into_iter())
