@@ -30,9 +30,9 @@ pub struct Recovery {
     /// Each membership a client recorded (of the view it follows or of a proposal it
     /// accepted), by view and fingerprint: the clients that say they are in it.
     claims: BTreeMap<(View, Fingerprint), Claim>,
-    /// Every client that reported: its name's hash, and the newest view it recorded
-    /// anything of (a member of a view it never heard of cannot claim it).
-    reporters: BTreeMap<u32, (u64, View)>,
+    /// Every client that reported, by its name's hash: a membership's members that do
+    /// not claim it are found among these by the membership's fingerprint.
+    reporters: BTreeMap<u32, u64>,
     /// The clients that said hello with history: each reports before the fresh primary
     /// acts, while it is connected (its log may be the longest).
     with_history: Members,
@@ -45,8 +45,9 @@ pub struct Recovery {
 }
 
 /// The most subsets of the silent clients tried when completing one membership: a member
-/// that never heard of a view (it was down while that view was installed) cannot say it
-/// is in it, but the view's fingerprint can still tell which of the silent ones it is.
+/// that never recorded a view (it was down while that view was installed, or promised a
+/// newer proposal without following it) cannot say it is in it, but the view's
+/// fingerprint can still tell which of the silent ones it is.
 const MAX_SUBSETS_TRIED: u64 = 10_000;
 
 #[derive(Debug, Default)]
@@ -102,10 +103,7 @@ impl Recovery {
         if let Some(f) = followed {
             self.followed = self.followed.max(f.view);
         }
-        let newest = followed.into_iter().chain(promised).map(|r| r.view).max();
-        let hash = Fingerprint::name_hash(id);
-        self.reporters
-            .insert(idx, (hash, newest.unwrap_or_default()));
+        self.reporters.insert(idx, Fingerprint::name_hash(id));
         let records = followed.map(|r| (r, true)).into_iter();
         for (record, installed) in records.chain(promised.map(|r| (r, false))) {
             let claim = self
@@ -133,18 +131,21 @@ impl Recovery {
         self.claims.range((self.followed, Fingerprint::default())..)
     }
 
-    /// The members of view `view` with fingerprint `of`, if all are here: the ones that
-    /// say so, and of the ones that never heard of the view, those whose names make up
-    /// the rest of the fingerprint.
-    fn whole(&self, view: View, of: Fingerprint, claim: &Claim) -> Option<Members> {
+    /// The members of the view whose membership has fingerprint `of`, if all are here:
+    /// the ones that say so, and of the other clients that reported, those whose names
+    /// make up the rest of the fingerprint. A member may not say so though it heard of
+    /// newer views: it records only the view it follows and the proposal it promised,
+    /// and it may have promised a newer proposal while following an older view than this
+    /// one, which was installed without it (simulator seed 99277).
+    fn whole(&self, of: Fingerprint, claim: &Claim) -> Option<Members> {
         if claim.names == of {
             return Some(claim.members.clone());
         }
         let missing = of.count.checked_sub(claim.names.count)? as usize;
         let rest = of.digest.wrapping_sub(claim.names.digest);
         let silent: Vec<(Option<u32>, u64)> = (self.reporters.iter())
-            .filter(|(idx, (_, newest))| *newest < view && !claim.members.contains(**idx))
-            .map(|(&idx, &(hash, _))| (Some(idx), hash))
+            .filter(|(idx, _)| !claim.members.contains(**idx))
+            .map(|(&idx, &hash)| (Some(idx), hash))
             .chain(self.removed.iter().map(|&hash| (None, hash)))
             .collect();
         if missing == 0
@@ -182,8 +183,8 @@ impl Recovery {
         let required: Vec<_> = self.required().collect();
         let mut members = Members::default();
         let (mut any, mut installed) = (false, false);
-        for &(&(view, of), claim) in required.iter().rev() {
-            match self.whole(view, of, claim) {
+        for &(&(_, of), claim) in required.iter().rev() {
+            match self.whole(of, claim) {
                 Some(whole) => {
                     members = members.union(whole.iter());
                     any = true;
@@ -194,7 +195,7 @@ impl Recovery {
             }
         }
         // An operator removed it: no member, even if it reported.
-        for (&idx, &(hash, _)) in &self.reporters {
+        for (&idx, &hash) in &self.reporters {
             if self.removed.contains(&hash) {
                 members.remove(idx);
             }
@@ -228,7 +229,7 @@ impl Recovery {
     /// The first membership still incomplete: `(view, present, members)`.
     pub fn waiting_for(&self) -> Option<(View, u32, u32)> {
         self.required()
-            .find(|(&(view, of), claim)| self.whole(view, of, claim).is_none())
+            .find(|(&(_, of), claim)| self.whole(of, claim).is_none())
             .map(|((view, fp), claim)| (*view, claim.members.len() as u32, fp.count))
     }
 
@@ -307,6 +308,26 @@ mod tests {
             members,
             member,
         })
+    }
+
+    /// Simulator seed 99277 (of a build whose lease renewals leave at once when the lease
+    /// would lapse): the old primary, paused, came back and proposed views 4 and 5 while
+    /// its backup installed its own view 4 with three of the five; then both servers died.
+    /// c1 followed view 3 and promised 5: a member of the installed view 4 that recorded
+    /// nothing of it, though it heard of a newer view. It is here, so view 4 is whole.
+    #[test]
+    fn a_member_that_skipped_the_installed_view_completes_it() {
+        let ids: Vec<ClientId> = (0..5).map(|i| ClientId(format!("c{i}"))).collect();
+        let all = Fingerprint::of(&ids);
+        let mut recovery = Recovery::default();
+        for i in [0, 3, 4] {
+            recovery.add_records(i, &ids[i as usize], record(4, all, true), None);
+        }
+        recovery.add_records(2, &ids[2], record(4, all, true), record(5, all, true));
+        assert!(!recovery.is_complete(|_| true, false));
+        recovery.add_records(1, &ids[1], record(3, all, true), record(5, all, true));
+        assert!(recovery.is_complete(|_| true, false));
+        assert_eq!(recovery.members(false).len(), ids.len());
     }
 
     /// One client says it is in view 5; every other member was down while view 5 was
