@@ -159,9 +159,14 @@ impl NodeConfig {
 
     /// How long a heartbeat's lease renewal may wait for a publish to ride with. A renewal
     /// is stamped when it leaves, so the hold costs no safety; it delays renewals by at
-    /// most half a heartbeat against a lease of `miss_limit` heartbeats.
+    /// most half a heartbeat against a lease of `miss_limit` heartbeats. None with a lease
+    /// of one heartbeat, which renewals half a heartbeat late would let lapse.
     pub fn lease_renewal_hold(&self) -> Duration {
-        self.heartbeat / LEASE_RENEWAL_HOLD_DIVISOR
+        if self.miss_limit < 2 {
+            Duration::ZERO
+        } else {
+            self.heartbeat / LEASE_RENEWAL_HOLD_DIVISOR
+        }
     }
 
     /// Lease renewal rounds worth keeping: older ones cannot extend any lease.

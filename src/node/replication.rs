@@ -440,8 +440,14 @@ impl Node {
             self.out.send_peer(peer.conn, PeerMsg::Heartbeat { view });
         }
         if self.role.primary().is_some_and(|p| !p.is_recovering()) {
-            self.timers
-                .set_if_stopped(Timer::LeaseRenewal, now + self.cfg.lease_renewal_hold());
+            match self.cfg.lease_renewal_hold() {
+                // The lease would lapse while the renewal waits: it leaves now.
+                hold if hold.is_zero() || !self.holds_lease(now + hold) => {
+                    self.timers.stop(Timer::LeaseRenewal);
+                    self.send_lease_renewal(now);
+                }
+                hold => self.timers.set_if_stopped(Timer::LeaseRenewal, now + hold),
+            }
         }
     }
 

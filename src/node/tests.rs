@@ -749,3 +749,43 @@ fn a_lease_renewal_rides_with_the_next_results_or_leaves_after_its_hold() {
         vec![(a, "Lease", round), (b, "Lease", round)]
     );
 }
+
+/// A renewal held back while the lease would lapse helps nothing: once a majority's lease
+/// would run out within the hold, a heartbeat sends its renewal at once. With a lease of
+/// one heartbeat there is no hold at all.
+#[test]
+fn a_lease_renewal_leaves_with_its_heartbeat_when_the_lease_would_lapse_in_the_hold() {
+    let t0 = Instant::now();
+    let (mut node, a, b) = two_members(t0);
+    let hold = node.cfg.lease_renewal_hold();
+    assert!(!hold.is_zero());
+    let renewals = |node: &mut Node| -> Vec<ConnId> {
+        (sent(node).into_iter())
+            .filter_map(|(c, m)| matches!(m, ServerMsg::Lease { .. }).then_some(c))
+            .collect()
+    };
+    node.handle_timeout(t0 + hold);
+    sent(&mut node);
+    // No client acks a renewal: the lease the install gave runs out.
+    let mut lapsed_at = None;
+    let (heartbeat, beats) = (node.cfg.heartbeat, 2 * node.cfg.miss_limit);
+    for beat in (1..=beats).map(|k| t0 + heartbeat * k) {
+        let lapses_in_hold = !node.holds_lease(beat + hold);
+        node.handle_timeout(beat);
+        if lapses_in_hold {
+            assert_eq!(renewals(&mut node), vec![a, b], "at once");
+            lapsed_at = Some(beat);
+            break;
+        }
+        assert_eq!(renewals(&mut node), vec![], "held");
+        node.handle_timeout(beat + hold);
+        assert_eq!(renewals(&mut node), vec![a, b], "after the hold");
+    }
+    assert!(lapsed_at.is_some(), "the lease never ran out");
+
+    let one_beat_lease = NodeConfig {
+        miss_limit: 1,
+        ..node.cfg.clone()
+    };
+    assert_eq!(one_beat_lease.lease_renewal_hold(), Duration::ZERO);
+}
