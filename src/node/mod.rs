@@ -175,13 +175,6 @@ impl Node {
         self.views.proposal.as_ref().map(|p| p.view)
     }
 
-    /// A view change is under way here: a proposal waits for its witnesses, or an
-    /// accepted one for the backup's ack before the clients are told.
-    pub fn is_changing_view(&self) -> bool {
-        self.views.proposal.is_some()
-            || (self.role.primary()).is_some_and(|p| p.pending_install.is_some())
-    }
-
     /// Whether this server acts as primary now: installed, not stepped down, not
     /// rebuilding its state, and it has opened a ballot or holds results (a fresh primary
     /// that has done neither has told no client anything yet).

@@ -30,11 +30,9 @@ impl World {
         (!self.is_paused(b)).then_some((p, b))
     }
 
-    /// The service is in a steady state: one acting primary not changing its view (no
-    /// proposal, no install waiting for the backup's ack), nobody else trying to take
-    /// over, nobody paused. The fault model allows one failure at a time, so a new fault
-    /// strikes only then. (A client crash and then the primary's, both while a cut backup
-    /// held up an install, left a takeover two witnesses short: seed 134229.)
+    /// The service is in a steady state: one acting primary not changing its view, nobody
+    /// else trying to take over, nobody paused. The fault model allows one failure at a
+    /// time, so a new fault strikes only then.
     pub(super) fn steady(&self) -> bool {
         let paused = (0..self.servers.len()).any(|i| self.servers[i].alive && self.is_paused(i));
         let primaries: Vec<usize> = (0..self.servers.len())
@@ -48,7 +46,7 @@ impl World {
         !paused
             && !candidates
             && primaries.len() == 1
-            && !self.servers[primaries[0]].node.is_changing_view()
+            && self.servers[primaries[0]].node.proposing().is_none()
     }
 
     pub(super) fn inject_fault(&mut self) -> Result<(), SimFailure> {
@@ -102,10 +100,13 @@ impl World {
         Ok(())
     }
 
-    /// A majority of the primary's members are clients that can find its backup `b`: the
-    /// witnesses a takeover needs (PROTOCOL.md §6, liveness). A client finds `b` if the
-    /// view it follows names it, or if its `--servers` or its promise file do (a crashed
-    /// one dials them when it restarts); one gone for good never does. Without such a
+    /// A majority of the primary's members are clients that can witness a takeover by its
+    /// backup `b` (PROTOCOL.md §6, liveness). A client finds `b` if the view it follows
+    /// names it, or if its `--servers` or its promise file do (a crashed one dials them
+    /// when it restarts); one gone for good never does. One down, or restarted and not
+    /// yet told of a view, whose promise is newer than the backup's view refuses its
+    /// base (it promised an unfinished proposal of the primary's: a
+    /// client crash while an install waited for a cut backup's ack, seed 134229). Without such a
     /// majority no takeover can install, whatever the protocol does: a client that
     /// restarts knowing only the dead primary (its `--servers` naming that one alone,
     /// against OPERATIONS.md's advice) beside one gone for good left the backup short of a
@@ -116,18 +117,20 @@ impl World {
             return true;
         }
         let members = self.servers[p].node.status(self.instant()).members;
+        let base = self.servers[b].node.view().number;
         let backup = self.servers[b].addr;
-        let finds_backup = |c: &&SimClient| {
+        let witnesses_for_backup = |c: &&SimClient| {
             let follows = (c.core.as_ref()).and_then(|core| core.view());
-            !c.gone
-                && (follows.is_some_and(|v| v.backup == Some(backup))
-                    || c.servers.contains(&backup)
-                    || c.promised.servers.contains(&backup))
+            let finds_backup = follows.is_some_and(|v| v.backup == Some(backup))
+                || c.servers.contains(&backup)
+                || c.promised.servers.contains(&backup);
+            let refuses_base = follows.is_none() && c.promised.view > base;
+            !c.gone && finds_backup && !refuses_base
         };
         let witnesses = (members.iter())
             .filter_map(|m| m.id.0.strip_prefix('c')?.parse::<usize>().ok())
             .filter_map(|c| self.clients.get(c))
-            .filter(finds_backup)
+            .filter(witnesses_for_backup)
             .count();
         witnesses > members.len() / 2
     }
