@@ -80,11 +80,41 @@ impl Drop for Servers {
     }
 }
 
-fn free_port() -> Result<u16, String> {
-    let l = TcpListener::bind("127.0.0.1:0").map_err(|e| format!("probe a port: {e}"))?;
-    l.local_addr()
-        .map(|a| a.port())
-        .map_err(|e| format!("probe a port: {e}"))
+/// How many ports below the kernel's ephemeral range the bench tries for its servers.
+const SERVER_PORT_SPAN: u16 = 4096;
+
+/// Two free loopback ports for the primary and the backup, below the kernel's ephemeral
+/// range where it can: a port the OS hands out (bind to port 0) is one a client's
+/// connection may take as its local port before the server binds it, and at 10,000
+/// clients one did (the backup's spawns all failed with "Address already in use").
+fn server_ports() -> Result<(u16, u16), String> {
+    let ephemeral_low = fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse::<u16>().ok())
+        .filter(|&low| low > SERVER_PORT_SPAN + 1024);
+    let mut held = Vec::new();
+    if let Some(low) = ephemeral_low {
+        let first = low - SERVER_PORT_SPAN;
+        let offset = (std::process::id() % u32::from(SERVER_PORT_SPAN)) as u16;
+        for i in 0..SERVER_PORT_SPAN {
+            let port = first + (offset + i) % SERVER_PORT_SPAN;
+            if let Ok(listener) = TcpListener::bind(("127.0.0.1", port)) {
+                held.push(listener);
+            }
+            if held.len() == 2 {
+                break;
+            }
+        }
+    }
+    while held.len() < 2 {
+        held.push(TcpListener::bind("127.0.0.1:0").map_err(|e| format!("probe a port: {e}"))?);
+    }
+    let port = |l: &TcpListener| {
+        l.local_addr()
+            .map(|a| a.port())
+            .map_err(|e| format!("probe a port: {e}"))
+    };
+    Ok((port(&held[0])?, port(&held[1])?))
 }
 
 /// Processes started by the bench (the primary's group, client workers): killed and
@@ -109,9 +139,10 @@ pub fn run(cfg: &BenchConfig) -> Result<BenchReport, String> {
     let chunk = cfg.clients.div_ceil(processes);
     raise_fd_limit(chunk);
     let dir = scratch_dir()?;
+    let (p_port, b_port) = server_ports()?;
     let (p, b): (SocketAddr, SocketAddr) = (
-        SocketAddr::from(([127, 0, 0, 1], free_port()?)),
-        SocketAddr::from(([127, 0, 0, 1], free_port()?)),
+        SocketAddr::from(([127, 0, 0, 1], p_port)),
+        SocketAddr::from(([127, 0, 0, 1], b_port)),
     );
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
     let err = fs::File::create(dir.join("servers.err")).map_err(|e| e.to_string())?;
