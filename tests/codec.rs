@@ -127,7 +127,11 @@ fn client_msg() -> impl Strategy<Value = ClientMsg> {
 }
 
 fn fingerprint() -> impl Strategy<Value = Fingerprint> {
-    (any::<u32>(), any::<u64>()).prop_map(|(count, digest)| Fingerprint { count, digest })
+    (any::<u32>(), any::<u64>(), any::<bool>()).prop_map(|(count, digest, mixed)| Fingerprint {
+        count,
+        digest,
+        mixed,
+    })
 }
 
 fn member_record() -> impl Strategy<Value = MemberRecord> {

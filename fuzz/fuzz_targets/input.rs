@@ -79,6 +79,7 @@ impl Input<'_> {
         Fingerprint {
             count: (self.num() % 8) as u32,
             digest: self.num(),
+            mixed: self.bit(),
         }
     }
     pub fn record(&mut self) -> Option<MemberRecord> {

@@ -140,7 +140,7 @@ impl Views {
         Views {
             installed,
             members: Members::default(),
-            fingerprint: Fingerprint::default(),
+            fingerprint: Fingerprint::EMPTY,
             voter_from: BTreeMap::new(),
             proposal: None,
             highest_seen: installed.number,

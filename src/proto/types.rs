@@ -104,8 +104,8 @@ impl ViewInfo {
 }
 
 /// A membership as a client can record it: how many members, and a digest of their
-/// names (the wrapping sum of each name's FNV-1a hash, so it does not depend on order and
-/// a server keeps it as members come and go). A fresh primary after a cold restart knows
+/// names (the wrapping sum of each name's hash, so it does not depend on order and a
+/// server keeps it as members come and go). A fresh primary after a cold restart knows
 /// no names; it knows it holds every member of a view once the clients that say they are
 /// members are `count` and their names add up to `digest` (docs/PROTOCOL.md §9).
 #[derive(
@@ -114,16 +114,34 @@ impl ViewInfo {
 pub struct Fingerprint {
     pub count: u32,
     pub digest: u64,
+    /// Each name's hash is FNV-1a then a 64-bit finalizer. Without it (a record written
+    /// before session 11, which lacks the field) it is bare FNV-1a, whose sums match for
+    /// names that differ in their last byte (h(c0) + h(c3) = h(c1) + h(c2)): a search for
+    /// the missing members could then take non-members for them.
+    #[serde(default)]
+    pub mixed: bool,
 }
 
 impl Fingerprint {
-    /// One name's share of the digest.
-    pub fn name_hash(id: &ClientId) -> u64 {
-        fnv1a(FNV_OFFSET, id.0.as_bytes())
+    /// No members, in the hash every fingerprint is now made with.
+    pub const EMPTY: Fingerprint = Fingerprint {
+        count: 0,
+        digest: 0,
+        mixed: true,
+    };
+
+    /// One name's share of a digest made with `mixed` or without.
+    pub fn name_hash(id: &ClientId, mixed: bool) -> u64 {
+        let fnv = fnv1a(FNV_OFFSET, id.0.as_bytes());
+        if mixed {
+            finalize(fnv)
+        } else {
+            fnv
+        }
     }
 
     pub fn of<'a>(ids: impl IntoIterator<Item = &'a ClientId>) -> Fingerprint {
-        let mut fp = Fingerprint::default();
+        let mut fp = Fingerprint::EMPTY;
         for id in ids {
             fp.add(id);
         }
@@ -132,8 +150,19 @@ impl Fingerprint {
 
     pub fn add(&mut self, id: &ClientId) {
         self.count = self.count.saturating_add(1);
-        self.digest = self.digest.wrapping_add(Fingerprint::name_hash(id));
+        let hash = Fingerprint::name_hash(id, self.mixed);
+        self.digest = self.digest.wrapping_add(hash);
     }
+}
+
+/// MurmurHash3's 64-bit finalizer: every input bit moves about half the output bits, so
+/// sums of finalized hashes of related names carry no pattern FNV-1a's last step leaves.
+fn finalize(mut h: u64) -> u64 {
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+    h ^ (h >> 33)
 }
 
 /// What a client keeps, with its promise, of the membership of a view it followed or a

@@ -205,7 +205,8 @@ fn parse_line(line: &str) -> Option<(Promised, u64)> {
     Some((promised, generation))
 }
 
-/// `<view>:<members>:<digest hex>:<0|1>`
+/// `<view>:<members>:<digest hex>:<0|1>[:m]`, `:m` when the digest sums mixed name hashes
+/// (`Fingerprint::mixed`; records written before session 11 lack it).
 fn parse_record(text: &str) -> Option<MemberRecord> {
     let mut parts = text.split(':');
     let view = View(parts.next()?.parse().ok()?);
@@ -216,17 +217,27 @@ fn parse_record(text: &str) -> Option<MemberRecord> {
         "0" => false,
         _ => return None,
     };
+    let mixed = match parts.next() {
+        None => false,
+        Some("m") => true,
+        Some(_) => return None,
+    };
     parts.next().is_none().then_some(MemberRecord {
         view,
-        members: Fingerprint { count, digest },
+        members: Fingerprint {
+            count,
+            digest,
+            mixed,
+        },
         member,
     })
 }
 
 fn record_text(r: &MemberRecord) -> String {
     let member = u8::from(r.member);
+    let mixed = if r.members.mixed { ":m" } else { "" };
     format!(
-        "{}:{}:{:x}:{member}",
+        "{}:{}:{:x}:{member}{mixed}",
         r.view, r.members.count, r.members.digest
     )
 }
@@ -609,6 +620,7 @@ mod tests {
             members: Fingerprint {
                 count: u32::MAX,
                 digest: u64::MAX,
+                mixed: true,
             },
             member: true,
         };
@@ -635,6 +647,8 @@ mod tests {
             members: Fingerprint {
                 count: 3,
                 digest: 0xfeed,
+                // As a record written before session 11: it reads back as it was.
+                mixed: false,
             },
             member: true,
         });
@@ -647,6 +661,7 @@ mod tests {
                 members: Fingerprint {
                     count: members,
                     digest: 7,
+                    mixed: true,
                 },
                 member: false,
             });
