@@ -19,7 +19,7 @@
 //! destroy both, so each has a block (a page, eight sectors) of its own.
 //!
 //! A missing file, or one of an older layout (one line, `<view> <server>...`; or the two
-//! slots in 512 bytes), is written whole beside its name, made durable and renamed over
+//! slots, 256 bytes each, in 512 bytes), is written whole beside its name, made durable and renamed over
 //! it, the first time the client promises.
 
 use crate::client::Promised;
@@ -36,8 +36,12 @@ pub const SLOT_LEN: usize = 384;
 /// Each slot starts a block of this size: a page, and eight of the largest common sector.
 pub const BLOCK_LEN: usize = 4096;
 const FILE_LEN: usize = 2 * BLOCK_LEN;
-/// The layout before the blocks: the two slots side by side in one sector.
-const PACKED_FILE_LEN: usize = 2 * SLOT_LEN;
+/// A slot in the layout before the blocks, whose lines held no membership records.
+const PACKED_SLOT_LEN: usize = 256;
+/// The layout before the blocks: the two slots side by side in one sector. (Until
+/// session 11 it was read with today's 384-byte slots, so every such file was refused as
+/// "not a promise": found in review.)
+const PACKED_FILE_LEN: usize = 2 * PACKED_SLOT_LEN;
 
 const _: () = assert!(SLOT_LEN <= BLOCK_LEN);
 
@@ -113,7 +117,10 @@ impl PromiseFile {
                 [read_slot(at(0)), read_slot(at(1))]
             }
             // Rewritten whole, in the new layout, at the next promise.
-            PACKED_FILE_LEN => [read_slot(&bytes[..SLOT_LEN]), read_slot(&bytes[SLOT_LEN..])],
+            PACKED_FILE_LEN => [
+                read_slot(&bytes[..PACKED_SLOT_LEN]),
+                read_slot(&bytes[PACKED_SLOT_LEN..]),
+            ],
             _ => {
                 let text = std::str::from_utf8(bytes).map_err(|_| damaged("not text"))?;
                 let (promised, _) = parse_line(text).ok_or_else(|| damaged("not a promise"))?;
@@ -567,10 +574,20 @@ mod tests {
         assert_eq!(f.read("d.log"), Ok(promised(6, vec![f.p, f.b])));
         std::fs::write(promise_path(&f.log("e.log")), "5 nowhere\n").expect("write");
         assert!(f.read("e.log").is_err());
-        // The two slots packed in one sector: read, then rewritten whole in blocks.
-        let mut packed = slot_image(&f.view(9, false), 0).expect("image");
-        packed.resize(PACKED_FILE_LEN - 1, b' ');
-        packed.push(b'\n');
+        // The two slots packed in one sector, as that layout wrote them (two lines of 256
+        // bytes, the second the promise before): read, then rewritten whole in blocks.
+        let slot = |view: u64, generation: u64| {
+            let image = slot_image(&f.view(view, false), generation).expect("image");
+            let mut line = String::from_utf8(image)
+                .expect("text")
+                .trim_end()
+                .to_string();
+            line.push_str(&" ".repeat(PACKED_SLOT_LEN - 1 - line.len()));
+            line.push('\n');
+            line
+        };
+        let packed = slot(9, 0) + &slot(8, 0);
+        assert_eq!(packed.len(), 512);
         std::fs::write(promise_path(&f.log("g.log")), &packed).expect("write");
         let (mut g, was) = f.open("g.log");
         assert_eq!(was, promised(9, vec![f.p]));
