@@ -60,14 +60,14 @@ impl World {
                 let Some((p, b)) = pair else {
                     return Ok(());
                 };
-                if !self.takeover_has_witnesses(p, b) {
+                let (witnesses, members) = self.takeover_witnesses(p, b);
+                if witnesses <= members / 2 && !self.scenario.beyond_model {
                     return Ok(());
                 }
                 if self.rng.chance(1, 2) {
-                    let members = self.servers[p].node.status(self.instant()).members.len();
                     self.crash_server(p, "primary");
                     if self.rng.chance(1, 4) {
-                        self.crash_clients_during_takeover(members);
+                        self.crash_clients_during_takeover(witnesses, members);
                     }
                 } else {
                     self.pause_server(p, "primary")?;
@@ -100,22 +100,20 @@ impl World {
         Ok(())
     }
 
-    /// A majority of the primary's members are clients that can witness a takeover by its
-    /// backup `b` (PROTOCOL.md §6, liveness). A client finds `b` if the view it follows
-    /// names it, or if its `--servers` or its promise file do (a crashed one dials them
-    /// when it restarts); one gone for good never does. One down, or restarted and not
-    /// yet told of a view, whose promise is newer than the backup's view refuses its
-    /// base (it promised an unfinished proposal of the primary's: a
-    /// client crash while an install waited for a cut backup's ack, seed 134229). Without such a
-    /// majority no takeover can install, whatever the protocol does: a client that
+    /// How many of the primary's members can witness a takeover by its backup `b`, and
+    /// how many members there are (PROTOCOL.md §6, liveness); a primary crashes or pauses,
+    /// within the fault model, only while the witnesses are a majority. A client finds `b`
+    /// if the view it follows names it, or if its `--servers` or its promise file do (a
+    /// crashed one dials them when it restarts); one gone for good never does. One that
+    /// follows no view (down, or restarted and not yet told one) with a promise newer than
+    /// the backup's view refuses the backup's base: it promised an unfinished proposal of
+    /// the primary's (a client crash while an install waited for a cut backup's ack, seed
+    /// 134229). Without such a majority this protocol installs no takeover: a client that
     /// restarts knowing only the dead primary (its `--servers` naming that one alone,
     /// against OPERATIONS.md's advice) beside one gone for good left the backup short of a
     /// majority (seed 177085 of a build with held lease renewals). Beyond the fault model
     /// the primary crashes regardless, and the run may stall.
-    fn takeover_has_witnesses(&self, p: usize, b: usize) -> bool {
-        if self.scenario.beyond_model {
-            return true;
-        }
+    fn takeover_witnesses(&self, p: usize, b: usize) -> (usize, usize) {
         let members = self.servers[p].node.status(self.instant()).members;
         let base = self.servers[b].node.view().number;
         let backup = self.servers[b].addr;
@@ -132,7 +130,7 @@ impl World {
             .filter_map(|c| self.clients.get(c))
             .filter(witnesses_for_backup)
             .count();
-        witnesses > members.len() / 2
+        (witnesses, members.len())
     }
 
     /// Cuts some links (primary-backup, or a server from some clients; one way or both)
@@ -286,13 +284,14 @@ impl World {
     /// restart with that promise and follow no view). A restarted client that promised a
     /// proposal of the dead primary's that never installed can help no takeover built on
     /// an older view (A5: it missed the `NewView` it would have needed): within the fault
-    /// model one client, while a majority of `members` is left without it and no client
-    /// is gone for good; beyond it, a majority of the clients.
-    fn crash_clients_during_takeover(&mut self, members: usize) {
+    /// model one client, while a majority of `members` is left without it among the
+    /// `witnesses` the takeover had and no client is gone for good; beyond it, a majority
+    /// of the clients.
+    fn crash_clients_during_takeover(&mut self, witnesses: usize, members: usize) {
         let window = (self.scenario.heartbeat * self.scenario.miss_limit * 2).as_millis() as u64;
         let crashing = if self.scenario.beyond_model {
             self.clients.len() / 2 + 1
-        } else if members >= 3 && self.scenario.gone_for_good.is_none() {
+        } else if witnesses > members / 2 + 1 && self.scenario.gone_for_good.is_none() {
             1
         } else {
             0
