@@ -80,24 +80,39 @@ impl Drop for Servers {
     }
 }
 
-/// How many ports below the kernel's ephemeral range the bench tries for its servers.
-const SERVER_PORT_SPAN: u16 = 4096;
+/// The lowest port the bench tries for its servers: above the registered ports most
+/// services listen on.
+const SERVER_PORT_FLOOR: u16 = 10_000;
 
-/// Two free loopback ports for the primary and the backup, below the kernel's ephemeral
-/// range where it can: a port the OS hands out (bind to port 0) is one a client's
-/// connection may take as its local port before the server binds it, and at 10,000
-/// clients one did (the backup's spawns all failed with "Address already in use").
+/// Two free loopback ports for the primary and the backup, between [`SERVER_PORT_FLOOR`]
+/// and the kernel's ephemeral range where it can: a port the OS hands out (bind to port
+/// 0) is one a client's connection may take as its local port before the server binds it,
+/// and at 10,000 clients one did (the backup's spawns all failed with "Address already in
+/// use"). The first port tried is random, so that benches started together (the tests
+/// run several at once) probe different ports.
+/// Not cryptographic: the clock's nanoseconds and the process id, mixed.
+fn random_u64() -> u64 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    let mut h = nanos ^ (u64::from(std::process::id()) << 32);
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    h ^ (h >> 33)
+}
+
 fn server_ports() -> Result<(u16, u16), String> {
     let ephemeral_low = fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
         .ok()
         .and_then(|range| range.split_whitespace().next()?.parse::<u16>().ok())
-        .filter(|&low| low > SERVER_PORT_SPAN + 1024);
+        .filter(|&low| low > SERVER_PORT_FLOOR + 2);
     let mut held = Vec::new();
     if let Some(low) = ephemeral_low {
-        let first = low - SERVER_PORT_SPAN;
-        let offset = (std::process::id() % u32::from(SERVER_PORT_SPAN)) as u16;
-        for i in 0..SERVER_PORT_SPAN {
-            let port = first + (offset + i) % SERVER_PORT_SPAN;
+        let span = low - SERVER_PORT_FLOOR;
+        let start = (random_u64() % u64::from(span)) as u16;
+        for i in 0..span {
+            let port =
+                SERVER_PORT_FLOOR + ((u32::from(start) + u32::from(i)) % u32::from(span)) as u16;
             if let Ok(listener) = TcpListener::bind(("127.0.0.1", port)) {
                 held.push(listener);
             }
