@@ -6,6 +6,7 @@
 use crate::check::{self, ClientLog, Expect};
 use crate::client::policy::Policy;
 use crate::client::{Client, ClientConfig};
+use crate::proto::types::mix64;
 use crate::proto::{ClientId, Seq};
 use crate::reactor::client::{open_log, BallotSeen, ClientHost, Hosted, Probe};
 use crate::reactor::promise::PromiseFile;
@@ -84,23 +85,20 @@ impl Drop for Servers {
 /// services listen on.
 const SERVER_PORT_FLOOR: u16 = 10_000;
 
+/// Not cryptographic: the clock's nanoseconds and the process id, mixed.
+fn random_u64() -> u64 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    mix64(nanos ^ (u64::from(std::process::id()) << 32))
+}
+
 /// Two free loopback ports for the primary and the backup, between [`SERVER_PORT_FLOOR`]
 /// and the kernel's ephemeral range where it can: a port the OS hands out (bind to port
 /// 0) is one a client's connection may take as its local port before the server binds it,
 /// and at 10,000 clients one did (the backup's spawns all failed with "Address already in
 /// use"). The first port tried is random, so that benches started together (the tests
 /// run several at once) probe different ports.
-/// Not cryptographic: the clock's nanoseconds and the process id, mixed.
-fn random_u64() -> u64 {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as u64);
-    let mut h = nanos ^ (u64::from(std::process::id()) << 32);
-    h ^= h >> 33;
-    h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
-    h ^ (h >> 33)
-}
-
 fn server_ports() -> Result<(u16, u16), String> {
     let ephemeral_low = fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
         .ok()

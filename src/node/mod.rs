@@ -539,10 +539,10 @@ impl Node {
     }
 
     /// In the middle of a long turn of its host: sends the heartbeat to the peer if it is
-    /// due, and nothing else (a held lease renewal waits for the turn's end); returns whether it did. A timer that acts on
-    /// silence (`PeerDead`, `Reask`, `Absent`, …) waits for the turn's end, after the
-    /// input still unread in the batch (which may be the very frame it waits for) has
-    /// been handled.
+    /// due, and nothing else (a held lease renewal waits for the turn's end); returns
+    /// whether it did. A timer that acts on silence (`PeerDead`, `Reask`, `Absent`, …)
+    /// waits for the turn's end, after the input still unread in the batch (which may be
+    /// the very frame it waits for) has been handled.
     pub fn handle_heartbeat_due(&mut self, now: Instant) -> bool {
         let due = self.timers.take_due(Timer::Heartbeat, now);
         if due {

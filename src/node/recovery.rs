@@ -377,6 +377,25 @@ mod tests {
         })
     }
 
+    fn names(n: usize) -> Vec<ClientId> {
+        (0..n).map(|i| ClientId(format!("c{i}"))).collect()
+    }
+
+    /// c0 and c3, members of {c0, c3, c4} that were down, report `followed`: now the
+    /// membership is whole, and it is exactly those three.
+    fn back_they_complete_it(
+        recovery: &mut Recovery,
+        ids: &[ClientId],
+        followed: Option<MemberRecord>,
+    ) {
+        for i in [0, 3] {
+            recovery.add_records(i, &ids[i as usize], followed, None);
+        }
+        assert!(recovery.is_complete(|_| true, false));
+        let recovered: Vec<u32> = recovery.members(false).iter().collect();
+        assert_eq!(recovered, vec![0, 3, 4]);
+    }
+
     /// Simulator seed 99277 (of a build whose lease renewals leave at once when the lease
     /// would lapse): the old primary, paused, came back and proposed views 4 and 5 while
     /// its backup installed its own view 4 with three of the five; then both servers died.
@@ -384,7 +403,7 @@ mod tests {
     /// nothing of it, though it heard of a newer view. It is here, so view 4 is whole.
     #[test]
     fn a_member_that_skipped_the_installed_view_completes_it() {
-        let ids: Vec<ClientId> = (0..5).map(|i| ClientId(format!("c{i}"))).collect();
+        let ids = names(5);
         let all = Fingerprint::of(&ids);
         let mut recovery = Recovery::default();
         for i in [0, 3, 4] {
@@ -405,7 +424,7 @@ mod tests {
     /// (found in review).
     #[test]
     fn clients_that_recorded_a_membership_as_outsiders_never_complete_it() {
-        let ids: Vec<ClientId> = (0..5).map(|i| ClientId(format!("c{i}"))).collect();
+        let ids = names(5);
         let h = |i: usize| Fingerprint::name_hash(&ids[i], false);
         assert_eq!(
             h(1).wrapping_add(h(2)),
@@ -426,12 +445,7 @@ mod tests {
         }
         assert!(!recovery.is_complete(|_| true, false));
         assert!(!recovery.is_complete(|_| true, true));
-        for i in [0, 3] {
-            recovery.add_records(i, &ids[i as usize], record(3, members, true), None);
-        }
-        assert!(recovery.is_complete(|_| true, false));
-        let recovered: Vec<u32> = recovery.members(false).iter().collect();
-        assert_eq!(recovered, vec![0, 3, 4]);
+        back_they_complete_it(&mut recovery, &ids, record(3, members, true));
 
         // Nor do new clients, with no log and no record, while c0 and c3 are down.
         let mut recovery = Recovery::default();
@@ -449,7 +463,7 @@ mod tests {
     /// not.
     #[test]
     fn removed_clients_with_older_records_do_not_complete_a_mixed_fingerprint() {
-        let ids: Vec<ClientId> = (0..5).map(|i| ClientId(format!("c{i}"))).collect();
+        let ids = names(5);
         let h = |i: usize| Fingerprint::name_hash(&ids[i], true);
         assert_ne!(h(1).wrapping_add(h(2)), h(0).wrapping_add(h(3)));
         let old = Fingerprint::of(&ids);
@@ -461,12 +475,7 @@ mod tests {
         }
         assert!(!recovery.is_complete(|_| true, false));
         assert!(!recovery.is_complete(|_| true, true));
-        for i in [0, 3] {
-            recovery.add_records(i, &ids[i as usize], record(8, new, true), None);
-        }
-        assert!(recovery.is_complete(|_| true, false));
-        let recovered: Vec<u32> = recovery.members(false).iter().collect();
-        assert_eq!(recovered, vec![0, 3, 4]);
+        back_they_complete_it(&mut recovery, &ids, record(8, new, true));
     }
 
     #[test]
@@ -486,7 +495,7 @@ mod tests {
     /// stack at this size).
     #[test]
     fn members_that_never_heard_of_the_view_are_found_by_its_fingerprint() {
-        let ids: Vec<ClientId> = (0..50_000).map(|i| ClientId(format!("c{i}"))).collect();
+        let ids = names(50_000);
         let all = Fingerprint::of(&ids);
         let mut recovery = Recovery::default();
         recovery.add_records(0, &ids[0], record(5, all, true), None);

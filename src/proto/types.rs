@@ -134,7 +134,7 @@ impl Fingerprint {
     pub fn name_hash(id: &ClientId, mixed: bool) -> u64 {
         let fnv = fnv1a(FNV_OFFSET, id.0.as_bytes());
         if mixed {
-            finalize(fnv)
+            mix64(fnv)
         } else {
             fnv
         }
@@ -157,7 +157,7 @@ impl Fingerprint {
 
 /// MurmurHash3's 64-bit finalizer: every input bit moves about half the output bits, so
 /// sums of finalized hashes of related names carry no pattern FNV-1a's last step leaves.
-fn finalize(mut h: u64) -> u64 {
+pub fn mix64(mut h: u64) -> u64 {
     h ^= h >> 33;
     h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
     h ^= h >> 33;

@@ -7,7 +7,8 @@
 //! The file is two slots, each at the start of a [`BLOCK_LEN`] block of its own, each one
 //! line of text of [`SLOT_LEN`] bytes padded with spaces:
 //! `<view> <server>... [node=<hex>] [followed=<record>] [accepted=<record>] gen=<n>
-//! sum=<checksum>`, a record being `<view>:<members>:<digest hex>:<1 if a member, else 0>`
+//! sum=<checksum>`, a record being `<view>:<members>:<digest hex>:<1 if a member, else
+//! 0>:m` (`:m`: mixed name hashes; older records lack it)
 //! (the rest of each block is spaces). The newest slot has the highest view, then the
 //! highest `gen`. A new write overwrites, in place, the slot that does not hold the newest
 //! one, then `fdatasync`. The file's size and blocks never change,
@@ -19,8 +20,8 @@
 //! destroy both, so each has a block (a page, eight sectors) of its own.
 //!
 //! A missing file, or one of an older layout (one line, `<view> <server>...`; or the two
-//! slots, 256 bytes each, in 512 bytes), is written whole beside its name, made durable and renamed over
-//! it, the first time the client promises.
+//! slots, 256 bytes each, in 512 bytes), is written whole beside its name, made durable
+//! and renamed over it, the first time the client promises.
 
 use crate::client::Promised;
 use crate::proto::{Fingerprint, MemberRecord, NodeId, View};
