@@ -539,8 +539,8 @@ impl Node {
     }
 
     /// In the middle of a long turn of its host: sends the heartbeat to the peer if it is
-    /// due, and nothing else (a held lease renewal waits for the turn's end); returns
-    /// whether it did. A timer that acts on silence (`PeerDead`, `Reask`, `Absent`, …)
+    /// due, with the lease renewal only if the lease would lapse within its hold (a held
+    /// one waits for the turn's end), and nothing else; returns whether it did. A timer that acts on silence (`PeerDead`, `Reask`, `Absent`, …)
     /// waits for the turn's end, after the input still unread in the batch (which may be
     /// the very frame it waits for) has been handled.
     pub fn handle_heartbeat_due(&mut self, now: Instant) -> bool {

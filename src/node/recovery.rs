@@ -61,8 +61,9 @@ struct Reporter {
     outside: Vec<(View, Fingerprint)>,
 }
 
-/// A name's share of a fingerprint in each hash a record may have been made with.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// A name's share of a fingerprint (or a sum of them) in each hash a record may have been
+/// made with.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 struct NameHashes([u64; 2]);
 
 impl NameHashes {
@@ -73,6 +74,10 @@ impl NameHashes {
     fn get(&self, mixed: bool) -> u64 {
         self.0[usize::from(mixed)]
     }
+
+    fn plus(self, other: NameHashes) -> NameHashes {
+        NameHashes([0, 1].map(|k| self.0[k].wrapping_add(other.0[k])))
+    }
 }
 
 #[derive(Debug, Default)]
@@ -80,9 +85,21 @@ struct Claim {
     /// Some client follows this view: it was installed.
     followed: bool,
     members: Members,
-    /// The fingerprint of the claimants' names: equal to the recorded one once every
-    /// member is here.
-    names: Fingerprint,
+    /// How many claimants, and the sums of their names' hashes in each hash: equal to
+    /// the recorded fingerprint once every member is here.
+    count: u32,
+    digests: NameHashes,
+}
+
+impl Claim {
+    /// Every member says so. A record without `mixed` was made with bare FNV-1a, or by a
+    /// client from before session 11 that kept a newer server's mixed digest without the
+    /// flag: either sum matches it.
+    fn says_all(&self, of: Fingerprint) -> bool {
+        let digest = self.digests.get(of.mixed);
+        let unflagged_mixed = !of.mixed && self.digests.get(true) == of.digest;
+        self.count == of.count && (digest == of.digest || unflagged_mixed)
+    }
 }
 
 impl Recovery {
@@ -139,18 +156,12 @@ impl Recovery {
         self.reporters.insert(idx, reporter);
         let records = followed.map(|r| (r, true)).into_iter();
         for (record, installed) in records.chain(promised.map(|r| (r, false))) {
-            let claim =
-                (self.claims.entry((record.view, record.members))).or_insert_with(|| Claim {
-                    names: Fingerprint {
-                        mixed: record.members.mixed,
-                        ..Fingerprint::default()
-                    },
-                    ..Claim::default()
-                });
+            let claim = (self.claims.entry((record.view, record.members))).or_default();
             claim.followed |= installed;
             if record.member && !claim.members.contains(idx) {
                 claim.members.insert(idx);
-                claim.names.add(id);
+                claim.count = claim.count.saturating_add(1);
+                claim.digests = claim.digests.plus(NameHashes::of(id));
             }
             info!(
                 "cold-restart-membership view={} present={}/{}",
@@ -176,10 +187,15 @@ impl Recovery {
     /// newer views: it records only the view it follows and the proposal it promised, and
     /// it may have promised a newer proposal while following an older view than this one,
     /// which was installed without it (simulator seed 99277). The first search keeps the
-    /// candidates few at 10,000 clients; the second finds such a member.
+    /// candidates few at 10,000 clients; the second finds such a member. A record made
+    /// with bare FNV-1a hashes is never searched: their sums match for other names too
+    /// (h(c1) + h(c2) = h(c0) + h(c3)), so only its members saying so make it whole.
     fn whole(&self, view: View, of: Fingerprint, claim: &Claim) -> Option<Members> {
-        if claim.names == of {
+        if claim.says_all(of) {
             return Some(claim.members.clone());
+        }
+        if !of.mixed {
+            return None;
         }
         let silent = |older_only: bool| {
             (self.reporters.iter())
@@ -202,8 +218,8 @@ impl Recovery {
         claim: &Claim,
         silent: Vec<(Option<u32>, u64)>,
     ) -> Option<Members> {
-        let missing = of.count.checked_sub(claim.names.count)? as usize;
-        let rest = of.digest.wrapping_sub(claim.names.digest);
+        let missing = of.count.checked_sub(claim.count)? as usize;
+        let rest = of.digest.wrapping_sub(claim.digests.get(of.mixed));
         if missing == 0
             || missing > silent.len()
             || subsets(silent.len(), missing) > MAX_SUBSETS_TRIED
@@ -445,7 +461,15 @@ mod tests {
         }
         assert!(!recovery.is_complete(|_| true, false));
         assert!(!recovery.is_complete(|_| true, true));
-        back_they_complete_it(&mut recovery, &ids, record(3, members, true));
+        // A bare record is never searched: c0 and c3 back but silent about view 4 (their
+        // newest record older) do not complete it either; saying so, they do.
+        let mut silent = Recovery::default();
+        silent.add_records(4, &ids[4], record(4, members, true), None);
+        for i in [0, 3] {
+            silent.add_records(i, &ids[i as usize], record(3, members, true), None);
+        }
+        assert!(!silent.is_complete(|_| true, true));
+        back_they_complete_it(&mut recovery, &ids, record(4, members, true));
 
         // Nor do new clients, with no log and no record, while c0 and c3 are down.
         let mut recovery = Recovery::default();
@@ -454,6 +478,25 @@ mod tests {
             recovery.add_records(i, &ids[i as usize], None, None);
         }
         assert!(!recovery.is_complete(|_| true, true));
+    }
+
+    /// A client from before session 11 keeps a newer server's mixed digest without the
+    /// flag: once every member says so, the membership is whole all the same.
+    #[test]
+    fn an_unflagged_mixed_record_is_whole_when_every_member_says_so() {
+        let ids = names(3);
+        let unflagged = Fingerprint {
+            mixed: false,
+            ..Fingerprint::of(&ids)
+        };
+        let mut recovery = Recovery::default();
+        for i in [0, 1] {
+            recovery.add_records(i, &ids[i as usize], record(4, unflagged, true), None);
+        }
+        assert!(!recovery.is_complete(|_| true, true));
+        recovery.add_records(2, &ids[2], record(4, unflagged, true), None);
+        assert!(recovery.is_complete(|_| true, false));
+        assert_eq!(recovery.members(false).len(), 3);
     }
 
     /// The same collision where no rule about records helps (second review): view 7 was

@@ -820,9 +820,10 @@ impl Server {
     /// end: one turn that reads a ballot's votes or writes its results to thousands of
     /// clients takes tens of milliseconds, and a heartbeat must not wait for it
     /// (`scripts/loop-liveness.sh`). What it queues goes out in the same turn, peer links
-    /// first. Only the heartbeat: a timer that acts on silence (the peer's death) waits
-    /// for the turn's end, when the rest of the batch, which may hold the very frame it
-    /// waits for, has been read (`Node::handle_heartbeat_due`).
+    /// first. Only the heartbeat (and a lease renewal that cannot wait): a timer that acts
+    /// on silence (the peer's death) waits for the turn's end, when the rest of the batch,
+    /// which may hold the very frame it waits for, has been read
+    /// (`Node::handle_heartbeat_due`).
     fn timers_mid_turn(&mut self) -> Instant {
         let now = Instant::now();
         if self.node.handle_heartbeat_due(now) {
